@@ -1,0 +1,390 @@
+"""The rule table: every primitive once, with its forward, jvp and vjp side by side.
+
+Conventions
+-----------
+* ``forward(*arrays, **params) -> array``: plain ``xp`` code. Linear shape
+  primitives accept extra *leading* axes, so the same forward maps a tangent
+  of shape ``(K, *shape)``; that is how a linear primitive gets its jvp for
+  free (``linear=True`` and no ``jvp``).
+* ``jvp(primals, tangents, out, **params) -> tangent``: arrays; each tangent is
+  ``None`` (zero) or has a leading direction axis K. For ``broadcasts=True``
+  primitives the engine has already aligned every tangent to the output's
+  number of dimensions.
+* ``vjp(g, out, *inputs, **params) -> cotangents``: written with **Tensor**
+  operations (``g``, ``out`` and the inputs are Tensors), so that a backward
+  pass over tensors carrying tangents yields H·V (forward-over-reverse), and a
+  recorded backward pass can be differentiated again (reverse-over-reverse).
+  ``None`` is a zero cotangent. The engine sums broadcast cotangents back to
+  each input's shape.
+* ``kink(primals, tangents, out, **params) -> (K,)``: for primitives with a
+  non-differentiable point, the step along each direction at which it would
+  first be crossed (to first order); used for kink-safe finite differences.
+"""
+from __future__ import annotations
+
+from . import backend as B
+from .tensor import Tensor, apply
+
+
+class Primitive:
+    __slots__ = ("name", "forward", "jvp", "vjp", "kink", "linear", "broadcasts")
+
+    def __init__(self, name, forward, jvp, vjp, kink, linear, broadcasts):
+        self.name, self.forward, self.jvp, self.vjp = name, forward, jvp, vjp
+        self.kink, self.linear, self.broadcasts = kink, linear, broadcasts
+
+    def __call__(self, *inputs, **params):
+        return apply(self, *inputs, **params)
+
+    def __repr__(self):
+        kind = "linear " if self.linear else ""
+        return f"<{kind}primitive {self.name}>"
+
+
+REGISTRY: dict[str, Primitive] = {}
+
+
+def primitive(linear=False, broadcasts=False):
+    """Register a block (a class used as a namespace) as a primitive."""
+
+    def register(block):
+        name = block.__name__
+        jvp = block.__dict__.get("jvp")
+        if jvp is None:
+            if not linear:
+                raise TypeError(f"primitive '{name}': a non-linear primitive needs a jvp rule")
+            jvp = _jvp_of_linear(block.forward)
+        prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"), linear, broadcasts)
+        REGISTRY[name] = prim
+        return prim
+
+    return register
+
+
+def _jvp_of_linear(forward):
+    def jvp(primals, tangents, out, **params):
+        if len(tangents) == 1:
+            return forward(tangents[0], **params)
+        k = next(t.shape[0] for t in tangents if t is not None)
+        filled = [t if t is not None else B.xp.zeros((k,) + p.shape, p.dtype) for p, t in zip(primals, tangents)]
+        return forward(*filled, **params)
+
+    return jvp
+
+
+def _plus(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+def _const(array):
+    return Tensor._make(array, None, None)
+
+
+def _keep(array, axis, ndim):
+    """Re-insert reduced axes (given as negative axes of an ndim input)."""
+    return B.xp.expand_dims(array, tuple(a + ndim for a in axis))
+
+
+def _direction_min(margin):
+    k = margin.shape[0]
+    if margin.size == 0:
+        return B.xp.full((k,), B.xp.inf)
+    return margin.reshape(k, -1).min(axis=1)
+
+
+def _distance(gap, tangent):
+    """|gap| / |tangent| per direction: the first-order step to a kink."""
+    tiny = B.xp.finfo(tangent.dtype).tiny
+    return _direction_min(B.xp.abs(gap) / B.xp.maximum(B.xp.abs(tangent), tiny))
+
+
+def _lead(array, primal_ndim):
+    return (slice(None),) * (array.ndim - primal_ndim)
+
+
+# ---------------------------------------------------------------- elementwise
+
+
+@primitive(linear=True, broadcasts=True)
+class add:  # d(a + b) = da + db
+    def forward(a, b): return a + b
+    def jvp(primals, tangents, out): return _plus(*tangents)
+    def vjp(g, out, a, b): return g, g
+
+
+@primitive(linear=True, broadcasts=True)
+class sub:  # d(a - b) = da - db
+    def forward(a, b): return a - b
+    def jvp(primals, tangents, out):
+        ta, tb = tangents
+        return ta if tb is None else -tb if ta is None else ta - tb
+    def vjp(g, out, a, b): return g, -g
+
+
+@primitive(linear=True, broadcasts=True)
+class neg:  # d(-x) = -dx
+    def forward(x): return -x
+    def vjp(g, out, x): return (-g,)
+
+
+@primitive(broadcasts=True)
+class mul:  # d(a b) = da b + a db
+    def forward(a, b): return a * b
+    def jvp(primals, tangents, out):
+        (a, b), (ta, tb) = primals, tangents
+        return _plus(None if ta is None else ta * b, None if tb is None else a * tb)
+    def vjp(g, out, a, b): return g * b, g * a
+
+
+@primitive(broadcasts=True)
+class div:  # d(a / b) = (da - (a/b) db) / b
+    def forward(a, b): return a / b
+    def jvp(primals, tangents, out):
+        (a, b), (ta, tb) = primals, tangents
+        return _plus(ta, None if tb is None else -(out * tb)) / b
+    def vjp(g, out, a, b): return g / b, -(g * out) / b
+
+
+@primitive(broadcasts=True)
+class power:  # d x^p = p x^(p-1) dx, exponent p a constant
+    def forward(x, exponent): return x**exponent
+    def jvp(primals, tangents, out, exponent):
+        return tangents[0] * (exponent * primals[0] ** (exponent - 1))
+    def vjp(g, out, x, exponent):
+        return (g * exponent if exponent == 1 else g * (x ** (exponent - 1) * exponent),)
+
+
+@primitive(broadcasts=True)
+class exp:  # d exp(x) = exp(x) dx
+    def forward(x): return B.xp.exp(x)
+    def jvp(primals, tangents, out): return tangents[0] * out
+    def vjp(g, out, x): return (g * out,)
+
+
+@primitive(broadcasts=True)
+class log:  # d log(x) = dx / x
+    def forward(x): return B.xp.log(x)
+    def jvp(primals, tangents, out): return tangents[0] / primals[0]
+    def vjp(g, out, x): return (g / x,)
+
+
+@primitive(broadcasts=True)
+class tanh:  # d tanh(x) = (1 - tanh²(x)) dx
+    def forward(x): return B.xp.tanh(x)
+    def jvp(primals, tangents, out): return tangents[0] * (1 - out * out)
+    def vjp(g, out, x): return (g * (1 - out * out),)
+
+
+@primitive(broadcasts=True)
+class sigmoid:  # d σ(x) = σ(x) (1 - σ(x)) dx;  σ(x) = (1 + tanh(x/2)) / 2 without overflow
+    def forward(x): return 0.5 * (B.xp.tanh(0.5 * x) + 1)
+    def jvp(primals, tangents, out): return tangents[0] * (out * (1 - out))
+    def vjp(g, out, x): return (g * (out * (1 - out)),)
+
+
+@primitive(broadcasts=True)
+class softplus:  # d log(1 + e^x) = σ(x) dx
+    def forward(x): return B.xp.logaddexp(0, x)
+    def jvp(primals, tangents, out): return tangents[0] * (0.5 * (B.xp.tanh(0.5 * primals[0]) + 1))
+    def vjp(g, out, x): return (g * x.sigmoid(),)
+
+
+@primitive(broadcasts=True)
+class sqrt:  # d sqrt(x) = dx / (2 sqrt(x))
+    def forward(x): return B.xp.sqrt(x)
+    def jvp(primals, tangents, out): return tangents[0] * (0.5 / out)
+    def vjp(g, out, x): return ((g * 0.5) / out,)
+
+
+@primitive(broadcasts=True)
+class relu:  # d max(x, 0) = [x > 0] dx; kink at x = 0
+    def forward(x): return B.xp.maximum(x, 0)
+    def jvp(primals, tangents, out): return tangents[0] * (primals[0] > 0)
+    def vjp(g, out, x): return (g * _const((x.data > 0).astype(x.dtype)),)
+    def kink(primals, tangents, out): return _distance(primals[0], tangents[0])
+
+
+@primitive(broadcasts=True)
+class abs:  # d |x| = sign(x) dx; kink at x = 0
+    def forward(x): return B.xp.abs(x)
+    def jvp(primals, tangents, out): return tangents[0] * B.xp.sign(primals[0])
+    def vjp(g, out, x): return (g * _const(B.xp.sign(x.data)),)
+    def kink(primals, tangents, out): return _distance(primals[0], tangents[0])
+
+
+@primitive(broadcasts=True)
+class maximum:  # d max(a, b) = [a >= b] da + [a < b] db; kink at a = b
+    def forward(a, b): return B.xp.maximum(a, b)
+    def jvp(primals, tangents, out):
+        (a, b), (ta, tb) = primals, tangents
+        take_a = a >= b
+        return _plus(None if ta is None else ta * take_a, None if tb is None else tb * ~take_a)
+    def vjp(g, out, a, b):
+        take_a = (a.data >= b.data).astype(g.dtype)
+        return g * _const(take_a), g * _const(1 - take_a)
+    def kink(primals, tangents, out):
+        (a, b), (ta, tb) = primals, tangents
+        return _distance(a - b, _plus(ta, None if tb is None else -tb))
+
+
+@primitive(linear=True, broadcasts=True)
+class where:  # d where(c, a, b) = where(c, da, db); c is a constant mask
+    def forward(a, b, cond): return B.xp.where(cond, a, b)
+    def jvp(primals, tangents, out, cond):
+        ta, tb = tangents
+        return _plus(None if ta is None else ta * cond, None if tb is None else tb * ~cond)
+    def vjp(g, out, a, b, cond):
+        zero = _const(B.xp.zeros((), g.dtype))
+        return where(g, zero, cond=cond), where(zero, g, cond=cond)
+
+
+# ---------------------------------------------------------------- matmul
+
+
+@primitive(broadcasts=True)
+class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
+    def forward(a, b): return a @ b
+    def jvp(primals, tangents, out):
+        (a, b), (ta, tb) = primals, tangents
+        da = None
+        if ta is not None:  # fold the direction axis into the rows: one BLAS-3 call
+            da = (ta.reshape(-1, b.shape[0]) @ b).reshape(ta.shape[:-1] + b.shape[1:]) if b.ndim == 2 else ta @ b
+        return _plus(da, None if tb is None else a @ tb)
+    def vjp(g, out, a, b):
+        return (g @ b.mT if a.requires_grad else None), (a.mT @ g if b.requires_grad else None)
+
+
+# ---------------------------------------------------------------- reductions
+
+
+@primitive(linear=True)
+class sum:  # d Σx = Σ dx;  axis: negative axes
+    def forward(x, axis, keepdims): return B.xp.sum(x, axis=axis, keepdims=keepdims)
+    def vjp(g, out, x, axis, keepdims):
+        keep = g if keepdims else g.reshape(_keep(out.data, axis, x.ndim).shape)
+        return (keep.broadcast_to(x.shape),)
+
+
+@primitive()
+class max:  # d max(x) = mean of dx over the maximal entries; kink where the argmax changes
+    def forward(x, axis, keepdims): return B.xp.max(x, axis=axis, keepdims=keepdims)
+    def jvp(primals, tangents, out, axis, keepdims):
+        w = _max_weights(primals[0], out, axis, keepdims)
+        return B.xp.sum(tangents[0] * w, axis=axis, keepdims=keepdims)
+    def vjp(g, out, x, axis, keepdims):
+        keep = g if keepdims else g.reshape(_keep(out.data, axis, x.ndim).shape)
+        return (keep * _const(_max_weights(x.data, out.data, axis, keepdims)),)
+    def kink(primals, tangents, out, axis, keepdims):
+        x, t = primals[0], tangents[0]
+        top = out if keepdims else _keep(out, axis, x.ndim)
+        ties = B.xp.sum(x == top, axis=axis) > 1
+        gap = B.xp.where(x == top, B.xp.inf, top - x)
+        spread = 2 * B.xp.abs(t).reshape(t.shape[0], -1).max(axis=1)
+        step = B.xp.min(gap) / B.xp.maximum(spread, B.xp.finfo(t.dtype).tiny)
+        return B.xp.where(B.xp.any(ties), 0.0, step)
+
+
+def _max_weights(x, out, axis, keepdims):
+    hit = x == (out if keepdims else _keep(out, axis, x.ndim))
+    return hit / B.xp.sum(hit, axis=axis, keepdims=True).astype(x.dtype)
+
+
+@primitive()
+class logsumexp:  # d log Σ e^x = Σ softmax(x) dx
+    def forward(x, axis, keepdims):
+        m = B.xp.max(x, axis=axis, keepdims=True)
+        m = B.xp.where(B.xp.isfinite(m), m, 0)
+        out = B.xp.log(B.xp.sum(B.xp.exp(x - m), axis=axis, keepdims=True)) + m
+        return out if keepdims else B.xp.squeeze(out, axis=axis)
+    def jvp(primals, tangents, out, axis, keepdims):
+        x = primals[0]
+        p = B.xp.exp(x - (out if keepdims else _keep(out, axis, x.ndim)))
+        return B.xp.sum(tangents[0] * p, axis=axis, keepdims=keepdims)
+    def vjp(g, out, x, axis, keepdims):
+        shape = _keep(out.data, axis, x.ndim).shape
+        keep_g, keep_out = (g, out) if keepdims else (g.reshape(shape), out.reshape(shape))
+        return (keep_g * (x - keep_out).exp(),)
+
+
+@primitive()
+class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative axis
+    def forward(x, axis):
+        return x - logsumexp.forward(x, axis=(axis,), keepdims=True)
+    def jvp(primals, tangents, out, axis):
+        t = tangents[0]
+        return t - B.xp.sum(B.xp.exp(out) * t, axis=axis, keepdims=True)
+    def vjp(g, out, x, axis):
+        return (g - out.exp() * g.sum(axis=axis, keepdims=True),)
+
+
+# ---------------------------------------------------------------- shape and indexing (all linear)
+
+
+@primitive(linear=True)
+class reshape:  # old: the input's shape
+    def forward(x, shape, old): return x.reshape(x.shape[: x.ndim - len(old)] + shape)
+    def vjp(g, out, x, shape, old): return (g.reshape(old),)
+
+
+@primitive(linear=True)
+class transpose:  # axes: a permutation of the input's axes
+    def forward(x, axes):
+        lead = x.ndim - len(axes)
+        return B.xp.transpose(x, tuple(range(lead)) + tuple(lead + a for a in axes))
+    def vjp(g, out, x, axes):
+        inverse = [0] * len(axes)
+        for i, a in enumerate(axes):
+            inverse[a] = i
+        return (g.transpose(tuple(inverse)),)
+
+
+@primitive(linear=True)
+class broadcast_to:  # old: the input's shape
+    def forward(x, shape, old):
+        lead = x.shape[: x.ndim - len(old)]
+        x = x.reshape(lead + (1,) * (len(shape) - len(old)) + old)
+        return B.xp.broadcast_to(x, lead + shape)
+    def vjp(g, out, x, shape, old): return (g.sum_to(old),)
+
+
+@primitive(linear=True)
+class getitem:  # out = x[index]; old: the input's shape
+    def forward(x, index, old): return x[_lead(x, len(old)) + index]
+    def vjp(g, out, x, index, old): return (scatter_add(g, index=index, shape=old, src=g.shape),)
+
+
+@primitive(linear=True)
+class scatter_add:  # out = zeros(shape); out[index] += g  (the transpose of getitem)
+    def forward(g, index, shape, src):
+        lead = _lead(g, len(src))
+        out = B.xp.zeros(g.shape[: len(lead)] + shape, dtype=g.dtype)
+        if any(_is_advanced(i) for i in index):
+            B.xp.add.at(out, lead + index, g)
+        else:
+            out[lead + index] = g
+        return out
+    def vjp(g, out, x, index, shape, src): return (getitem(g, index=index, old=shape),)
+
+
+def _is_advanced(i):
+    return hasattr(i, "dtype") and (i.ndim > 0 or i.dtype == bool)
+
+
+@primitive(linear=True)
+class pad:  # zero padding; widths: one (before, after) pair per input axis
+    def forward(x, widths):
+        return B.xp.pad(x, ((0, 0),) * (x.ndim - len(widths)) + widths)
+    def vjp(g, out, x, widths):
+        return (g[tuple(slice(a, a + n) for (a, _), n in zip(widths, x.shape))],)
+
+
+@primitive(linear=True)
+class concatenate:  # axis: one negative axis
+    def forward(*xs, axis): return B.xp.concatenate(xs, axis=axis)
+    def vjp(g, out, *xs, axis):
+        pos, start, pieces = g.ndim + axis, 0, []
+        for x in xs:
+            n = x.shape[axis]
+            pieces.append(g[(slice(None),) * pos + (slice(start, start + n),)])
+            start += n
+        return tuple(pieces)

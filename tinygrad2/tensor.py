@@ -1,0 +1,495 @@
+"""Tensor, the one place where primitives are applied, and the backward pass.
+
+Three modes share one rule table (``primitives.py``):
+
+* reverse: ``loss.backward()`` walks the recorded graph in reverse topological
+  order and accumulates ``.grad`` on the leaves;
+* forward: a leaf made with ``tangent=V`` (shape ``(K, *shape)``) pushes K
+  directions at once; every result carries ``.tangent`` of shape ``(K, *shape)``;
+* forward-over-reverse: because vjp rules are written with Tensor operations,
+  a backward pass over tensors that carry tangents produces gradients that
+  carry tangents too: ``x.grad.tangent == H @ V``.
+
+``backward(create_graph=True)`` records the backward pass itself, the
+independent reverse-over-reverse route to second derivatives.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from . import backend as B
+
+_grad_enabled = True
+_kink_margins: list | None = None
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Run operations without recording a graph (tangents still propagate)."""
+    global _grad_enabled
+    old, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = old
+
+
+def _set_grad_enabled(flag: bool) -> bool:
+    global _grad_enabled
+    old, _grad_enabled = _grad_enabled, flag
+    return old
+
+
+@contextlib.contextmanager
+def kink_monitor():
+    """Collect, per direction, the step along the tangent at which a kink
+    (ReLU, abs, maximum, max) would first be crossed, to first order.
+
+    Yields a list; after the block its entries are arrays of shape (K,)."""
+    global _kink_margins
+    old, _kink_margins = _kink_margins, []
+    try:
+        yield _kink_margins
+    finally:
+        _kink_margins = old
+
+
+class Tensor:
+    """An ``xp`` array with an optional tangent (forward mode) and an optional
+    node in the recorded graph (reverse mode)."""
+
+    __slots__ = ("data", "tangent", "grad", "requires_grad", "_node", "__weakref__")
+    __array_ufunc__ = None  # make `ndarray op Tensor` defer to Tensor's reflected op
+
+    def __init__(self, data, requires_grad: bool = False, tangent=None, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        self.data = B.asarray(data, dtype)
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._node = None
+        self.tangent = None
+        if tangent is not None:
+            self.tangent = _check_tangent(B.asarray(tangent, self.data.dtype), self.data.shape)
+
+    @classmethod
+    def _make(cls, data, tangent, node):
+        t = cls.__new__(cls)
+        t.data, t.tangent, t._node, t.grad = data, tangent, node, None
+        t.requires_grad = node is not None
+        return t
+
+    # ---- introspection -------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        parts = [f"shape={self.shape}", f"dtype={self.dtype}"]
+        if self._node is not None:
+            parts.append(f"op={self._node[0].name}")
+        elif self.requires_grad:
+            parts.append("requires_grad=True")
+        if self.tangent is not None:
+            parts.append(f"directions={self.tangent.shape[0]}")
+        body = B.to_host(self.data)
+        text = repr(body) if body.size <= 8 else f"[{body.min():.4g} .. {body.max():.4g}]"
+        return f"Tensor({text}, {', '.join(parts)})"
+
+    def item(self) -> float:
+        if self.data.size != 1:
+            raise ValueError(f"item: tensor of shape {self.shape} has {self.data.size} elements, not 1")
+        return self.data.item()
+
+    def numpy(self):
+        """Explicit host copy of the data (a NumPy array)."""
+        return B.to_host(self.data)
+
+    def detach(self) -> "Tensor":
+        """The same data with no graph and no tangent."""
+        return Tensor._make(self.data, None, None)
+
+    # ---- reverse mode ----------------------------------------------------
+    def backward(self, grad=None, retain_graph: bool | None = None, create_graph: bool = False):
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that
+        requires grad. ``create_graph=True`` records the backward pass, so the
+        gradients can be differentiated again (reverse-over-reverse)."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward: this tensor does not depend on any tensor with requires_grad=True"
+            )
+        if grad is None:
+            if self.data.size != 1:
+                raise ValueError(
+                    f"backward: grad can be implied only for a scalar, got shape {self.shape}; "
+                    f"pass grad= of that shape"
+                )
+            grad = Tensor._make(B.xp.ones_like(self.data), None, None)
+        elif not isinstance(grad, Tensor):
+            grad = Tensor(grad, dtype=self.dtype)
+        if grad.shape != self.shape:
+            raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.shape}")
+        if retain_graph is None:
+            retain_graph = create_graph
+        order = _topological_order(self)
+        grads = {id(self): grad}
+        old = _set_grad_enabled(create_graph)
+        try:
+            for t in reversed(order):
+                g = grads.pop(id(t), None)
+                if g is None:
+                    continue
+                node = t._node
+                if node is None:  # a leaf
+                    t.grad = g if t.grad is None else t.grad + g
+                    continue
+                prim, inputs, params = node
+                if inputs is None:
+                    raise RuntimeError(
+                        f"backward: the graph through '{prim.name}' was freed by an earlier "
+                        f"backward(); call backward(retain_graph=True) the first time"
+                    )
+                cotangents = prim.vjp(g, t, *inputs, **params)
+                for x, c in zip(inputs, cotangents):
+                    if c is None or not x.requires_grad:
+                        continue
+                    if c.shape != x.shape:
+                        c = c.sum_to(x.shape)
+                    key = id(x)
+                    prev = grads.get(key)
+                    grads[key] = c if prev is None else prev + c
+                if not retain_graph:
+                    t._node = (prim, None, params)
+        finally:
+            _set_grad_enabled(old)
+
+    # ---- operators and methods (bodies in primitives.py) -------------------
+    def __add__(self, other): return P.add(self, _lift(other, self))
+    def __radd__(self, other): return P.add(_lift(other, self), self)
+    def __sub__(self, other): return P.sub(self, _lift(other, self))
+    def __rsub__(self, other): return P.sub(_lift(other, self), self)
+    def __mul__(self, other): return P.mul(self, _lift(other, self))
+    def __rmul__(self, other): return P.mul(_lift(other, self), self)
+    def __truediv__(self, other): return P.div(self, _lift(other, self))
+    def __rtruediv__(self, other): return P.div(_lift(other, self), self)
+    def __neg__(self): return P.neg(self)
+    def __matmul__(self, other): return _matmul(self, _lift(other, self))
+    def __rmatmul__(self, other): return _matmul(_lift(other, self), self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor):
+            return (exponent * self.log()).exp()
+        return P.power(self, exponent=exponent)
+
+    def __rpow__(self, base):
+        return (self * B.xp.log(B.asarray(base, self.dtype))).exp()
+
+    # comparisons: not differentiable, return boolean Tensors
+    def __lt__(self, other): return Tensor._make(self.data < _raw(other), None, None)
+    def __le__(self, other): return Tensor._make(self.data <= _raw(other), None, None)
+    def __gt__(self, other): return Tensor._make(self.data > _raw(other), None, None)
+    def __ge__(self, other): return Tensor._make(self.data >= _raw(other), None, None)
+    def __eq__(self, other): return Tensor._make(self.data == _raw(other), None, None)
+    def __ne__(self, other): return Tensor._make(self.data != _raw(other), None, None)
+    __hash__ = object.__hash__
+
+    def exp(self): return P.exp(self)
+    def log(self): return P.log(self)
+    def tanh(self): return P.tanh(self)
+    def sigmoid(self): return P.sigmoid(self)
+    def relu(self): return P.relu(self)
+    def softplus(self): return P.softplus(self)
+    def sqrt(self): return P.sqrt(self)
+    def abs(self): return P.abs(self)
+    def maximum(self, other): return P.maximum(self, _lift(other, self))
+
+    def sum(self, axis=None, keepdims=False):
+        return P.sum(self, axis=_axes(axis, self.ndim, "sum"), keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        axes = _axes(axis, self.ndim, "mean")
+        count = 1
+        for a in axes:
+            count *= self.shape[a]
+        return P.sum(self, axis=axes, keepdims=keepdims) * (1.0 / max(count, 1))
+
+    def max(self, axis=None, keepdims=False):
+        return P.max(self, axis=_axes(axis, self.ndim, "max"), keepdims=keepdims)
+
+    def logsumexp(self, axis=None, keepdims=False):
+        return P.logsumexp(self, axis=_axes(axis, self.ndim, "logsumexp"), keepdims=keepdims)
+
+    def log_softmax(self, axis=-1):
+        (a,) = _axes(axis, self.ndim, "log_softmax")
+        return P.log_softmax(self, axis=a)
+
+    def softmax(self, axis=-1):
+        return self.log_softmax(axis).exp()
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        shape = _resolve_shape(shape, self.shape)
+        if shape == self.shape:
+            return self
+        return P.reshape(self, shape=shape, old=self.shape)
+
+    def flatten(self):
+        return self.reshape(-1)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if not axes:
+            axes = tuple(range(self.ndim - 1, -1, -1))
+        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
+            raise ValueError(f"transpose: axes {axes} are not a permutation for shape {self.shape}")
+        return P.transpose(self, axes=tuple(a % self.ndim for a in axes))
+
+    T = property(lambda self: self.transpose())
+    mT = property(lambda self: self.swapaxes(-1, -2))
+
+    def swapaxes(self, a, b):
+        axes = list(range(self.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return P.transpose(self, axes=tuple(axes))
+
+    def broadcast_to(self, shape):
+        shape = tuple(shape)
+        if shape == self.shape:
+            return self
+        try:
+            B.xp.broadcast_shapes(self.shape, shape)
+        except ValueError:
+            raise ValueError(f"broadcast_to: cannot broadcast shape {self.shape} to {shape}") from None
+        return P.broadcast_to(self, shape=shape, old=self.shape)
+
+    def sum_to(self, shape):
+        """Sum over broadcast axes so that the result has ``shape`` (the
+        reverse of ``broadcast_to``)."""
+        shape = tuple(shape)
+        lead = self.ndim - len(shape)
+        if lead < 0:
+            raise ValueError(f"sum_to: cannot reduce shape {self.shape} to the larger {shape}")
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, s in enumerate(shape) if s == 1 and self.shape[lead + i] != 1
+        )
+        out = P.sum(self, axis=tuple(a - self.ndim for a in axes), keepdims=True) if axes else self
+        return out.reshape(shape)
+
+    def __getitem__(self, index):
+        index = _normalize_index(index, self.shape)
+        return P.getitem(self, index=index, old=self.shape)
+
+    def pad(self, pad_width):
+        """Zero padding; ``pad_width`` as in ``numpy.pad``: one (before, after)
+        pair per axis."""
+        widths = tuple((int(a), int(b)) for a, b in pad_width)
+        if len(widths) != self.ndim or any(a < 0 or b < 0 for a, b in widths):
+            raise ValueError(f"pad: pad_width {pad_width} does not fit shape {self.shape}")
+        return P.pad(self, widths=widths)
+
+    @staticmethod
+    def concatenate(tensors, axis=0):
+        tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+        if not tensors:
+            raise ValueError("concatenate: need at least one tensor")
+        ndim = tensors[0].ndim
+        shapes = [t.shape for t in tensors]
+        (a,) = _axes(axis, ndim, "concatenate")
+        a += ndim
+        for s in shapes:
+            if len(s) != ndim or s[:a] + s[a + 1 :] != shapes[0][:a] + shapes[0][a + 1 :]:
+                raise ValueError(f"concatenate: shapes {shapes} do not match off axis {axis}")
+        return P.concatenate(*tensors, axis=a - ndim)
+
+    @staticmethod
+    def stack(tensors, axis=0):
+        tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+        shapes = {t.shape for t in tensors}
+        if len(shapes) != 1:
+            raise ValueError(f"stack: all shapes must be equal, got {sorted(shapes)}")
+        ndim = tensors[0].ndim + 1
+        (a,) = _axes(axis, ndim, "stack")
+        a += ndim
+        expanded = [t.reshape(t.shape[:a] + (1,) + t.shape[a:]) for t in tensors]
+        return Tensor.concatenate(expanded, axis=a)
+
+    @staticmethod
+    def where(condition, a, b):
+        cond = _raw(condition).astype(bool)
+        if not isinstance(a, Tensor):
+            a = _lift(a, b) if isinstance(b, Tensor) else Tensor(a)
+        b = _lift(b, a)
+        return P.where(a, b, cond=cond)
+
+
+def _check_tangent(tangent, shape):
+    if tangent.shape == shape:
+        return tangent[None]
+    if tangent.shape[1:] != shape:
+        raise ValueError(
+            f"Tensor: tangent of shape {tangent.shape} does not fit data of shape {shape}; "
+            f"expected {shape} or (K, *{shape})"
+        )
+    return tangent
+
+
+def _lift(value, like: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (int, float)):
+        return Tensor._make(B.xp.asarray(value, dtype=like.data.dtype), None, None)
+    return Tensor(value)
+
+
+def _raw(value):
+    return value.data if isinstance(value, Tensor) else value
+
+
+def _axes(axis, ndim, op):
+    if axis is None:
+        return tuple(range(-ndim, 0))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"{op}: axis {a} is out of range for a tensor of {ndim} dims")
+    return tuple(sorted(a % ndim - ndim for a in axes)) if ndim else ()
+
+
+def _resolve_shape(shape, old):
+    shape = tuple(int(s) for s in shape)
+    size = 1
+    for s in old:
+        size *= s
+    if shape.count(-1) > 1:
+        raise ValueError(f"reshape: at most one -1 allowed, got {shape}")
+    if -1 in shape:
+        known = 1
+        for s in shape:
+            if s != -1:
+                known *= s
+        if known == 0 or size % known:
+            raise ValueError(f"reshape: cannot reshape {old} into {shape}")
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    new = 1
+    for s in shape:
+        new *= s
+    if new != size:
+        raise ValueError(f"reshape: cannot reshape {old} ({size} elements) into {shape} ({new})")
+    return shape
+
+
+def _normalize_index(index, shape):
+    """Tensors and lists in an index become arrays; advanced indices must be
+    adjacent so that a leading direction axis stays in front."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    out = []
+    for i in index:
+        if isinstance(i, Tensor):
+            i = i.data
+        elif isinstance(i, list):
+            i = B.xp.asarray(i)
+        out.append(i)
+    advanced = [k for k, i in enumerate(out) if P._is_advanced(i)]
+    if advanced and advanced[-1] - advanced[0] != len(advanced) - 1:
+        raise NotImplementedError(
+            f"getitem: advanced indices at positions {advanced} are not adjacent (shape {shape})"
+        )
+    return tuple(out)
+
+
+def _matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` with NumPy's rules for 1-D operands, built on the 2-D+ primitive."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: lhs {a.shape} @ rhs {b.shape}: operands must be at least 1-D")
+    inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if a.shape[-1] != inner_b:
+        raise ValueError(
+            f"matmul: lhs {a.shape} @ rhs {b.shape}: inner dims {a.shape[-1]} != {inner_b}"
+        )
+    try:
+        B.xp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"matmul: lhs {a.shape} @ rhs {b.shape}: batch dims {a.shape[:-2]} and "
+            f"{b.shape[:-2]} do not broadcast"
+        ) from None
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    out = P.matmul(a2, b2)
+    if a.ndim == 1:
+        out = out.reshape(out.shape[:-2] + out.shape[-1:])
+    if b.ndim == 1:
+        out = out.reshape(out.shape[:-1])
+    return out
+
+
+def _topological_order(root):
+    """Tensors that need a gradient, each after all of its inputs (DFS post-order)."""
+    order, expanded, stack = [], set(), [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in expanded:
+            continue
+        expanded.add(id(t))
+        stack.append((t, True))
+        node = t._node
+        if node is not None and node[1] is not None:
+            for x in node[1]:
+                if x.requires_grad and id(x) not in expanded:
+                    stack.append((x, False))
+    return order
+
+
+def apply(prim, *inputs, **params):
+    """Run one primitive: forward, the jvp when any input carries a tangent,
+    and a graph node when recording and any input requires grad."""
+    datas = [x.data for x in inputs]
+    try:
+        out = prim.forward(*datas, **params)
+    except (ValueError, TypeError, IndexError) as err:
+        shapes = ", ".join(str(d.shape) for d in datas)
+        raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None
+    tangent = None
+    tangents = [x.tangent for x in inputs]
+    if any(t is not None for t in tangents):
+        k = None
+        for t in tangents:
+            if t is not None:
+                if k is None:
+                    k = t.shape[0]
+                elif t.shape[0] != k:
+                    raise ValueError(
+                        f"{prim.name}: tangents carry different numbers of directions "
+                        f"({k} and {t.shape[0]})"
+                    )
+        if prim.broadcasts:
+            nd = out.ndim
+            tangents = [
+                t if t is None or t.ndim == nd + 1 else t.reshape((k,) + (1,) * (nd + 1 - t.ndim) + t.shape[1:])
+                for t in tangents
+            ]
+        tangent = prim.jvp(datas, tangents, out, **params)
+        if tangent is not None and tangent.shape[1:] != out.shape:
+            tangent = B.xp.broadcast_to(tangent, (k,) + out.shape)
+        if _kink_margins is not None and prim.kink is not None:
+            _kink_margins.append(prim.kink(datas, tangents, out, **params))
+    node = None
+    if _grad_enabled:
+        for x in inputs:
+            if x.requires_grad:
+                node = (prim, inputs, params)
+                break
+    return Tensor._make(out, tangent, node)
+
+
+from . import primitives as P  # noqa: E402  (primitives need Tensor defined first)
