@@ -93,9 +93,12 @@ def _direction_min(margin):
 
 
 def _distance(gap, tangent):
-    """|gap| / |tangent| per direction: the first-order step to a kink."""
-    tiny = B.xp.finfo(tangent.dtype).tiny
-    return _direction_min(B.xp.abs(gap) / B.xp.maximum(B.xp.abs(tangent), tiny))
+    """|gap| / |tangent| per direction (infinite where the tangent is zero):
+    the first-order step at which the gap closes."""
+    speed = B.xp.abs(tangent)
+    moving = speed > 0
+    ratio = B.xp.where(moving, B.xp.abs(gap) / B.xp.where(moving, speed, 1), B.xp.inf)
+    return _direction_min(ratio)
 
 
 def _lead(array, primal_ndim):
@@ -274,14 +277,11 @@ class max:  # d max(x) = mean of dx over the maximal entries; kink where the arg
     def vjp(g, out, x, axis, keepdims):
         keep = g if keepdims else g.reshape(_keep(out.data, axis, x.ndim).shape)
         return (keep * _const(_max_weights(x.data, out.data, axis, keepdims)),)
-    def kink(primals, tangents, out, axis, keepdims):
+    def kink(primals, tangents, out, axis, keepdims):  # entries catch up with the maximum
         x, t = primals[0], tangents[0]
         top = out if keepdims else _keep(out, axis, x.ndim)
-        ties = B.xp.sum(x == top, axis=axis) > 1
-        gap = B.xp.where(x == top, B.xp.inf, top - x)
-        spread = 2 * B.xp.abs(t).reshape(t.shape[0], -1).max(axis=1)
-        step = B.xp.min(gap) / B.xp.maximum(spread, B.xp.finfo(t.dtype).tiny)
-        return B.xp.where(B.xp.any(ties), 0.0, step)
+        top_speed = B.xp.sum(t * _max_weights(x, out, axis, keepdims), axis=axis, keepdims=True)
+        return _distance(top - x, t - top_speed)
 
 
 def _max_weights(x, out, axis, keepdims):
@@ -292,8 +292,7 @@ def _max_weights(x, out, axis, keepdims):
 @primitive()
 class logsumexp:  # d log Σ e^x = Σ softmax(x) dx
     def forward(x, axis, keepdims):
-        m = B.xp.max(x, axis=axis, keepdims=True)
-        m = B.xp.where(B.xp.isfinite(m), m, 0)
+        m = B.xp.maximum(B.xp.max(x, axis=axis, keepdims=True), B.xp.finfo(x.dtype).min)  # rows of -inf stay -inf
         out = B.xp.log(B.xp.sum(B.xp.exp(x - m), axis=axis, keepdims=True)) + m
         return out if keepdims else B.xp.squeeze(out, axis=axis)
     def jvp(primals, tangents, out, axis, keepdims):
@@ -315,6 +314,26 @@ class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative
         return t - B.xp.sum(B.xp.exp(out) * t, axis=axis, keepdims=True)
     def vjp(g, out, x, axis):
         return (g - out.exp() * g.sum(axis=axis, keepdims=True),)
+
+
+@primitive()
+class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = mean_i Σ_c (softmax(z_i) - onehot(y_i))_c dz_ic
+    def forward(z, labels):
+        lse = logsumexp.forward(z, axis=(-1,), keepdims=False)
+        picked = B.xp.take_along_axis(z, labels[:, None], axis=-1)[..., 0]
+        return B.xp.mean(lse - picked, axis=-1)
+    def jvp(primals, tangents, out, labels):
+        z, t = primals[0], tangents[0]
+        residual = B.xp.exp(log_softmax.forward(z, axis=-1)) - _one_hot(labels, z)
+        return B.xp.sum(t * residual, axis=(-2, -1)) / z.shape[0]
+    def vjp(g, out, z, labels):
+        return ((z.log_softmax(axis=-1).exp() - _const(_one_hot(labels, z.data))) * (g * (1.0 / z.shape[0])),)
+
+
+def _one_hot(labels, like):
+    hot = B.xp.zeros(like.shape, dtype=like.dtype)
+    hot[B.xp.arange(like.shape[0]), labels] = 1
+    return hot
 
 
 # ---------------------------------------------------------------- shape and indexing (all linear)

@@ -16,11 +16,14 @@ independent reverse-over-reverse route to second derivatives.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 
 from . import backend as B
 
 _grad_enabled = True
 _kink_margins: list | None = None
+_sequence = itertools.count()  # creation order of recorded tensors
 
 
 @contextlib.contextmanager
@@ -135,19 +138,16 @@ class Tensor:
             raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.shape}")
         if retain_graph is None:
             retain_graph = create_graph
-        order = _topological_order(self)
+        nodes, leaves = _reachable(self)
+        nodes.sort(key=lambda t: t._node[3], reverse=True)  # creation order is topological
         grads = {id(self): grad}
         old = _set_grad_enabled(create_graph)
         try:
-            for t in reversed(order):
+            for t in nodes:
                 g = grads.pop(id(t), None)
                 if g is None:
                     continue
-                node = t._node
-                if node is None:  # a leaf
-                    t.grad = g if t.grad is None else t.grad + g
-                    continue
-                prim, inputs, params = node
+                prim, inputs, params, _ = t._node
                 if inputs is None:
                     raise RuntimeError(
                         f"backward: the graph through '{prim.name}' was freed by an earlier "
@@ -157,13 +157,16 @@ class Tensor:
                 for x, c in zip(inputs, cotangents):
                     if c is None or not x.requires_grad:
                         continue
-                    if c.shape != x.shape:
-                        c = c.sum_to(x.shape)
-                    key = id(x)
-                    prev = grads.get(key)
-                    grads[key] = c if prev is None else prev + c
+                    if c.data.shape != x.data.shape:
+                        c = c.sum_to(x.data.shape)
+                    prev = grads.get(id(x))
+                    grads[id(x)] = c if prev is None else prev + c
                 if not retain_graph:
-                    t._node = (prim, None, params)
+                    t._node = (prim, None, params, t._node[3])
+            for leaf in leaves:
+                g = grads.get(id(leaf))
+                if g is not None:
+                    leaf.grad = g if leaf.grad is None else leaf.grad + g
         finally:
             _set_grad_enabled(old)
 
@@ -227,6 +230,24 @@ class Tensor:
         (a,) = _axes(axis, self.ndim, "log_softmax")
         return P.log_softmax(self, axis=a)
 
+    def cross_entropy(self, labels):
+        """Mean softmax cross-entropy of logits ``self`` (n, C) with integer
+        labels (n,): mean_i [logsumexp(z_i) - z_i,y_i], one fused primitive."""
+        labels = _raw(labels)
+        if self.ndim != 2:
+            raise ValueError(f"cross_entropy: logits must be (n, C), got shape {self.shape}")
+        if labels.shape != self.shape[:1] or labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"cross_entropy: labels must be integers of shape ({self.shape[0]},), got "
+                f"shape {labels.shape} dtype {labels.dtype}"
+            )
+        if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= self.shape[1]):
+            raise ValueError(
+                f"cross_entropy: labels must lie in [0, {self.shape[1]}), got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+        return P.cross_entropy(self, labels=labels)
+
     def softmax(self, axis=-1):
         return self.log_softmax(axis).exp()
 
@@ -251,7 +272,7 @@ class Tensor:
         return P.transpose(self, axes=tuple(a % self.ndim for a in axes))
 
     T = property(lambda self: self.transpose())
-    mT = property(lambda self: self.swapaxes(-1, -2))
+    mT = property(lambda self: P.transpose(self, axes=(1, 0)) if self.ndim == 2 else self.swapaxes(-1, -2))
 
     def swapaxes(self, a, b):
         axes = list(range(self.ndim))
@@ -275,6 +296,8 @@ class Tensor:
         lead = self.ndim - len(shape)
         if lead < 0:
             raise ValueError(f"sum_to: cannot reduce shape {self.shape} to the larger {shape}")
+        if self.shape[lead:] == shape:  # only leading axes to reduce: one sum
+            return P.sum(self, axis=_ALL_AXES[self.ndim][:lead], keepdims=False)
         axes = tuple(range(lead)) + tuple(
             lead + i for i, s in enumerate(shape) if s == 1 and self.shape[lead + i] != 1
         )
@@ -352,35 +375,34 @@ def _raw(value):
 
 
 def _axes(axis, ndim, op):
+    """Axes as a sorted tuple of negative ints (valid with extra leading axes)."""
     if axis is None:
-        return tuple(range(-ndim, 0))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    for a in axes:
-        if not -ndim <= a < max(ndim, 1):
+        return _ALL_AXES[ndim] if ndim < len(_ALL_AXES) else tuple(range(-ndim, 0))
+    if isinstance(axis, int):
+        if not -ndim <= axis < ndim:
+            raise ValueError(f"{op}: axis {axis} is out of range for a tensor of {ndim} dims")
+        return (axis - ndim if axis >= 0 else axis,)
+    for a in axis:
+        if not -ndim <= a < ndim:
             raise ValueError(f"{op}: axis {a} is out of range for a tensor of {ndim} dims")
-    return tuple(sorted(a % ndim - ndim for a in axes)) if ndim else ()
+    return tuple(sorted(a % ndim - ndim for a in axis))
+
+
+_ALL_AXES = [tuple(range(-n, 0)) for n in range(8)]
 
 
 def _resolve_shape(shape, old):
     shape = tuple(int(s) for s in shape)
-    size = 1
-    for s in old:
-        size *= s
-    if shape.count(-1) > 1:
-        raise ValueError(f"reshape: at most one -1 allowed, got {shape}")
+    size = math.prod(old)
     if -1 in shape:
-        known = 1
-        for s in shape:
-            if s != -1:
-                known *= s
+        if shape.count(-1) > 1:
+            raise ValueError(f"reshape: at most one -1 allowed, got {shape}")
+        known = -math.prod(shape)
         if known == 0 or size % known:
             raise ValueError(f"reshape: cannot reshape {old} into {shape}")
         shape = tuple(size // known if s == -1 else s for s in shape)
-    new = 1
-    for s in shape:
-        new *= s
-    if new != size:
-        raise ValueError(f"reshape: cannot reshape {old} ({size} elements) into {shape} ({new})")
+    elif math.prod(shape) != size:
+        raise ValueError(f"reshape: cannot reshape {old} ({size} elements) into {shape} ({math.prod(shape)})")
     return shape
 
 
@@ -406,48 +428,47 @@ def _normalize_index(index, shape):
 
 def _matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` with NumPy's rules for 1-D operands, built on the 2-D+ primitive."""
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: lhs {a.shape} @ rhs {b.shape}: operands must be at least 1-D")
-    inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
-    if a.shape[-1] != inner_b:
-        raise ValueError(
-            f"matmul: lhs {a.shape} @ rhs {b.shape}: inner dims {a.shape[-1]} != {inner_b}"
-        )
+    sa, sb = a.data.shape, b.data.shape
+    if len(sa) == 2 and len(sb) == 2 and sa[1] == sb[0]:
+        return P.matmul(a, b)
+    if not sa or not sb:
+        raise ValueError(f"matmul: lhs {sa} @ rhs {sb}: operands must be at least 1-D")
+    inner_b = sb[-2] if len(sb) > 1 else sb[0]
+    if sa[-1] != inner_b:
+        raise ValueError(f"matmul: lhs {sa} @ rhs {sb}: inner dims {sa[-1]} != {inner_b}")
     try:
-        B.xp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        B.xp.broadcast_shapes(sa[:-2], sb[:-2])
     except ValueError:
         raise ValueError(
-            f"matmul: lhs {a.shape} @ rhs {b.shape}: batch dims {a.shape[:-2]} and "
-            f"{b.shape[:-2]} do not broadcast"
+            f"matmul: lhs {sa} @ rhs {sb}: batch dims {sa[:-2]} and {sb[:-2]} do not broadcast"
         ) from None
-    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
-    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    a2 = a.reshape(1, sa[0]) if len(sa) == 1 else a
+    b2 = b.reshape(sb[0], 1) if len(sb) == 1 else b
     out = P.matmul(a2, b2)
-    if a.ndim == 1:
+    if len(sa) == 1:
         out = out.reshape(out.shape[:-2] + out.shape[-1:])
-    if b.ndim == 1:
+    if len(sb) == 1:
         out = out.reshape(out.shape[:-1])
     return out
 
 
-def _topological_order(root):
-    """Tensors that need a gradient, each after all of its inputs (DFS post-order)."""
-    order, expanded, stack = [], set(), [(root, False)]
+def _reachable(root):
+    """The recorded tensors and the leaves that ``root`` depends on."""
+    nodes, leaves, seen, stack = [], [], {id(root)}, [root]
     while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in expanded:
-            continue
-        expanded.add(id(t))
-        stack.append((t, True))
+        t = stack.pop()
         node = t._node
-        if node is not None and node[1] is not None:
-            for x in node[1]:
-                if x.requires_grad and id(x) not in expanded:
-                    stack.append((x, False))
-    return order
+        if node is None:
+            leaves.append(t)
+            continue
+        nodes.append(t)
+        if node[1] is None:
+            continue
+        for x in node[1]:
+            if x.requires_grad and id(x) not in seen:
+                seen.add(id(x))
+                stack.append(x)
+    return nodes, leaves
 
 
 def apply(prim, *inputs, **params):
@@ -459,37 +480,43 @@ def apply(prim, *inputs, **params):
     except (ValueError, TypeError, IndexError) as err:
         shapes = ", ".join(str(d.shape) for d in datas)
         raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None
-    tangent = None
-    tangents = [x.tangent for x in inputs]
-    if any(t is not None for t in tangents):
-        k = None
-        for t in tangents:
-            if t is not None:
-                if k is None:
-                    k = t.shape[0]
-                elif t.shape[0] != k:
-                    raise ValueError(
-                        f"{prim.name}: tangents carry different numbers of directions "
-                        f"({k} and {t.shape[0]})"
-                    )
-        if prim.broadcasts:
-            nd = out.ndim
-            tangents = [
-                t if t is None or t.ndim == nd + 1 else t.reshape((k,) + (1,) * (nd + 1 - t.ndim) + t.shape[1:])
-                for t in tangents
-            ]
-        tangent = prim.jvp(datas, tangents, out, **params)
-        if tangent is not None and tangent.shape[1:] != out.shape:
-            tangent = B.xp.broadcast_to(tangent, (k,) + out.shape)
-        if _kink_margins is not None and prim.kink is not None:
-            _kink_margins.append(prim.kink(datas, tangents, out, **params))
-    node = None
+    t = Tensor.__new__(Tensor)
+    t.data, t.grad, t.tangent, t._node, t.requires_grad = out, None, None, None, False
+    for x in inputs:
+        if x.tangent is not None:
+            t.tangent = _push_tangents(prim, inputs, datas, out, params)
+            break
     if _grad_enabled:
         for x in inputs:
             if x.requires_grad:
-                node = (prim, inputs, params)
+                t._node, t.requires_grad = (prim, inputs, params, next(_sequence)), True
                 break
-    return Tensor._make(out, tangent, node)
+    return t
+
+
+def _push_tangents(prim, inputs, datas, out, params):
+    tangents = [x.tangent for x in inputs]
+    k = None
+    for tan in tangents:
+        if tan is not None:
+            if k is None:
+                k = tan.shape[0]
+            elif tan.shape[0] != k:
+                raise ValueError(
+                    f"{prim.name}: tangents carry different numbers of directions ({k} and {tan.shape[0]})"
+                )
+    if prim.broadcasts:  # align each tangent to the output's number of dims
+        nd = out.ndim + 1
+        tangents = [
+            tan if tan is None or tan.ndim == nd else tan.reshape((k,) + (1,) * (nd - tan.ndim) + tan.shape[1:])
+            for tan in tangents
+        ]
+    tangent = prim.jvp(datas, tangents, out, **params)
+    if tangent is not None and tangent.shape[1:] != out.shape:
+        tangent = B.xp.broadcast_to(tangent, (k,) + out.shape)
+    if _kink_margins is not None and prim.kink is not None:
+        _kink_margins.append(prim.kink(datas, tangents, out, **params))
+    return tangent
 
 
 from . import primitives as P  # noqa: E402  (primitives need Tensor defined first)
