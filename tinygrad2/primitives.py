@@ -407,3 +407,40 @@ class concatenate:  # axis: one negative axis
             pieces.append(g[(slice(None),) * pos + (slice(start, start + n),)])
             start += n
         return tuple(pieces)
+
+
+# ---------------------------------------------------------------- convolution patches (linear pair)
+
+
+@primitive(linear=True)
+class im2col:  # (N, C, H, W) -> patches (N, OH, OW, C, kh, kw) of the zero-padded input
+    def forward(x, kernel, stride, padding):
+        lead, (n, c, h, w) = x.shape[:-4], x.shape[-4:]
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        x = x.reshape((-1, c, h, w))
+        if ph or pw:
+            x = B.xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        m, s = x.shape[0], x.strides
+        windows = B.xp.lib.stride_tricks.as_strided(
+            x, (m, oh, ow, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2], s[3])
+        )
+        return B.xp.ascontiguousarray(windows).reshape(lead + (n, oh, ow, c, kh, kw))
+    def vjp(g, out, x, kernel, stride, padding):
+        return (col2im(g, kernel=kernel, stride=stride, padding=padding, shape=x.shape[-3:]),)
+
+
+@primitive(linear=True)
+class col2im:  # the transpose of im2col: add every patch back at its place; shape: (C, H, W)
+    def forward(cols, kernel, stride, padding, shape):
+        lead = cols.shape[:-6]
+        n, oh, ow = cols.shape[-6:-3]
+        (kh, kw), (sh, sw), (ph, pw), (c, h, w) = kernel, stride, padding, shape
+        cols = cols.reshape((-1, oh, ow, c, kh, kw))
+        out = B.xp.zeros((cols.shape[0], c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+        return out[:, :, ph : ph + h, pw : pw + w].reshape(lead + (n, c, h, w))
+    def vjp(g, out, cols, kernel, stride, padding, shape):
+        return (im2col(g, kernel=kernel, stride=stride, padding=padding),)
