@@ -2,10 +2,19 @@
 from . import backend
 from .backend import to_host
 from .tensor import Tensor, no_grad
-from .primitives import REGISTRY as primitives
+from . import primitives
+from .primitives import REGISTRY as PRIMITIVES
 from .functional import grad, value_and_grad, jvp, vjp, hvp, hvp_reverse_over_reverse, hessian
 
 __all__ = [
-    "backend", "to_host", "Tensor", "no_grad", "primitives",
+    "backend", "to_host", "Tensor", "no_grad", "primitives", "PRIMITIVES",
     "grad", "value_and_grad", "jvp", "vjp", "hvp", "hvp_reverse_over_reverse", "hessian",
+]
+from .spectrum import (  # noqa: E402
+    linear_operator, top_eigenvalues, trace_hutchinson, trace_hutchpp,
+    lanczos, gauss_quadrature, slq_quadrature, slq_density,
+)
+__all__ += [
+    "linear_operator", "top_eigenvalues", "trace_hutchinson", "trace_hutchpp",
+    "lanczos", "gauss_quadrature", "slq_quadrature", "slq_density",
 ]

@@ -149,11 +149,15 @@ class div:  # d(a / b) = (da - (a/b) db) / b
 
 
 @primitive(broadcasts=True)
-class power:  # d x^p = p x^(p-1) dx, exponent p a constant
+class power:  # d x^p = p x^(p-1) dx, exponent p a constant (p = 0: zero, also at x = 0)
     def forward(x, exponent): return x**exponent
     def jvp(primals, tangents, out, exponent):
+        if exponent == 0:
+            return B.xp.zeros_like(tangents[0])
         return tangents[0] * (exponent * primals[0] ** (exponent - 1))
     def vjp(g, out, x, exponent):
+        if exponent == 0:
+            return (g * 0.0,)
         return (g * exponent if exponent == 1 else g * (x ** (exponent - 1) * exponent),)
 
 
@@ -317,23 +321,37 @@ class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative
 
 
 @primitive()
-class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = mean_i Σ_c (softmax(z_i) - onehot(y_i))_c dz_ic
+class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z), dz>
     def forward(z, labels):
-        lse = logsumexp.forward(z, axis=(-1,), keepdims=False)
-        picked = B.xp.take_along_axis(z, labels[:, None], axis=-1)[..., 0]
-        return B.xp.mean(lse - picked, axis=-1)
+        n = z.shape[0]
+        m = B.xp.maximum(z.max(axis=-1), B.xp.finfo(z.dtype).min)
+        lse = B.xp.log(B.xp.exp(z - m[:, None]).sum(axis=-1)) + m
+        return (lse - z[B.xp.arange(n), labels]).sum() * (1.0 / n)
+    def jvp(primals, tangents, out, labels):
+        grad = _softmax_residual(primals[0], labels)
+        return (tangents[0] * grad).sum(axis=(-2, -1))
+    def vjp(g, out, z, labels): return (cross_entropy_grad(z, labels=labels) * g,)
+
+
+@primitive()
+class cross_entropy_grad:  # (softmax(z) - onehot(y)) / n;  d = p ⊙ (dz - Σ_c p dz) / n, p = softmax(z)
+    def forward(z, labels): return _softmax_residual(z, labels)
     def jvp(primals, tangents, out, labels):
         z, t = primals[0], tangents[0]
-        residual = B.xp.exp(log_softmax.forward(z, axis=-1)) - _one_hot(labels, z)
-        return B.xp.sum(t * residual, axis=(-2, -1)) / z.shape[0]
-    def vjp(g, out, z, labels):
-        return ((z.log_softmax(axis=-1).exp() - _const(_one_hot(labels, z.data))) * (g * (1.0 / z.shape[0])),)
+        p = B.xp.exp(log_softmax.forward(z, axis=-1))
+        return p * (t - (p * t).sum(axis=-1, keepdims=True)) * (1.0 / z.shape[0])
+    def vjp(u, out, z, labels):  # the same symmetric operator, in Tensor ops
+        p = z.log_softmax(axis=-1).exp()
+        pu = p * u
+        return ((pu - p * pu.sum(axis=-1, keepdims=True)) * (1.0 / z.shape[0]),)
 
 
-def _one_hot(labels, like):
-    hot = B.xp.zeros(like.shape, dtype=like.dtype)
-    hot[B.xp.arange(like.shape[0]), labels] = 1
-    return hot
+def _softmax_residual(z, labels):
+    n = z.shape[0]
+    e = B.xp.exp(z - z.max(axis=-1, keepdims=True))
+    r = e / e.sum(axis=-1, keepdims=True)
+    r[B.xp.arange(n), labels] -= 1
+    return r * (1.0 / n)
 
 
 # ---------------------------------------------------------------- shape and indexing (all linear)

@@ -306,6 +306,12 @@ class Tensor:
 
     def __getitem__(self, index):
         index = _normalize_index(index, self.shape)
+        if any(P._is_advanced(i) for i in index) and any(_is_int(i) for i in index):
+            # beside an array index NumPy treats an int as advanced too, which would move the
+            # direction axis; index with a length-1 slice instead and drop the axis afterwards
+            shape = B.xp.broadcast_to(B.xp.empty((), bool), self.shape)[index].shape
+            index = tuple(slice(i, i + 1 if i != -1 else None) if _is_int(i) else i for i in index)
+            return P.getitem(self, index=_normalize_index(index, self.shape), old=self.shape).reshape(shape)
         return P.getitem(self, index=index, old=self.shape)
 
     def pad(self, pad_width):
@@ -396,7 +402,7 @@ def _resolve_shape(shape, old):
     size = math.prod(old)
     if -1 in shape:
         if shape.count(-1) > 1:
-            raise ValueError(f"reshape: at most one -1 allowed, got {shape}")
+            raise ValueError(f"reshape: cannot reshape {old} into {shape}: at most one -1 allowed")
         known = -math.prod(shape)
         if known == 0 or size % known:
             raise ValueError(f"reshape: cannot reshape {old} into {shape}")
@@ -404,6 +410,10 @@ def _resolve_shape(shape, old):
     elif math.prod(shape) != size:
         raise ValueError(f"reshape: cannot reshape {old} ({size} elements) into {shape} ({math.prod(shape)})")
     return shape
+
+
+def _is_int(i):
+    return isinstance(i, int) or (hasattr(i, "dtype") and i.ndim == 0 and i.dtype.kind in "iu")
 
 
 def _normalize_index(index, shape):
@@ -511,7 +521,11 @@ def _push_tangents(prim, inputs, datas, out, params):
             tan if tan is None or tan.ndim == nd else tan.reshape((k,) + (1,) * (nd - tan.ndim) + tan.shape[1:])
             for tan in tangents
         ]
-    tangent = prim.jvp(datas, tangents, out, **params)
+    try:
+        tangent = prim.jvp(datas, tangents, out, **params)
+    except (ValueError, TypeError, IndexError) as err:
+        shapes = ", ".join(str(None if tan is None else tan.shape) for tan in tangents)
+        raise type(err)(f"{prim.name}: jvp with tangents of shapes {shapes}: {err}") from None
     if tangent is not None and tangent.shape[1:] != out.shape:
         tangent = B.xp.broadcast_to(tangent, (k,) + out.shape)
     if _kink_margins is not None and prim.kink is not None:

@@ -1,0 +1,112 @@
+"""Test helpers that do not go through ``tinygrad2.check``: an independent
+finite-difference stencil, the three derivative routes on functions of several
+Tensors, and one comparison with an explicit tolerance."""
+from __future__ import annotations
+
+import numpy as np
+
+from tinygrad2 import Tensor, no_grad
+
+# Fourth-order central stencil: truncation error O(h^4), rounding ~ eps |F| / h.
+_STENCIL = ((-2, 1.0), (-1, -8.0), (1, 8.0), (2, -1.0))
+
+
+def central_difference(F, arrays, Vs, step=1e-3):
+    """(K, *F.shape): d/de F(arrays + e Vs[k]) for every direction k.
+
+    ``arrays`` is a list of inputs and ``Vs`` a matching list whose entries are
+    ``None`` (the input is held fixed) or (K, *shape) directions. The step is
+    ``step / max|v_k|`` so that no input moves by more than 2 * step."""
+    K = next(v.shape[0] for v in Vs if v is not None)
+    rows = []
+    for k in range(K):
+        scale = max(float(np.abs(v[k]).max(initial=0.0)) for v in Vs if v is not None)
+        h = step / scale if scale > 0 else step
+        acc = 0.0
+        for c, w in _STENCIL:
+            moved = [a if v is None else a + (c * h) * v[k] for a, v in zip(arrays, Vs)]
+            acc = acc + w * np.asarray(F(moved), dtype=np.float64)
+        rows.append(acc / (12 * h))
+    return np.stack(rows)
+
+
+def assert_close(actual, expected, rtol, atol=0.0, what=""):
+    """||actual - expected|| <= rtol * max(||actual||, ||expected||) + atol (Frobenius)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != expected {expected.shape}"
+    err = float(np.linalg.norm((actual - expected).ravel()))
+    scale = max(float(np.linalg.norm(actual.ravel())), float(np.linalg.norm(expected.ravel())))
+    assert err <= rtol * scale + atol, (
+        f"{what}: error {err:.3e} > rtol {rtol:.0e} * scale {scale:.3e} + atol {atol:.0e}"
+    )
+
+
+def values(fn, params=None):
+    """F(list of arrays) -> array, no graph, no tangents."""
+    params = params or {}
+
+    def F(arrays):
+        with no_grad():
+            return fn(*[Tensor(a) for a in arrays], **params).data
+
+    return F
+
+
+def gradients(fn, arrays, params=None):
+    """Reverse mode: d fn / d arrays[i] for a scalar fn, as arrays."""
+    ts = [Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*ts, **(params or {}))
+    out.backward()
+    return [np.zeros_like(a) if t.grad is None else t.grad.data for a, t in zip(arrays, ts)]
+
+
+def forward_over_reverse(fn, arrays, Vs, params=None):
+    """H V by seeding tangents Vs on every input and running backward once."""
+    K = Vs[0].shape[0]
+    ts = [Tensor(a, requires_grad=True, tangent=v) for a, v in zip(arrays, Vs)]
+    out = fn(*ts, **(params or {}))
+    out.backward()
+    result = []
+    for a, t in zip(arrays, ts):
+        if t.grad is None or t.grad.tangent is None:
+            result.append(np.zeros((K,) + a.shape))
+        else:
+            assert t.grad.tangent.shape == (K,) + a.shape
+            result.append(t.grad.tangent)
+    return result
+
+
+def reverse_over_reverse(fn, arrays, Vs, params=None):
+    """H V by recording the backward pass and differentiating <grad, v_k> again."""
+    K = Vs[0].shape[0]
+    ts = [Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*ts, **(params or {}))
+    out.backward(create_graph=True)
+    gs = [t.grad for t in ts]
+    rows = [[] for _ in arrays]
+    for k in range(K):
+        for t in ts:
+            t.grad = None
+        terms = [(g * Tensor(v[k])).sum() for g, v in zip(gs, Vs) if g is not None and g.requires_grad]
+        if terms:
+            total = terms[0]
+            for term in terms[1:]:
+                total = total + term
+            total.backward(retain_graph=True)
+        for i, (a, t) in enumerate(zip(arrays, ts)):
+            rows[i].append(np.zeros_like(a) if t.grad is None else t.grad.data)
+    return [np.stack(r) for r in rows]
+
+
+def flat(parts):
+    """Concatenate a list of (K, *shape_i) arrays into (K, n)."""
+    return np.concatenate([p.reshape(p.shape[0], p[0].size if p.shape[0] else -1) for p in parts], axis=1)
+
+
+def split(V, arrays):
+    """Split (K, n) directions into a list of (K, *shape_i), the inverse of ``flat``."""
+    out, start = [], 0
+    for a in arrays:
+        out.append(V[:, start : start + a.size].reshape((V.shape[0],) + a.shape))
+        start += a.size
+    return out

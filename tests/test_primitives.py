@@ -1,0 +1,818 @@
+"""Every primitive, driven by one op spec table, in float64 on hypothesis shapes.
+
+For each row: the forward against NumPy; forward mode (K >= 2 directions at
+once, on a random subset of the inputs) against central finite differences;
+the adjoint identity <u, J v> == <J^T u, v> between the vjp and the jvp; and
+forward-over-reverse H·V of a scalar built from the op against finite
+differences of gradients and against reverse-over-reverse, with the assembled
+Hessian symmetric. A completeness test ties the table to ``REGISTRY``.
+
+Kinks (relu, abs, maximum, max) are kept at a distance: inputs are drawn at
+least 0.05 away from every kink, and the stencil moves an input by at most
+2e-3.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import tinygrad2 as tg
+from tinygrad2 import Tensor, check, no_grad
+from tinygrad2.primitives import REGISTRY
+from tinygrad2.tensor import kink_monitor
+
+from tinygrad2 import primitives as P
+
+from _helpers import (
+    assert_close,
+    central_difference,
+    flat,
+    forward_over_reverse,
+    gradients,
+    reverse_over_reverse,
+    split,
+    values,
+)
+
+FD_RTOL = 1e-7  # 4th-order stencil, h = 1e-3: truncation ~1e-12, rounding ~1e-13 (relative)
+FD_ATOL = 1e-9  # for quantities that are exactly zero: FD noise ~ eps |F| / h
+EXACT_RTOL = 1e-10  # two AD routes, or the adjoint identity: rounding only
+
+
+# ---------------------------------------------------------------- input domains
+
+
+def real(rng, shape):
+    return rng.uniform(-2.0, 2.0, shape)
+
+
+def positive(rng, shape):  # log, sqrt, non-integer powers
+    return rng.uniform(0.5, 2.5, shape)
+
+
+def nonzero(rng, shape):  # divisors; relu and abs (|x| >= 0.2 keeps the kink away)
+    return rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape)
+
+
+def distinct(rng, shape):
+    """All entries at least 0.12 apart, so the argmax along any axis is unique
+    and stays unique inside the stencil (max)."""
+    size = math.prod(shape)
+    grid = 0.2 * rng.permutation(size) - 0.1 * size + rng.uniform(-0.04, 0.04, size)
+    return grid.reshape(shape)
+
+
+def grid_at(offset):
+    """Values on 0.3 Z + offset, jittered by 0.05: two grids with offsets 0 and
+    0.15 never come closer than 0.05 (maximum's kink a == b)."""
+
+    def draw(rng, shape):
+        return 0.3 * rng.integers(-4, 5, shape) + offset + rng.uniform(-0.05, 0.05, shape)
+
+    return draw
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Case:
+    arrays: tuple
+    params: dict = field(default_factory=dict)
+
+    def __repr__(self):
+        shapes = [a.shape for a in self.arrays]
+        return f"Case(shapes={shapes}, params={self.params})"
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One row: the primitives it exercises in its forward pass, the function
+    of Tensors (``fn(*tensors, **params)``), the NumPy reference of its forward,
+    and a strategy that draws a :class:`Case` (input arrays in the op's domain
+    plus parameters such as axes or indices)."""
+
+    name: str
+    covers: tuple
+    fn: Callable
+    ref: Callable
+    cases: st.SearchStrategy
+    kink: bool = False
+
+    def __repr__(self):
+        return self.name
+
+
+SEEDS = st.integers(0, 2**32 - 1)
+SHAPE = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3)
+SHAPE_1D_UP = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3)
+PAIR = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1, max_side=3)
+TRIPLE = hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3, min_side=1, max_side=3)
+
+
+def _fill(shapes, domains, seed, params):
+    rng = np.random.default_rng(seed)
+    return Case(tuple(np.asarray(d(rng, s), dtype=np.float64) for d, s in zip(domains, shapes)), params)
+
+
+def filled(shapes, *domains, params=st.just({})):
+    """Cases from a strategy of shape tuples, one domain per input."""
+    return st.builds(_fill, shapes, st.just(domains), SEEDS, params)
+
+
+one = SHAPE.map(lambda s: (s,))
+pair = PAIR.map(lambda b: b.input_shapes)
+
+
+@st.composite
+def axis_cases(draw, domain, allow_empty=False, min_dims=0):
+    """A shape, and an ``axis`` (None, an int or a tuple, possibly negative)
+    with ``keepdims``, for the reductions."""
+    shape = draw(hnp.array_shapes(min_dims=min_dims, max_dims=3, min_side=1, max_side=3))
+    nd = len(shape)
+    axis = None
+    if nd and draw(st.booleans()):
+        axes = draw(st.lists(st.integers(0, nd - 1), unique=True, min_size=0 if allow_empty else 1, max_size=nd))
+        axes = [a - nd if draw(st.booleans()) else a for a in axes]
+        axis = axes[0] if len(axes) == 1 and draw(st.booleans()) else tuple(axes)
+    keepdims = draw(st.booleans())
+    return _fill((shape,), (domain,), draw(SEEDS), {"axis": axis, "keepdims": keepdims})
+
+
+@st.composite
+def softmax_cases(draw):
+    shape = draw(SHAPE_1D_UP)
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    return _fill((shape,), (real,), draw(SEEDS), {"axis": axis})
+
+
+@st.composite
+def power_cases(draw):
+    if draw(st.booleans()):  # integer exponents: a base of any sign
+        domain, exponent = real, draw(st.sampled_from([0, 1, 2, 3]))
+    else:  # real exponents: a positive base
+        domain, exponent = positive, draw(st.sampled_from([0.5, 1.5, -1.0, -2.5, 2.0]))
+    return _fill(draw(one), (domain,), draw(SEEDS), {"exponent": exponent})
+
+
+@st.composite
+def where_cases(draw):
+    cond_shape, a_shape, b_shape = draw(TRIPLE).input_shapes
+    seed = draw(SEEDS)
+    cond = np.random.default_rng(seed + 1).random(cond_shape) < 0.5
+    return _fill((a_shape, b_shape), (real, real), seed, {"cond": cond})
+
+
+@st.composite
+def matmul_cases(draw):
+    shapes = draw(hnp.mutually_broadcastable_shapes(
+        signature="(m?,n),(n,p?)->(m?,p?)", min_dims=0, max_dims=2, min_side=1, max_side=3
+    )).input_shapes
+    return _fill(shapes, (real, real), draw(SEEDS), {})
+
+
+@st.composite
+def reshape_cases(draw):
+    shape = draw(SHAPE)
+    size = math.prod(shape)
+    options = [(size,), (-1,), (1,) + shape, shape + (1,), shape[::-1], (1, size, 1)]
+    options += [tuple(p) for p in [draw(st.permutations(shape))]]
+    options = [o for o in options if np.empty(shape).reshape(o).shape != shape]
+    return _fill((shape,), (real,), draw(SEEDS), {"shape": draw(st.sampled_from(options))})
+
+
+@st.composite
+def transpose_cases(draw):
+    shape = draw(SHAPE)
+    nd = len(shape)
+    axes = tuple(draw(st.permutations(range(nd))))
+    axes = tuple(a - nd if draw(st.booleans()) else a for a in axes)
+    return _fill((shape,), (real,), draw(SEEDS), {"axes": axes})
+
+
+@st.composite
+def smaller_shape(draw, big):
+    """A shape that broadcasts *to* ``big``: a suffix of it with some sides set to 1."""
+    suffix = big[len(big) - draw(st.integers(0, len(big))):]
+    return tuple(1 if draw(st.booleans()) else s for s in suffix)
+
+
+@st.composite
+def broadcast_cases(draw):
+    big = draw(SHAPE_1D_UP)
+    small = draw(smaller_shape(big).filter(lambda s: s != big))
+    return _fill((small,), (real,), draw(SEEDS), {"shape": big})
+
+
+@st.composite
+def sum_to_cases(draw):
+    big = draw(SHAPE_1D_UP)
+    small = draw(smaller_shape(big).filter(lambda s: s != big))
+    return _fill((big,), (real,), draw(SEEDS), {"shape": small})
+
+
+@st.composite
+def advanced_index(draw, shape, separated_int=True):
+    """Integer arrays (repeats and negative entries allowed), alone, next to an
+    int or with an int a slice away, two arrays side by side, as a list, or a
+    boolean mask. Two arrays are kept adjacent (the engine refuses separated ones)."""
+    nd = len(shape)
+    kinds = ["array", "array+int", "int+array", "arrays", "list", "mask"] + ["array,:,int"] * separated_int
+    kind = draw(st.sampled_from(kinds))
+    if kind == "mask":
+        j = draw(st.integers(1, nd))
+        bits = draw(st.lists(st.booleans(), min_size=math.prod(shape[:j]), max_size=math.prod(shape[:j])))
+        return (np.array(bits, dtype=bool).reshape(shape[:j]),)
+    pos = draw(st.integers(0, nd - 1))
+    index = [draw(st.sampled_from([slice(None), slice(1, None), slice(None, None, -1)])) for _ in range(nd)]
+    length = draw(st.integers(1, 5))
+    entries = st.lists(st.integers(-shape[pos], shape[pos] - 1), min_size=length, max_size=length)
+    arr = np.array(draw(entries), dtype=np.int64)
+    index[pos] = arr.tolist() if kind == "list" else arr
+    if kind == "array+int" and pos + 1 < nd:
+        index[pos + 1] = draw(st.integers(-shape[pos + 1], shape[pos + 1] - 1))
+    if kind == "int+array" and pos >= 1:
+        index[pos - 1] = draw(st.integers(-shape[pos - 1], shape[pos - 1] - 1))
+    if kind == "array,:,int" and pos + 2 < nd:  # NumPy counts the int as advanced too
+        index[pos + 2] = draw(st.integers(-shape[pos + 2], shape[pos + 2] - 1))
+    if kind == "arrays" and pos + 1 < nd:
+        other = st.lists(st.integers(-shape[pos + 1], shape[pos + 1] - 1), min_size=length, max_size=length)
+        index[pos + 1] = np.array(draw(other), dtype=np.int64)
+    last = max(i for i, v in enumerate(index) if not (isinstance(v, slice) and v == slice(None)))
+    keep = draw(st.integers(last + 1, nd))  # trailing full slices may be left out
+    return tuple(index[:keep])
+
+
+@st.composite
+def index_cases(draw):
+    shape = draw(SHAPE)
+    if len(shape) and draw(st.booleans()):
+        index = draw(advanced_index(shape))
+    else:
+        index = draw(hnp.basic_indices(shape, allow_newaxis=True, allow_ellipsis=True))
+    return _fill((shape,), (real,), draw(SEEDS), {"index": index})
+
+
+def _as_array_index(index):
+    index = index if isinstance(index, tuple) else (index,)
+    return tuple(np.asarray(i) if isinstance(i, list) else i for i in index)
+
+
+@st.composite
+def scatter_cases(draw):
+    """scatter_add called directly: g of the indexed shape, scattered into ``shape``.
+    The primitive takes an index as ``Tensor.__getitem__`` passes it on, where
+    an int never sits a slice away from an array (that one is rewritten first)."""
+    shape = draw(SHAPE)
+    if len(shape) and draw(st.booleans()):
+        index = _as_array_index(draw(advanced_index(shape, separated_int=False)))
+    else:
+        index = _as_array_index(draw(hnp.basic_indices(shape, allow_newaxis=True, allow_ellipsis=True)))
+    src = np.empty(shape)[index].shape
+    return _fill((src,), (real,), draw(SEEDS), {"index": index, "shape": shape, "src": src})
+
+
+@st.composite
+def pad_cases(draw):
+    shape = draw(SHAPE_1D_UP)
+    widths = tuple(draw(st.tuples(st.integers(0, 2), st.integers(0, 2))) for _ in shape)
+    return _fill((shape,), (real,), draw(SEEDS), {"pad_width": widths})
+
+
+@st.composite
+def concatenate_cases(draw):
+    base = draw(SHAPE_1D_UP)
+    nd = len(base)
+    axis = draw(st.integers(-nd, nd - 1))
+    count = draw(st.integers(1, 3))
+    shapes = []
+    for _ in range(count):
+        s = list(base)
+        s[axis] = draw(st.integers(1, 3))
+        shapes.append(tuple(s))
+    return _fill(tuple(shapes), (real,) * count, draw(SEEDS), {"axis": axis})
+
+
+@st.composite
+def stack_cases(draw):
+    shape = draw(SHAPE)
+    count = draw(st.integers(1, 3))
+    axis = draw(st.integers(-len(shape) - 1, len(shape)))
+    return _fill((shape,) * count, (real,) * count, draw(SEEDS), {"axis": axis})
+
+
+@st.composite
+def cross_entropy_cases(draw):
+    n, C = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    labels = np.array(draw(st.lists(st.integers(0, C - 1), min_size=n, max_size=n)), dtype=np.int64)
+    return _fill(((n, C),), (real,), draw(SEEDS), {"labels": labels})
+
+
+@st.composite
+def conv_geometry(draw):
+    """(N, C, H, W) and kernel, stride, padding with at least one output pixel."""
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    H, W = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    kernel = (draw(st.integers(1, H + 2 * padding[0])), draw(st.integers(1, W + 2 * padding[1])))
+    kernel = (min(kernel[0], 3), min(kernel[1], 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    return (N, C, H, W), {"kernel": kernel, "stride": stride, "padding": padding}
+
+
+def _out_size(size, k, s, p):
+    return (size + 2 * p - k) // s + 1
+
+
+@st.composite
+def im2col_cases(draw):
+    shape, params = draw(conv_geometry())
+    return _fill((shape,), (real,), draw(SEEDS), params)
+
+
+@st.composite
+def col2im_cases(draw):
+    (N, C, H, W), params = draw(conv_geometry())
+    (kh, kw), (sh, sw), (ph, pw) = params["kernel"], params["stride"], params["padding"]
+    cols = (N, _out_size(H, kh, sh, ph), _out_size(W, kw, sw, pw), C, kh, kw)
+    return _fill((cols,), (real,), draw(SEEDS), dict(params, shape=(C, H, W)))
+
+
+def _np_im2col(x, kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C, H, W = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    OH, OW = _out_size(H, kh, sh, ph), _out_size(W, kw, sw, pw)
+    out = np.zeros((N, OH, OW, C, kh, kw))
+    for i in range(OH):
+        for j in range(OW):
+            out[:, i, j] = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
+    return out
+
+
+def _np_col2im(cols, kernel, stride, padding, shape):
+    (kh, kw), (sh, sw), (ph, pw), (C, H, W) = kernel, stride, padding, shape
+    N, OH, OW = cols.shape[:3]
+    out = np.zeros((N, C, H + 2 * ph, W + 2 * pw))
+    for i in range(OH):
+        for j in range(OW):
+            out[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw] += cols[:, i, j]
+    return out[:, :, ph : ph + H, pw : pw + W]
+
+
+def _np_cross_entropy(z, labels):
+    return np.mean(_np_logsumexp(z, -1, False) - z[np.arange(len(z)), labels])
+
+
+def _np_cross_entropy_grad(z, labels):
+    return (np.exp(_np_log_softmax(z, -1)) - np.eye(z.shape[1])[labels]) / len(z)
+
+
+def _np_log_softmax(x, axis):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def _np_logsumexp(x, axis, keepdims):
+    m = x.max(axis=axis, keepdims=True)
+    out = np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m
+    return out if keepdims else out.reshape(np.sum(x, axis=axis, keepdims=False).shape)
+
+
+def _np_scatter(g, index, shape, src):
+    out = np.zeros(shape)
+    np.add.at(out, index, g)
+    return out
+
+
+def _np_sum_to(x, shape):
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and x.shape[lead + i] != 1)
+    return x.sum(axis=axes).reshape(shape) if axes else x.reshape(shape)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+TABLE = [
+    # elementwise, with broadcasting pairs
+    OpSpec("add", ("add",), lambda a, b: a + b, lambda a, b: a + b, filled(pair, real, real)),
+    OpSpec("sub", ("sub",), lambda a, b: a - b, lambda a, b: a - b, filled(pair, real, real)),
+    OpSpec("neg", ("neg",), lambda a: -a, lambda a: -a, filled(one, real)),
+    OpSpec("mul", ("mul",), lambda a, b: a * b, lambda a, b: a * b, filled(pair, real, real)),
+    OpSpec("div", ("div",), lambda a, b: a / b, lambda a, b: a / b, filled(pair, real, nonzero)),
+    OpSpec("power", ("power",), lambda x, exponent: x**exponent, lambda x, exponent: x**exponent, power_cases()),
+    OpSpec("exp", ("exp",), lambda x: x.exp(), np.exp, filled(one, real)),
+    OpSpec("log", ("log",), lambda x: x.log(), np.log, filled(one, positive)),
+    OpSpec("tanh", ("tanh",), lambda x: x.tanh(), np.tanh, filled(one, real)),
+    OpSpec("sigmoid", ("sigmoid",), lambda x: x.sigmoid(), _sigmoid, filled(one, real)),
+    OpSpec("softplus", ("softplus",), lambda x: x.softplus(), lambda x: np.log1p(np.exp(x)), filled(one, real)),
+    OpSpec("sqrt", ("sqrt",), lambda x: x.sqrt(), np.sqrt, filled(one, positive)),
+    OpSpec("relu", ("relu",), lambda x: x.relu(), lambda x: np.maximum(x, 0), filled(one, nonzero), kink=True),
+    OpSpec("abs", ("abs",), lambda x: x.abs(), np.abs, filled(one, nonzero), kink=True),
+    OpSpec("maximum", ("maximum",), lambda a, b: a.maximum(b), np.maximum,
+           filled(pair, grid_at(0.15), grid_at(0.0)), kink=True),
+    OpSpec("where", ("where",), lambda a, b, cond: Tensor.where(cond, a, b),
+           lambda a, b, cond: np.where(cond, a, b), where_cases()),
+    OpSpec("where-scalar", ("where",), lambda a, cond: Tensor.where(cond, a, 0.5),
+           lambda a, cond: np.where(cond, a, 0.5),
+           where_cases().map(lambda c: Case(c.arrays[:1], c.params))),
+    # matmul, through Tensor.__matmul__ (1-D operands and batch broadcasting)
+    OpSpec("matmul", ("matmul",), lambda a, b: a @ b, lambda a, b: a @ b, matmul_cases()),
+    # reductions
+    OpSpec("sum", ("sum",), lambda x, axis, keepdims: x.sum(axis, keepdims),
+           lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims), axis_cases(real, allow_empty=True)),
+    OpSpec("max", ("max",), lambda x, axis, keepdims: x.max(axis, keepdims),
+           lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), axis_cases(distinct), kink=True),
+    OpSpec("logsumexp", ("logsumexp",), lambda x, axis, keepdims: x.logsumexp(axis, keepdims),
+           _np_logsumexp, axis_cases(real)),
+    OpSpec("log_softmax", ("log_softmax",), lambda x, axis: x.log_softmax(axis), _np_log_softmax, softmax_cases()),
+    OpSpec("cross_entropy", ("cross_entropy",), lambda z, labels: z.cross_entropy(labels), _np_cross_entropy,
+           cross_entropy_cases()),
+    OpSpec("cross_entropy_grad", ("cross_entropy_grad",), lambda z, labels: P.cross_entropy_grad(z, labels=labels),
+           _np_cross_entropy_grad, cross_entropy_cases()),
+    # shapes
+    OpSpec("reshape", ("reshape",), lambda x, shape: x.reshape(shape), lambda x, shape: x.reshape(shape),
+           reshape_cases()),
+    OpSpec("transpose", ("transpose",), lambda x, axes: x.transpose(axes), lambda x, axes: x.transpose(axes),
+           transpose_cases()),
+    OpSpec("broadcast_to", ("broadcast_to",), lambda x, shape: x.broadcast_to(shape),
+           lambda x, shape: np.broadcast_to(x, shape), broadcast_cases()),
+    OpSpec("getitem", ("getitem",), lambda x, index: x[index], lambda x, index: x[_as_array_index(index)],
+           index_cases()),
+    OpSpec("scatter_add", ("scatter_add",), lambda g, **p: P.scatter_add(g, **p), _np_scatter, scatter_cases()),
+    OpSpec("pad", ("pad",), lambda x, pad_width: x.pad(pad_width), lambda x, pad_width: np.pad(x, pad_width),
+           pad_cases()),
+    OpSpec("concatenate", ("concatenate",), lambda *xs, axis: Tensor.concatenate(xs, axis),
+           lambda *xs, axis: np.concatenate(xs, axis), concatenate_cases()),
+    OpSpec("stack", ("reshape", "concatenate"), lambda *xs, axis: Tensor.stack(xs, axis),
+           lambda *xs, axis: np.stack(xs, axis), stack_cases()),
+    # convolution patches, called as primitives (the Tensor-level conv lives in nets/)
+    OpSpec("im2col", ("im2col",), lambda x, **p: P.im2col(x, **p), _np_im2col, im2col_cases()),
+    OpSpec("col2im", ("col2im",), lambda c, **p: P.col2im(c, **p), _np_col2im, col2im_cases()),
+    # Tensor methods built from primitives
+    OpSpec("mean", ("sum", "mul"), lambda x, axis, keepdims: x.mean(axis, keepdims),
+           lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims), axis_cases(real)),
+    OpSpec("softmax", ("log_softmax", "exp"), lambda x, axis: x.softmax(axis),
+           lambda x, axis: np.exp(_np_log_softmax(x, axis)), softmax_cases()),
+    OpSpec("sum_to", ("sum",), lambda x, shape: x.sum_to(shape), _np_sum_to, sum_to_cases()),
+    OpSpec("tensor**tensor", ("log", "mul", "exp"), lambda a, b: a**b, lambda a, b: a**b,
+           filled(pair, positive, real)),
+    OpSpec("scalar**tensor", ("mul", "exp"), lambda x: 1.7**x, lambda x: 1.7**x, filled(one, real)),
+    OpSpec("mT", ("transpose",), lambda x: x.mT, lambda x: np.swapaxes(x, -1, -2),
+           filled(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=3).map(lambda s: (s,)), real)),
+]
+BY_NAME = {spec.name: spec for spec in TABLE}
+rows = pytest.mark.parametrize("spec", TABLE, ids=[s.name for s in TABLE])
+
+
+# ---------------------------------------------------------------- the checks (plain functions, so a
+# deliberately broken rule can be shown to fail them; see test_checks_catch_a_broken_*_rule)
+
+
+def _directions(rng, arrays, K, mask):
+    return [rng.standard_normal((K,) + a.shape) if m else None for a, m in zip(arrays, mask)]
+
+
+def assert_away_from_kinks(spec, case, Vs, step=1e-3):
+    """The stencil (reach 2h, h = step / max|v|) stays well clear of every kink
+    along every direction, so a mismatch is the rule's fault, not the step's.
+    Rows without ``kink=True`` must not meet a kink primitive at all."""
+    with no_grad(), kink_monitor() as margins:
+        spec.fn(*[Tensor(a, tangent=v) for a, v in zip(case.arrays, Vs)], **case.params)
+    assert bool(margins) == spec.kink, f"{spec.name}: kink={spec.kink} but margins {margins}"
+    if margins:
+        distance = np.min(np.stack(margins), axis=0)
+        scale = np.max([np.abs(v).reshape(v.shape[0], -1).max(axis=1, initial=0.0) for v in Vs if v is not None], axis=0)
+        reach = 2 * step / scale
+        assert np.all(distance > 5 * reach), f"{spec.name}: kink at {distance} within 5x the stencil's reach {reach}"
+
+
+def check_forward(spec, case):
+    out = spec.fn(*[Tensor(a) for a in case.arrays], **case.params)
+    expected = np.asarray(spec.ref(*case.arrays, **case.params))
+    assert out.dtype == np.float64, f"{spec.name}: float64 inputs gave {out.dtype}"
+    assert out.shape == expected.shape, f"{spec.name}: shape {out.shape} != NumPy's {expected.shape}"
+    np.testing.assert_allclose(out.data, expected, rtol=1e-12, atol=1e-12)
+
+
+def check_jvp(spec, case, K, mask, seed):
+    """K directions at once on the inputs in ``mask``; the others carry no tangent."""
+    Vs = _directions(np.random.default_rng(seed), case.arrays, K, mask)
+    with no_grad():
+        out = spec.fn(*[Tensor(a, tangent=v) for a, v in zip(case.arrays, Vs)], **case.params)
+    plain = values(spec.fn, case.params)(list(case.arrays))
+    np.testing.assert_array_equal(out.data, plain)  # tangents do not change the value
+    assert out.tangent is not None, f"{spec.name}: no tangent on the output"
+    assert out.tangent.shape == (K,) + out.shape, f"{spec.name}: tangent {out.tangent.shape}, out {out.shape}"
+    assert_away_from_kinks(spec, case, Vs)
+    fd = central_difference(values(spec.fn, case.params), list(case.arrays), Vs)
+    assert_close(out.tangent, fd, FD_RTOL, FD_ATOL, f"{spec.name} jvp vs finite differences")
+
+
+def check_adjoint(spec, case, K, mask, seed):
+    """<u, J v> == <J^T u, v>: jvp from forward mode, J^T u from backward(u),
+    on the inputs in ``mask`` (the others are constants)."""
+    rng = np.random.default_rng(seed)
+    Vs = _directions(rng, case.arrays, K, mask)
+    with no_grad():
+        out = spec.fn(*[Tensor(a, tangent=v) for a, v in zip(case.arrays, Vs)], **case.params)
+    u = rng.standard_normal(out.shape)
+    ts = [Tensor(a, requires_grad=m) for a, m in zip(case.arrays, mask)]
+    y = spec.fn(*ts, **case.params)
+    y.backward(u)
+    for t, m in zip(ts, mask):
+        if not m:
+            assert t.grad is None, f"{spec.name}: a constant input received a gradient"
+        elif t.grad is not None:
+            assert t.grad.shape == t.shape, f"{spec.name}: grad {t.grad.shape} for input {t.shape}"
+    for k in range(K):
+        lhs_terms = u * out.tangent[k]
+        rhs_terms = [t.grad.data * v[k] for t, v in zip(ts, Vs) if v is not None and t.grad is not None]
+        lhs, rhs = lhs_terms.sum(), sum(r.sum() for r in rhs_terms)
+        scale = np.abs(lhs_terms).sum() + sum(np.abs(r).sum() for r in rhs_terms)
+        assert abs(lhs - rhs) <= EXACT_RTOL * scale, (
+            f"{spec.name}: <u, Jv> = {lhs!r} but <J^T u, v> = {rhs!r} (direction {k})"
+        )
+
+
+def scalar_of(spec, case, seed):
+    """s(x) = sum(w * y) + 0.5 * sum(y * y), y = op(x): the linear term sees the
+    op's own curvature, the square makes J^T J appear even for linear ops."""
+    y_shape = values(spec.fn, case.params)(list(case.arrays)).shape
+    w = np.random.default_rng(seed).standard_normal(y_shape)
+
+    def s(*ts, **params):
+        y = spec.fn(*ts, **params)
+        return (y * w).sum() + (y * y).sum() * 0.5
+
+    return s
+
+
+def check_hvp(spec, case, K, seed):
+    """K directions by forward-over-reverse against reverse-over-reverse; the
+    first two against finite differences of reverse-mode gradients."""
+    rng = np.random.default_rng(seed)
+    s = scalar_of(spec, case, seed + 1)
+    arrays = list(case.arrays)
+    Vs = [rng.standard_normal((K,) + a.shape) for a in arrays]
+    fwd = flat(forward_over_reverse(s, arrays, Vs, case.params))
+    rev = flat(reverse_over_reverse(s, arrays, Vs, case.params))
+    grad_flat = lambda xs: flat([g[None] for g in gradients(s, xs, case.params)])[0]
+    assert_away_from_kinks(spec, case, [v[:2] for v in Vs])
+    fd = central_difference(grad_flat, arrays, [v[:2] for v in Vs])
+    assert_close(fwd[:2], fd, FD_RTOL, FD_ATOL, f"{spec.name}: forward-over-reverse H·V vs differences of gradients")
+    assert_close(fwd, rev, EXACT_RTOL, 1e-12, f"{spec.name}: forward-over-reverse vs reverse-over-reverse")
+    # The dense Hessian, all n unit directions in one batched pass: symmetric,
+    # and consistent with the K-direction products above.
+    n = sum(a.size for a in arrays)
+    if n == 0:
+        return
+    H = flat(forward_over_reverse(s, arrays, split(np.eye(n), arrays), case.params))
+    assert_close(H, H.T, EXACT_RTOL, 1e-12, f"{spec.name}: Hessian symmetry")
+    assert_close(flat(Vs) @ H, fwd, EXACT_RTOL, 1e-12, f"{spec.name}: V H vs batched H·V")
+
+
+# ---------------------------------------------------------------- the property tests
+
+_K = st.integers(2, 3)
+
+
+def _mask(n):
+    """Which inputs take part; at least one."""
+    return st.lists(st.booleans(), min_size=n, max_size=n).filter(any)
+
+
+@rows
+@given(data=st.data())
+def test_forward_and_jvp_match_numpy_and_finite_differences(spec, data):
+    case = data.draw(spec.cases, label="case")
+    check_forward(spec, case)
+    mask = data.draw(_mask(len(case.arrays)), label="inputs with tangents")
+    check_jvp(spec, case, data.draw(_K, label="K"), mask, data.draw(SEEDS, label="seed"))
+
+
+@rows
+@given(data=st.data())
+def test_vjp_is_the_transpose_of_jvp(spec, data):
+    case = data.draw(spec.cases, label="case")
+    mask = data.draw(_mask(len(case.arrays)), label="inputs that require grad")
+    check_adjoint(spec, case, data.draw(_K, label="K"), mask, data.draw(SEEDS, label="seed"))
+
+
+@rows
+@given(data=st.data())
+def test_hvp_forward_over_reverse(spec, data):
+    case = data.draw(spec.cases, label="case")
+    check_hvp(spec, case, data.draw(st.integers(2, 4), label="K"), data.draw(SEEDS, label="seed"))
+
+
+# ---------------------------------------------------------------- completeness of the table
+
+
+def test_every_primitive_has_forward_jvp_and_vjp():
+    assert REGISTRY, "the registry is empty"
+    for name, prim in REGISTRY.items():
+        assert prim.name == name
+        for rule in ("forward", "jvp", "vjp"):
+            assert callable(getattr(prim, rule, None)), f"primitive '{name}' has no {rule} rule"
+        if prim.kink is not None:
+            assert callable(prim.kink)
+
+
+def test_every_primitive_has_a_table_row():
+    covered = {name for spec in TABLE for name in spec.covers}
+    missing = sorted(set(REGISTRY) - covered)
+    assert not missing, f"primitives without a row in the op spec table: {missing}"
+    unknown = sorted(covered - set(REGISTRY))
+    assert not unknown, f"table rows name primitives that do not exist: {unknown}"
+
+
+def test_every_kink_primitive_is_drawn_away_from_its_kink():
+    kinked = {name for name, prim in REGISTRY.items() if prim.kink is not None}
+    rows_for = {name: [s for s in TABLE if name in s.covers] for name in kinked}
+    for name, specs in rows_for.items():
+        assert specs and all(s.kink for s in specs), f"row(s) for kink primitive '{name}' not marked kink=True"
+
+
+@rows
+@settings(max_examples=5)
+@given(data=st.data())
+def test_row_really_runs_the_primitives_it_covers(spec, data):
+    """A row that claims a primitive must call it: record every primitive the
+    forward pass applies (with tangents, so forward mode is exercised too)."""
+    case = data.draw(spec.cases, label="case")
+    seen = []
+    original = P.apply
+
+    def recording(prim, *inputs, **params):
+        seen.append(prim.name)
+        return original(prim, *inputs, **params)
+
+    P.apply = recording
+    try:
+        spec.fn(*[Tensor(a, tangent=np.ones((2,) + a.shape)) for a in case.arrays], **case.params)
+    finally:
+        P.apply = original
+    missing = set(spec.covers) - set(seen)
+    assert not missing, f"row '{spec.name}' claims {sorted(missing)} but its forward pass applied {sorted(set(seen))}"
+
+
+# ---------------------------------------------------------------- the harness can fail
+
+
+def _broken_tanh_jvp(primals, tangents, out):
+    return tangents[0] * (1 - out)  # should be 1 - out²
+
+
+def _broken_mul_vjp(g, out, a, b):
+    return g * b, g * b  # should be g * a for b
+
+
+def test_checks_catch_a_broken_jvp_rule(monkeypatch):
+    """Each check fails when a rule is wrong (so passing means something)."""
+    rng = np.random.default_rng(0)
+    x = Case((rng.uniform(-2, 2, (3, 2)),))
+    monkeypatch.setattr(REGISTRY["tanh"], "jvp", _broken_tanh_jvp)
+    with pytest.raises(AssertionError, match="jvp vs finite differences"):
+        check_jvp(BY_NAME["tanh"], x, 2, [True], 0)
+    with pytest.raises(AssertionError, match="<u, Jv>"):
+        check_adjoint(BY_NAME["tanh"], x, 2, [True], 0)
+    # the gradient program is right, its forward-mode derivative is not
+    with pytest.raises(AssertionError, match="differences of gradients"):
+        check_hvp(BY_NAME["tanh"], x, 2, 0)
+
+
+def test_checks_catch_a_broken_vjp_rule(monkeypatch):
+    rng = np.random.default_rng(0)
+    ab = Case((rng.uniform(-2, 2, (3,)), rng.uniform(-2, 2, (2, 3))))
+    monkeypatch.setattr(REGISTRY["mul"], "vjp", _broken_mul_vjp)
+    with pytest.raises(AssertionError, match="<u, Jv>"):
+        check_adjoint(BY_NAME["mul"], ab, 2, [True, True], 0)
+    # differences of a wrong gradient agree with its forward-mode derivative;
+    # reverse-over-reverse (the vjp applied twice) and symmetry do not
+    with pytest.raises(AssertionError, match="reverse-over-reverse|symmetry"):
+        check_hvp(BY_NAME["mul"], ab, 2, 0)
+
+
+def test_checks_pass_on_the_same_cases():
+    rng = np.random.default_rng(0)
+    x = Case((rng.uniform(-2, 2, (3, 2)),))
+    ab = Case((rng.uniform(-2, 2, (3,)), rng.uniform(-2, 2, (2, 3))))
+    check_jvp(BY_NAME["tanh"], x, 2, [True], 0)
+    check_adjoint(BY_NAME["tanh"], x, 2, [True], 0)
+    check_hvp(BY_NAME["tanh"], x, 2, 0)
+    check_adjoint(BY_NAME["mul"], ab, 2, [True, True], 0)
+    check_hvp(BY_NAME["mul"], ab, 2, 0)
+
+
+# ---------------------------------------------------------------- specific indexing facts
+
+
+def test_getitem_with_repeated_indices_accumulates_gradients():
+    x = Tensor(np.arange(4.0), requires_grad=True)
+    x[np.array([0, 2, 0, 0, -1])].sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [3.0, 0.0, 1.0, 1.0])
+
+
+def test_scatter_add_direct_accumulates_repeats():
+    g = Tensor(np.array([1.0, 2.0, 3.0]), tangent=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+    out = P.scatter_add(g, index=(np.array([1, 1, 0]),), shape=(3,), src=(3,))
+    np.testing.assert_array_equal(out.data, [3.0, 3.0, 0.0])
+    np.testing.assert_array_equal(out.tangent, [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+
+
+def test_scatter_add_is_getitems_vjp():
+    seen = []
+    original = P.apply
+
+    def recording(prim, *inputs, **params):
+        seen.append(prim.name)
+        return original(prim, *inputs, **params)
+
+    x = Tensor(np.ones((3, 2)), requires_grad=True)
+    y = x[np.array([2, 2])]
+    P.apply = recording
+    try:
+        y.backward(np.ones((2, 2)))
+    finally:
+        P.apply = original
+    assert seen == ["scatter_add"]
+    np.testing.assert_array_equal(x.grad.data, [[0, 0], [0, 0], [2, 2]])
+
+
+def test_getitem_int_and_array_separated_by_a_slice_in_forward_mode():
+    rng = np.random.default_rng(0)
+    x, V = rng.standard_normal((3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+    index = (np.array([0, 2]), slice(None), 1)
+    # beside an array, NumPy treats the int as an advanced index too; the direction axis must stay first
+    xt = Tensor(x, tangent=V, requires_grad=True)
+    out = xt[index]
+    np.testing.assert_allclose(out.data, x[index])
+    np.testing.assert_allclose(out.tangent, np.stack([v[index] for v in V]))
+    u = rng.standard_normal(out.shape)
+    out.backward(u)
+    expected = np.zeros_like(x)
+    np.add.at(expected, index, u)
+    np.testing.assert_allclose(xt.grad.data, expected)
+
+
+def test_getitem_separated_array_indices_are_refused_clearly():
+    with pytest.raises(NotImplementedError, match="getitem"):
+        Tensor(np.zeros((3, 4, 5)))[np.array([0, 1]), :, np.array([1, 2])]
+
+
+def test_power_zero_exponent_at_zero_has_zero_derivative():
+    """d(x**0)/dx = 0 everywhere; exponent * x**(exponent - 1) would be 0 * inf = nan at 0."""
+    x = np.array([0.0, 1.5])
+    with np.errstate(divide="raise", invalid="raise"):
+        g = tg.grad(lambda t: (t**0).sum())(x)
+        _, jv = tg.jvp(lambda t: t**0, x, np.ones(2))
+        hv = tg.hvp(lambda t: (t**0).sum(), x, np.ones(2))
+    np.testing.assert_array_equal(g, [0.0, 0.0])
+    np.testing.assert_array_equal(jv, [0.0, 0.0])
+    np.testing.assert_array_equal(hv, [0.0, 0.0])
+
+
+# ---------------------------------------------------------------- kink-safe steps
+
+
+KINKS = {
+    # name: (f, a point 1e-3 from the kink along e_0, a point on the kink)
+    "relu": (lambda x: x.relu().sum(), [1e-3, 0.5, -0.7], [0.0, 0.5, -0.7]),
+    "abs": (lambda x: x.abs().sum(), [-1e-3, 0.5, -0.7], [0.0, 0.5, -0.7]),
+    "maximum": (lambda x: x[:1].maximum(x[1:2]).sum() + x[2], [0.3 + 1e-3, 0.3, 1.0], [0.3, 0.3, 1.0]),
+    "max": (lambda x: x.max(), [1.0 + 1e-3, 1.0, 0.2], [1.0, 1.0, 0.2]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KINKS))
+def test_safe_steps_shrink_near_a_kink(name):
+    f, near, _ = KINKS[name]
+    steps = check.safe_steps(f, np.array(near), np.eye(3), step=1e-3)
+    assert steps[0] < 1e-4, f"{name}: step {steps[0]:.1e} at distance 1e-3 from the kink"
+    assert steps[2] == 1e-3, f"{name}: a direction that does not approach the kink was shrunk to {steps[2]:.1e}"
+    report = check.check_grad(f, np.array(near))
+    assert report.rel_error < 1e-9, str(report)
+
+
+@pytest.mark.parametrize("name", sorted(KINKS))
+def test_safe_steps_refuse_a_point_on_a_kink(name):
+    f, _, on = KINKS[name]
+    with pytest.raises(ValueError, match="kink"):
+        check.safe_steps(f, np.array(on), np.eye(3))
+    # along a direction that keeps the point on its kink there is nothing to refuse
+    steps = check.safe_steps(f, np.array(on), np.eye(3)[2:])
+    assert steps[0] == 1e-3
+
+
+def test_kink_table_covers_every_kink_primitive():
+    assert set(KINKS) == {name for name, prim in REGISTRY.items() if prim.kink is not None}
