@@ -13,6 +13,7 @@ least 0.05 away from every kink, and the stencil moves an input by at most
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -643,6 +644,22 @@ def test_every_kink_primitive_is_drawn_away_from_its_kink():
         assert specs and all(s.kink for s in specs), f"row(s) for kink primitive '{name}' not marked kink=True"
 
 
+@contextlib.contextmanager
+def applied_primitives():
+    """Record the name of every primitive applied inside the block."""
+    seen, original = [], P.Primitive.__call__
+
+    def recording(prim, *inputs, **params):
+        seen.append(prim.name)
+        return original(prim, *inputs, **params)
+
+    P.Primitive.__call__ = recording
+    try:
+        yield seen
+    finally:
+        P.Primitive.__call__ = original
+
+
 @rows
 @settings(max_examples=5)
 @given(data=st.data())
@@ -650,18 +667,8 @@ def test_row_really_runs_the_primitives_it_covers(spec, data):
     """A row that claims a primitive must call it: record every primitive the
     forward pass applies (with tangents, so forward mode is exercised too)."""
     case = data.draw(spec.cases, label="case")
-    seen = []
-    original = P.apply
-
-    def recording(prim, *inputs, **params):
-        seen.append(prim.name)
-        return original(prim, *inputs, **params)
-
-    P.apply = recording
-    try:
+    with applied_primitives() as seen:
         spec.fn(*[Tensor(a, tangent=np.ones((2,) + a.shape)) for a in case.arrays], **case.params)
-    finally:
-        P.apply = original
     missing = set(spec.covers) - set(seen)
     assert not missing, f"row '{spec.name}' claims {sorted(missing)} but its forward pass applied {sorted(set(seen))}"
 
@@ -731,20 +738,10 @@ def test_scatter_add_direct_accumulates_repeats():
 
 
 def test_scatter_add_is_getitems_vjp():
-    seen = []
-    original = P.apply
-
-    def recording(prim, *inputs, **params):
-        seen.append(prim.name)
-        return original(prim, *inputs, **params)
-
     x = Tensor(np.ones((3, 2)), requires_grad=True)
     y = x[np.array([2, 2])]
-    P.apply = recording
-    try:
+    with applied_primitives() as seen:
         y.backward(np.ones((2, 2)))
-    finally:
-        P.apply = original
     assert seen == ["scatter_add"]
     np.testing.assert_array_equal(x.grad.data, [[0, 0], [0, 0], [2, 2]])
 

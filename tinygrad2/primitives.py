@@ -33,8 +33,7 @@ class Primitive:
         self.name, self.forward, self.jvp, self.vjp = name, forward, jvp, vjp
         self.kink, self.linear, self.broadcasts = kink, linear, broadcasts
 
-    def __call__(self, *inputs, **params):
-        return apply(self, *inputs, **params)
+    __call__ = apply  # prim(*inputs, **params) runs apply(prim, *inputs, **params)
 
     def __repr__(self):
         kind = "linear " if self.linear else ""
