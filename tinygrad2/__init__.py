@@ -5,10 +5,16 @@ from .tensor import Tensor, no_grad
 from . import primitives
 from .primitives import REGISTRY as PRIMITIVES
 from .functional import grad, value_and_grad, jvp, vjp, hvp, hvp_reverse_over_reverse, hessian
+from .objective import (
+    Param, Layout, Objective, BaseObjective, Quadratic, Rosenbrock, LogisticRegression, Function,
+    CurvatureMemoryError, rademacher,
+)
 
 __all__ = [
     "backend", "to_host", "Tensor", "no_grad", "primitives", "PRIMITIVES",
     "grad", "value_and_grad", "jvp", "vjp", "hvp", "hvp_reverse_over_reverse", "hessian",
+    "Param", "Layout", "Objective", "BaseObjective", "Quadratic", "Rosenbrock", "LogisticRegression",
+    "Function", "CurvatureMemoryError", "rademacher",
 ]
 from .spectrum import (  # noqa: E402
     linear_operator, top_eigenvalues, trace_hutchinson, trace_hutchpp,
