@@ -1,0 +1,106 @@
+"""The experiments ``python -m experiments run NAME`` knows.
+
+An :class:`Experiment` turns command-line settings into a list of
+:class:`~experiments.runner.RunSpec` (one per method) and knows how to print
+its table, with the numbers a paper reported beside ours where there is one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+from .runner import RunSpec
+
+
+@dataclasses.dataclass
+class Experiment:
+    name: str
+    description: str
+    specs: Callable[..., list]  # (epochs=None, seed=0, quick=False) -> [RunSpec]
+    columns: tuple = ("method", "lr", "train_loss", "test_acc", "seconds_per_epoch")
+    reported: dict = dataclasses.field(default_factory=dict)  # method -> {column: paper's value}
+    notes: str = ""
+
+
+def _spec(experiment, method, optimizer, kwargs, *, model, data, epochs, batch_size, seed, dtype="float32"):
+    return RunSpec(experiment=experiment, method=method, model=model,
+                   optimizer={"name": optimizer, "kwargs": kwargs}, data=data, epochs=epochs,
+                   batch_size=batch_size, seed=seed, dtype=dtype)
+
+
+# ---------------------------------------------------------------- the main job: digits
+
+
+DIGITS_MODEL = {"name": "MLP", "kwargs": {"sizes": [64, 32, 10], "activation": "relu"}}
+DIGITS_DATA = {"name": "digits", "reshape": [-1]}
+
+# method -> (optimizer class, kwargs, batch size, epochs at full length)
+DIGITS_METHODS = {
+    "SGD": ("SGD", {"lr": 0.1}, 64, 10),
+    "SGD-momentum": ("SGD", {"lr": 0.05, "momentum": 0.9}, 64, 10),
+    "Adam": ("Adam", {"lr": 0.003}, 64, 10),
+    "Newton": ("Newton", {"lr": 0.5, "fallback": "none"}, 256, 2),
+    "DampedNewton": ("DampedNewton", {"lr": 1.0, "damping": 1.0, "adapt": "lm"}, 256, 2),
+    "HF-Newton": ("HessianFree", {"damping": 1.0, "curvature": "hessian"}, 256, 10),
+    "HF-GaussNewton": ("GaussNewton", {"damping": 1.0}, 256, 10),
+    "BB": ("BB", {"lr0": 0.1, "beta": 0.5}, 64, 10),
+    "L-BFGS": ("LBFGS", {"lr": 1.0, "history_size": 10, "line_search": "strong_wolfe",
+                         "batch_mode": "same_batch"}, 256, 10),
+    "AdaHessian": ("AdaHessian", {"lr": 0.05}, 64, 10),
+    "SGD-PH": ("SGDPH", {"lr": 0.05}, 64, 10),
+    "Hybrid": ("Hybrid", {"threshold": 1.0, "sgd_lr": 0.05, "sgd_momentum": 0.9, "ada_lr": 0.01}, 64, 10),
+}
+
+
+def digits_specs(epochs=None, seed=0, quick=False, methods=None):
+    specs = []
+    for method, (opt, kwargs, batch, full_epochs) in DIGITS_METHODS.items():
+        if methods and method not in methods:
+            continue
+        n_epochs = epochs if epochs is not None else (1 if quick else full_epochs)
+        data = dict(DIGITS_DATA, limit_batches=2) if quick else DIGITS_DATA
+        specs.append(_spec("digits", method, opt, kwargs, model=DIGITS_MODEL, data=data, epochs=n_epochs,
+                           batch_size=batch, seed=seed))
+    return specs
+
+
+EXPERIMENTS = {
+    "digits": Experiment(
+        "digits",
+        "the main job: 12 optimizers on an MLP 64-32-10 (ReLU) on scikit-learn's digits "
+        "(1,257 train / 270 val / 270 test), float32",
+        digits_specs,
+        notes="Dense Newton and damped Newton take O(n^3) per step (n = 2,410): they run 2 epochs of "
+              "batch 256; the others 10 epochs (batch 64, or 256 for the Hessian-free methods and L-BFGS).",
+    ),
+}
+
+
+def get(name) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; `python -m experiments list` shows them: {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def learning_rate(optimizer: dict) -> str:
+    kw = optimizer.get("kwargs", {})
+    for key in ("lr", "lr0", "sgd_lr"):
+        if key in kw:
+            text = f"{kw[key]:g}"
+            if optimizer["name"] == "Hybrid":
+                text += f" -> {kw.get('ada_lr', '?'):g}"
+            return text
+    return "-"
+
+
+def format_value(value, column):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column.endswith("acc"):
+        return f"{value:.4f}"
+    if column.endswith("loss"):
+        return f"{value:.4f}"
+    if "second" in column or column.endswith("time"):
+        return f"{value:.2f}"
+    return str(value)
