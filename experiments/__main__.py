@@ -2,7 +2,7 @@
 
     python -m experiments list
     python -m experiments run digits [--optimizers SGD Adam ...] [--epochs N] [--seed S]
-                                     [--out DIR] [--resume] [--data-dir DIR] [--device cpu|gpu] [--quick]
+                                     [--out DIR] [--resume] [--data-dir DIR] [--device cpu|gpu] [--quick] [--full]
     python -m experiments report runs/digits__*.h5
     python -m experiments plot runs/digits__*.h5 [--png curves.png]
     python -m experiments verify
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     run.add_argument("--data-dir", help="where the data sets are (else $TINYGRAD2_DATA, else a user cache)")
     run.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     run.add_argument("--quick", action="store_true", help="a few batches per method: a smoke test")
+    run.add_argument("--full", action="store_true", help="the paper's full scale instead of the CPU-sized default")
 
     report = sub.add_parser("report", help="print the table of results files")
     report.add_argument("files", nargs="+")
@@ -65,7 +66,8 @@ def _run(args) -> int:
     except KeyError as err:
         print(err.args[0], file=sys.stderr)
         return 2
-    specs = experiment.specs(epochs=args.epochs, seed=args.seed, quick=args.quick, methods=args.optimizers)
+    specs = experiment.specs(epochs=args.epochs, seed=args.seed, quick=args.quick, methods=args.optimizers,
+                             full=args.full)
     if args.optimizers:
         unknown = set(args.optimizers) - {s.method for s in specs}
         if unknown:

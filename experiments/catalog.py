@@ -17,7 +17,7 @@ from .runner import RunSpec
 class Experiment:
     name: str
     description: str
-    specs: Callable[..., list]  # (epochs=None, seed=0, quick=False) -> [RunSpec]
+    specs: Callable[..., list]  # (epochs=None, seed=0, quick=False, methods=None, full=False) -> [RunSpec]
     columns: tuple = ("method", "lr", "train_loss", "test_acc", "seconds_per_epoch")
     reported: dict = dataclasses.field(default_factory=dict)  # method -> {column: paper's value}
     notes: str = ""
@@ -53,7 +53,7 @@ DIGITS_METHODS = {
 }
 
 
-def digits_specs(epochs=None, seed=0, quick=False, methods=None):
+def digits_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
     specs = []
     for method, (opt, kwargs, batch, full_epochs) in DIGITS_METHODS.items():
         if methods and method not in methods:

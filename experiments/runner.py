@@ -44,7 +44,8 @@ class RunSpec:
     """Everything that defines a run. ``model`` and ``optimizer`` are
     ``{"name": class name in nets / optimizers, "kwargs": {...}}``; ``data``
     is ``{"name": data set, "reshape": sample shape or None, "normalize": bool,
-    "subset": [n_train, n_val, n_test] or None, "limit_batches": int or None}``."""
+    "subset": [n_train, n_val, n_test] or None, "limit_batches": int or None,
+    "verify": bool (checksums; default True)}``."""
 
     experiment: str
     method: str
@@ -85,7 +86,8 @@ def build_optimizer(spec: dict):
 
 
 def load_splits(spec: dict, data_dir=None, seed=0):
-    splits = datasets.load(spec["name"], data_dir)
+    options = {"verify": spec["verify"]} if "verify" in spec else {}
+    splits = datasets.load(spec["name"], data_dir, **options)
     if spec.get("subset"):
         n_train, n_val, n_test = spec["subset"]
         splits = splits.subset(n_train, n_val, n_test, seed=seed, name=f"{spec['name']}-subset")
