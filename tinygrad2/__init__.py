@@ -2,7 +2,7 @@
 from . import backend
 from .backend import to_host
 from .tensor import Tensor, no_grad
-from . import primitives
+from . import check, primitives
 from .primitives import REGISTRY as PRIMITIVES
 from .functional import grad, value_and_grad, jvp, vjp, hvp, hvp_reverse_over_reverse, hessian
 from .objective import (
@@ -11,7 +11,7 @@ from .objective import (
 )
 
 __all__ = [
-    "backend", "to_host", "Tensor", "no_grad", "primitives", "PRIMITIVES",
+    "backend", "check", "to_host", "Tensor", "no_grad", "primitives", "PRIMITIVES",
     "grad", "value_and_grad", "jvp", "vjp", "hvp", "hvp_reverse_over_reverse", "hessian",
     "Param", "Layout", "Objective", "BaseObjective", "Quadratic", "Rosenbrock", "LogisticRegression",
     "Function", "CurvatureMemoryError", "rademacher",
