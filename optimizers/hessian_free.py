@@ -62,7 +62,7 @@ from tinygrad2 import backend as B
 
 from .base import Optimizer, base_info, check_choice, check_fraction, check_int, check_positive
 from .cg import cg
-from .newton import lm_update, reduction_ratio
+from .newton import check_lm, lm_update, reduction_ratio
 
 
 class HessianFree(Optimizer):
@@ -102,16 +102,7 @@ class HessianFree(Optimizer):
         if line_search_shrink == 0:
             raise ValueError("line_search_shrink must lie in (0, 1), got 0")
         self.line_search_max = check_int("line_search_max", line_search_max)
-        self.boost = check_positive("boost", boost)
-        if boost < 1:
-            raise ValueError(f"boost must be >= 1, got {boost!r}")
-        self.drop = check_fraction("drop", drop, closed_high=True)
-        if drop == 0:
-            raise ValueError("drop must lie in (0, 1], got 0")
-        self.min_damping = check_positive("min_damping", min_damping, allow_zero=True)
-        self.max_damping = check_positive("max_damping", max_damping)
-        if min_damping > max_damping:
-            raise ValueError(f"min_damping ({min_damping!r}) must not exceed max_damping ({max_damping!r})")
+        self.boost, self.drop, self.min_damping, self.max_damping = check_lm(boost, drop, min_damping, max_damping)
         self.reject_increase = bool(reject_increase)
 
     def init(self, theta):

@@ -55,6 +55,22 @@ def non_finite_step(theta, state, loss, g):
     return theta.copy(), state, info
 
 
+def check_lm(boost, drop, min_damping, max_damping):
+    """Validate the Levenberg-Marquardt settings of :func:`lm_update`:
+    boost >= 1, 0 < drop <= 1, 0 <= min_damping <= max_damping."""
+    check_positive("boost", boost)
+    if boost < 1:
+        raise ValueError(f"boost must be >= 1, got {boost!r}")
+    check_positive("drop", drop)
+    if drop > 1:
+        raise ValueError(f"drop must be <= 1, got {drop!r}")
+    check_positive("min_damping", min_damping, allow_zero=True)
+    check_positive("max_damping", max_damping)
+    if min_damping > max_damping:
+        raise ValueError(f"min_damping ({min_damping!r}) must not exceed max_damping ({max_damping!r})")
+    return boost, drop, min_damping, max_damping
+
+
 def lm_update(damping, rho, boost=1.5, drop=2 / 3, min_damping=0.0, max_damping=math.inf):
     """Levenberg-Marquardt rule (Martens 2010, Section 4.2):
     ρ < ¼ -> λ·boost, ρ > ¾ -> λ·drop, clipped to [min_damping, max_damping]."""
@@ -222,16 +238,7 @@ class DampedNewton(Optimizer):
         self.adapt = check_choice("adapt", adapt, ("fixed", "lm"))
         self.saddle_free = bool(saddle_free)
         self.curvature = check_choice("curvature", curvature, _CURVATURES)
-        self.boost = check_positive("boost", boost)
-        if boost < 1:
-            raise ValueError(f"boost must be >= 1, got {boost!r}")
-        self.drop = check_positive("drop", drop)
-        if drop > 1:
-            raise ValueError(f"drop must be <= 1, got {drop!r}")
-        self.min_damping = check_positive("min_damping", min_damping, allow_zero=True)
-        self.max_damping = check_positive("max_damping", max_damping)
-        if min_damping > max_damping:
-            raise ValueError(f"min_damping ({min_damping!r}) must not exceed max_damping ({max_damping!r})")
+        self.boost, self.drop, self.min_damping, self.max_damping = check_lm(boost, drop, min_damping, max_damping)
         self.reject_increase = bool(reject_increase)
 
     def init(self, theta):
