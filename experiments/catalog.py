@@ -1,8 +1,14 @@
 """The experiments ``python -m experiments run NAME`` knows.
 
 An :class:`Experiment` turns command-line settings into a list of
-:class:`~experiments.runner.RunSpec` (one per method) and knows how to print
-its table, with the numbers a paper reported beside ours where there is one.
+:class:`~experiments.runner.RunSpec` (one per method, or one per method and
+repetition: methods named ``"SGD#1"``, ``"SGD#2"``, ... are one method
+repeated, and the table shows their mean ± std) and knows how to print its
+table, with the numbers a paper reported beside ours where there is one
+(a number, a ``(mean, std)`` pair, or a string such as ``"NaN"``).
+
+The four paper reproductions live in :mod:`experiments.papers` and are
+registered here at import.
 """
 from __future__ import annotations
 
@@ -21,6 +27,15 @@ class Experiment:
     columns: tuple = ("method", "lr", "train_loss", "test_acc", "seconds_per_epoch")
     reported: dict = dataclasses.field(default_factory=dict)  # method -> {column: paper's value}
     notes: str = ""
+    # spec -> None or on_epoch(epoch, theta, model, objective) -> {extra epoch series} (see runner.train)
+    epoch_hook: Callable | None = None
+    # (specs, paths, splits_of, out_dir) -> printable text: measurements made after the runs
+    analysis: Callable | None = None
+
+
+def base_method(method: str) -> str:
+    """"SGD#2" -> "SGD": the method a repetition belongs to."""
+    return method.split("#", 1)[0]
 
 
 def _spec(experiment, method, optimizer, kwargs, *, model, data, epochs, batch_size, seed, dtype="float32"):
@@ -40,8 +55,8 @@ DIGITS_METHODS = {
     "SGD": ("SGD", {"lr": 0.1}, 64, 10),
     "SGD-momentum": ("SGD", {"lr": 0.05, "momentum": 0.9}, 64, 10),
     "Adam": ("Adam", {"lr": 0.003}, 64, 10),
-    "Newton": ("Newton", {"lr": 0.5, "fallback": "none"}, 256, 2),
-    "DampedNewton": ("DampedNewton", {"lr": 1.0, "damping": 1.0, "adapt": "lm"}, 256, 2),
+    "Newton": ("Newton", {"lr": 0.5, "fallback": "none"}, 256, 1),
+    "DampedNewton": ("DampedNewton", {"lr": 1.0, "damping": 1.0, "adapt": "lm"}, 256, 1),
     "HF-Newton": ("HessianFree", {"damping": 1.0, "curvature": "hessian"}, 256, 10),
     "HF-GaussNewton": ("GaussNewton", {"damping": 1.0}, 256, 10),
     "BB": ("BB", {"lr0": 0.1, "beta": 0.5}, 64, 10),
@@ -71,7 +86,7 @@ EXPERIMENTS = {
         "the main job: 12 optimizers on an MLP 64-32-10 (ReLU) on scikit-learn's digits "
         "(1,257 train / 270 val / 270 test), float32",
         digits_specs,
-        notes="Dense Newton and damped Newton take O(n^3) per step (n = 2,410): they run 2 epochs of "
+        notes="Dense Newton and damped Newton take O(n^3) per step (n = 2,410): they run 1 epoch (5 steps) of "
               "batch 256; the others 10 epochs (batch 64, or 256 for the Hessian-free methods and L-BFGS).",
     ),
 }
@@ -94,7 +109,31 @@ def learning_rate(optimizer: dict) -> str:
     return "-"
 
 
+HYPER_NAMES = {"lr": "lr", "lr0": "lr0", "momentum": "μ", "damping": "λ", "weight_decay": "wd",
+               "second_order_lr": "τ", "hessian_momentum": "μ_h", "eps": "ε", "history_size": "m",
+               "max_iter": "iters", "line_search": "ls", "batch_mode": "batches", "diag": "diag",
+               "threshold": "t_l", "sgd_lr": "SGDM lr", "sgd_momentum": "μ", "ada_lr": "AdaHessian lr",
+               "adapt": "adapt", "fallback": "fallback", "decoupled": "decoupled",
+               "reject_increase": "reject uphill"}
+
+
+def hyperparameters(optimizer: dict) -> str:
+    """A short description of an optimizer's settings, e.g. "lr 0.5, λ 32, adapt fixed"."""
+    parts = []
+    for key, value in optimizer.get("kwargs", {}).items():
+        if key not in HYPER_NAMES or value is None:
+            continue
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{HYPER_NAMES[key]} {text}")
+    return ", ".join(parts) or "-"
+
+
 def format_value(value, column):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):  # (mean, std)
+        mean, std = value
+        return f"{format_value(mean, column)} ± {format_value(std, column)}"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if column.endswith("acc"):
@@ -104,3 +143,10 @@ def format_value(value, column):
     if "second" in column or column.endswith("time"):
         return f"{value:.2f}"
     return str(value)
+
+
+# ---------------------------------------------------------------- the papers (experiments/papers.py)
+
+from .papers import paper_experiments  # noqa: E402  (builds Experiment objects: after the names above)
+
+EXPERIMENTS.update(paper_experiments())

@@ -102,10 +102,13 @@ class Newton(Optimizer):
       range of H; on an indefinite H it heads for the saddle, which the
       ``descent`` flag (gᵀd < 0) reveals;
     * "gradient": d = -g (steepest descent with step lr);
-    * "none": xp.linalg.solve anyway (lstsq if it raises) -- plain Newton,
-      for reproducing how it fails.
+    * "none": xp.linalg.solve anyway, also on an indefinite H (the
+      minimum-norm solution when H is numerically singular: some
+      |λ_i| <= rcond·max|λ|) -- plain Newton, for reproducing how it fails.
+    Minimum-norm solutions come from the step's eigendecomposition
+    (d = -Σ_{kept i} q_i q_iᵀ g / λ_i), not from a second factorization.
 
-    The eigenvalues of H are computed every step (xp.linalg.eigvalsh), so a
+    The eigen-decomposition of H is computed every step (xp.linalg.eigh), so a
     numerically singular or indefinite H is always reported, never solved
     silently. ``info``: base_info
     plus ``status`` ("positive_definite", "singular" or "indefinite"),
@@ -133,7 +136,7 @@ class Newton(Optimizer):
         H = dense_curvature(objective, theta, self.curvature)
         if not finite(loss, g, H):
             return non_finite_step(theta, state, loss, g)
-        eig = xp.linalg.eigvalsh(H)
+        eig, Q = xp.linalg.eigh(H)  # one decomposition: the diagnostics and the solve
         lo, hi, top = float(eig[0]), float(eig[-1]), float(xp.abs(eig).max())
         rcond = self.rcond if self.rcond is not None else theta.shape[0] * float(xp.finfo(theta.dtype).eps)
         if lo > rcond * top:
@@ -141,13 +144,13 @@ class Newton(Optimizer):
         else:
             status = "singular" if lo >= -rcond * top else "indefinite"
         fallback = None
-        if status == "positive_definite" or self.fallback == "none":
-            try:
-                d = -xp.linalg.solve(H, g)
-            except Exception:  # LinAlgError: exactly singular
-                d, fallback = -xp.linalg.lstsq(H, g, rcond=rcond)[0], "lstsq"
-        elif self.fallback == "lstsq":
-            d, fallback = -xp.linalg.lstsq(H, g, rcond=rcond)[0], "lstsq"
+        kept = xp.abs(eig) > rcond * top
+        if status == "positive_definite" or (self.fallback == "none" and bool(kept.all())):
+            d = -xp.linalg.solve(H, g)
+        elif self.fallback in ("none", "lstsq"):
+            # d = -H⁺ g = -Σ_{|λ_i| > rcond·max|λ|} q_i (q_iᵀ g) / λ_i: the minimum-norm
+            # least-squares solution (numpy.linalg.lstsq's), from the decomposition already at hand
+            d, fallback = -(Q @ xp.where(kept, (Q.T @ g) / xp.where(kept, eig, 1), 0)), "lstsq"
         else:
             d, fallback = -g, "gradient"
         predicted, curv = quadratic_model(g, self.lr * d, self.lr * (H @ d))
