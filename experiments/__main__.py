@@ -2,7 +2,8 @@
 
     python -m experiments list
     python -m experiments run digits [--optimizers SGD Adam ...] [--epochs N] [--seed S]
-                                     [--out DIR] [--resume] [--data-dir DIR] [--device cpu|gpu] [--quick] [--full]
+                                     [--out DIR] [--resume] [--data-dir DIR] [--no-verify] [--device cpu|gpu]
+                                     [--quick] [--full]
     python -m experiments report runs/digits__*.h5
     python -m experiments plot runs/digits__*.h5 [--png curves.png]
     python -m experiments verify
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,8 @@ def main(argv=None) -> int:
     run.add_argument("--out", default="runs", help="results folder (default: runs/)")
     run.add_argument("--resume", action="store_true", help="continue killed runs from their checkpoints")
     run.add_argument("--data-dir", help="where the data sets are (else $TINYGRAD2_DATA, else a user cache)")
+    run.add_argument("--no-verify", action="store_true",
+                     help="skip the MD5 checks of the data files (generated or re-encoded copies)")
     run.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     run.add_argument("--quick", action="store_true", help="a few batches per method: a smoke test")
     run.add_argument("--full", action="store_true", help="the paper's full scale instead of the CPU-sized default")
@@ -68,10 +72,13 @@ def _run(args) -> int:
         return 2
     specs = experiment.specs(epochs=args.epochs, seed=args.seed, quick=args.quick, methods=args.optimizers,
                              full=args.full)
+    if args.no_verify:
+        for spec in specs:
+            spec.data = dict(spec.data, verify=False)
     if args.optimizers:
-        unknown = set(args.optimizers) - {s.method for s in specs}
+        unknown = set(args.optimizers) - {catalog.base_method(s.method) for s in specs}
         if unknown:
-            known = [s.method for s in experiment.specs(quick=True)]
+            known = list(dict.fromkeys(catalog.base_method(s.method) for s in experiment.specs(quick=True)))
             print(f"run {args.name}: unknown method(s) {sorted(unknown)}; choose from {known}", file=sys.stderr)
             return 2
     from .data import DataError
@@ -81,30 +88,41 @@ def _run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths, cache, start = [], {}, time.perf_counter()
     print(f"{experiment.name}: {experiment.description}")
-    for spec in specs:
+
+    def splits_of(spec):
         key = repr(sorted(spec.data.items())) + str(spec.seed)
+        if key not in cache:
+            cache[key] = load_splits(spec.data, args.data_dir, spec.seed)
+        return cache[key]
+
+    for spec in specs:
         try:
-            if key not in cache:
-                cache[key] = load_splits(spec.data, args.data_dir, spec.seed)
+            splits = splits_of(spec)
         except DataError as err:
             print(f"run {args.name}: {err}", file=sys.stderr)
             return 2
         path = out / spec.filename
         t0 = time.perf_counter()
-        run = train(spec, path, resume=args.resume, splits=cache[key])
-        print(f"  {spec.method:<16} {run.status:<9} {time.perf_counter() - t0:6.1f} s  -> {path}")
+        hook = experiment.epoch_hook(spec) if experiment.epoch_hook else None
+        run = train(spec, path, resume=args.resume, splits=splits, on_epoch=hook)
+        print(f"  {spec.method:<22} {run.status:<9} {time.perf_counter() - t0:6.1f} s  -> {path}")
         paths.append(path)
     print(f"\n{table(paths, experiment)}")
     if experiment.notes:
         print(f"\n{experiment.notes}")
-    _plot(paths, out / f"{experiment.name}.png")
+    if experiment.analysis:
+        print(f"\n{experiment.analysis(specs, paths, splits_of, out)}")
+    # one curve per method: the first repetition of a repeated method
+    first = [p for p, s in zip(paths, specs) if "#" not in s.method or s.method.endswith("#1")]
+    _plot(first or paths, out / f"{experiment.name}.png")
     print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 
 
 def table(paths, experiment=None) -> str:
-    """One row per results file: the experiment's columns, and the paper's
-    numbers beside ours where the experiment has them."""
+    """One row per method: the experiment's columns, and the paper's numbers
+    beside ours where the experiment has them. Repetitions of a method
+    (``"SGD#1"``, ``"SGD#2"``, ...) make one row of mean ± std (sample std)."""
     from .results import load_run
 
     runs = [load_run(p) for p in paths]
@@ -113,25 +131,47 @@ def table(paths, experiment=None) -> str:
         experiment = catalog.EXPERIMENTS.get(name)
     columns = experiment.columns if experiment else ("method", "lr", "train_loss", "test_acc", "seconds_per_epoch")
     reported = experiment.reported if experiment else {}
-    header = list(columns) + [f"paper {c}" for c in columns[2:] if any(c in r for r in reported.values())]
-    rows = []
+    values = [c for c in columns if c not in ("method", "lr", "hyper")]
+    paper = [c for c in values if any(c in r for r in reported.values())]
+    header = list(columns) + [f"paper {c}" for c in paper]
+    groups = {}
     for run in runs:
-        summary, method = run.summary(), run.config.get("method", run.path.stem)
+        groups.setdefault(catalog.base_method(run.config.get("method", run.path.stem)), []).append(run)
+    rows = []
+    for method, members in groups.items():
+        first, n = members[0], len(members)
+        done = sum(r.status == "finished" for r in members)
+        label = method + (f" (x{n})" if n > 1 else "")
+        if done < n:
+            label += f" ({first.status})" if n == 1 else f" ({done}/{n} finished)"
         row = []
         for c in columns:
             if c == "method":
-                row.append(method + ("" if run.status == "finished" else f" ({run.status})"))
+                row.append(label)
             elif c == "lr":
-                row.append(catalog.learning_rate(run.config.get("optimizer", {})))
+                row.append(catalog.learning_rate(first.config.get("optimizer", {})))
+            elif c == "hyper":
+                row.append(catalog.hyperparameters(first.config.get("optimizer", {})))
             else:
-                row.append(catalog.format_value(summary.get(c), c))
-        paper = reported.get(method, {})
-        row += [catalog.format_value(paper.get(c), c) for c in columns[2:] if any(c in r for r in reported.values())]
+                row.append(catalog.format_value(_aggregate([r.summary().get(c) for r in members]), c))
+        row += [catalog.format_value(reported.get(method, {}).get(c), c) for c in paper]
         rows.append(row)
     widths = [max(len(str(x)) for x in [h] + [r[i] for r in rows]) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def _aggregate(values):
+    """One value as is; several as (mean, sample std) of the finite ones."""
+    if len(values) == 1:
+        return values[0]
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return None
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
+    return (mean, std)
 
 
 def _plot(paths, png) -> int:

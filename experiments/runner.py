@@ -44,8 +44,9 @@ class RunSpec:
     """Everything that defines a run. ``model`` and ``optimizer`` are
     ``{"name": class name in nets / optimizers, "kwargs": {...}}``; ``data``
     is ``{"name": data set, "reshape": sample shape or None, "normalize": bool,
-    "subset": [n_train, n_val, n_test] or None, "limit_batches": int or None,
-    "verify": bool (checksums; default True)}``."""
+    "subset": [n_train, n_val, n_test] or None, "pool": k (k x k average
+    pooling of the images, e.g. 4: MNIST 28x28 -> 7x7) or None, "limit_batches":
+    int or None, "verify": bool (checksums; default True)}``."""
 
     experiment: str
     method: str
@@ -91,11 +92,26 @@ def load_splits(spec: dict, data_dir=None, seed=0):
     if spec.get("subset"):
         n_train, n_val, n_test = spec["subset"]
         splits = splits.subset(n_train, n_val, n_test, seed=seed, name=f"{spec['name']}-subset")
+    if spec.get("pool"):
+        splits = average_pool(splits, int(spec["pool"]))
     if spec.get("reshape"):
         splits = splits.reshape(*spec["reshape"])
     if spec.get("normalize"):
         splits = splits.normalize()
     return splits.to_device()
+
+
+def average_pool(splits, k):
+    """k x k average pooling of every image (the last two axes; H and W must
+    be multiples of k): a cheap way to shrink inputs, e.g. for dense Newton."""
+    def pool(d):
+        H, W = d.X.shape[-2:]
+        if H % k or W % k:
+            raise ValueError(f"data pool={k}: image size {H}x{W} is not a multiple of {k}")
+        X = d.X.reshape(*d.X.shape[:-2], H // k, k, W // k, k).mean(axis=(-3, -1), dtype=np.float32)
+        return datasets.Dataset(d.name, X, d.y, d.classes, d.index)
+    return datasets.Splits(splits.name, pool(splits.train), None if splits.val is None else pool(splits.val),
+                           pool(splits.test), {**splits.info, "pool": k})
 
 
 def evaluate(model, theta, dataset, loss="cross_entropy", batch_size=1000):
@@ -123,9 +139,15 @@ def _finite(x) -> bool:
     return bool(B.xp.isfinite(x).all())
 
 
-def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, progress=None, log=print):
+def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, progress=None, log=print,
+          on_epoch=None):
     """Run ``spec`` and write its results to ``path`` (see the module
-    docstring). Returns the loaded :class:`experiments.results.Run`."""
+    docstring). Returns the loaded :class:`experiments.results.Run`.
+
+    ``on_epoch(epoch, theta, model, objective)``, if given, is called at
+    every evaluation (epoch 0 = the initial point, then after each epoch)
+    with ``objective`` bound to the first batch of epoch 0; the numbers it
+    returns (a dict) are logged in the epoch series beside the metrics."""
     path = Path(path)
     with B.precision(spec.dtype):
         splits = splits if splits is not None else load_splits(spec.data, data_dir, spec.seed)
@@ -157,6 +179,8 @@ def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, prog
         with writer:
             if epoch0 == 0:
                 metrics = _metrics(model, theta, splits, spec.loss, math.nan, 0.0)
+                if on_epoch is not None:
+                    metrics.update(on_epoch(0, theta, model, objective) or {})
                 writer.log_epoch(0, metrics)
             bar = _progress(progress, spec, train_set, epoch0)
             for epoch in range(epoch0, spec.epochs):
@@ -194,6 +218,8 @@ def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, prog
                 metrics = _metrics(model, theta, splits, spec.loss, float(np.mean(losses)) if losses else math.nan,
                                    wall, epoch_time)
                 state = opt.end_epoch(theta, state, metrics)
+                if on_epoch is not None:
+                    metrics.update(on_epoch(epoch + 1, theta, model, objective) or {})
                 writer.log_epoch(epoch + 1, metrics)
                 writer.checkpoint(theta, state, epoch=epoch + 1, step=step, wall_time=wall,
                                   buffers=model.named_buffers())
