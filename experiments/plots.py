@@ -47,6 +47,8 @@ def plot_runs(runs, out_png, *, title=None, labels=None, size=(10.0, 8.0), dpi=1
         panels = [(axes[0, 0], EPOCH_INDEX, LOSS_LINES, "loss"), (axes[0, 1], EPOCH_INDEX, ACC_LINES, "accuracy"),
                   (axes[1, 0], TIME_KEY, LOSS_LINES, "loss"), (axes[1, 1], TIME_KEY, ACC_LINES, "accuracy")]
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        if len(runs) > len(colors):  # one distinct colour per run
+            colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(runs))]
         for ax, x_key, lines, what in panels:
             drawn = 0
             for i, (run, label) in enumerate(zip(runs, labels)):
@@ -67,10 +69,15 @@ def plot_runs(runs, out_png, *, title=None, labels=None, size=(10.0, 8.0), dpi=1
                 continue
             if what == "loss" and log_loss and _all_positive(ax):
                 ax.set_yscale("log")
-            ax.legend(fontsize="small")
+        # one legend for the figure: a colour per run, a line style per split
+        from matplotlib.lines import Line2D
+        handles = [Line2D([], [], color=colors[i % len(colors)], label=label) for i, label in enumerate(labels)]
+        handles += [Line2D([], [], color="black", linestyle=style, label=f"{split} {what}")
+                    for lines, what in ((LOSS_LINES, "loss"), (ACC_LINES, "accuracy")) for _, style, split in lines]
+        fig.legend(handles=handles, loc="center right", fontsize="small", frameon=False)
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
         fig.savefig(out_png, dpi=dpi, format="png")
     finally:
         plt.close(fig)
