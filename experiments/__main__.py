@@ -181,7 +181,8 @@ def _plot(paths, png) -> int:
     if not paths:
         return 1
     png = Path(png) if png else paths[0].with_suffix(".png")
-    plot_runs([load_run(p) for p in paths], png)
+    runs = [load_run(p) for p in paths]
+    plot_runs(runs, png, labels=[r.config.get("method", r.path.stem) for r in runs])
     print(f"learning curves: {png}")
     return 0
 
