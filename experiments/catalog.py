@@ -142,7 +142,7 @@ def format_value(value, column):
     if column.endswith("acc"):
         return f"{value:.4f}"
     if column.endswith("loss"):
-        return f"{value:.4f}"
+        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3g}"
     if "second" in column or column.endswith("time"):
         return f"{value:.2f}"
     return str(value)

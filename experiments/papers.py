@@ -341,18 +341,21 @@ def cnn_analysis(specs, paths, splits_of, out):
         curv = col("curvature")
         curv = curv[np.isfinite(curv)]
         loss = col("loss")
-        entry = {"status": run.status, "steps": int(len(loss)),
-                 "nan_reverts": int(np.nansum(col("nan_reverts"))), "pairs_skipped": int(np.nansum(col("skipped"))),
-                 "pairs_with_negative_curvature": int((curv <= 0).sum()), "pairs_formed": int(len(curv)),
+        iterations = int(np.nansum(col("iterations")))
+        skipped = int(np.nansum(col("skipped")))
+        entry = {"status": run.status, "steps": int(len(loss)), "iterations": iterations,
+                 "pairs_kept": iterations - skipped, "pairs_skipped": skipped,
+                 "steps_whose_last_pair_had_negative_curvature": int((curv <= 0).sum()),
+                 "nan_reverts": int(np.nansum(col("nan_reverts"))),
                  "max_step_loss": _finite_or_none(np.nanmax(loss)) if len(loss) else None,
                  "final_test_acc": run.summary().get("test_acc")}
         first_nan = np.flatnonzero(np.nan_to_num(col("nan_reverts")) > 0)
         entry["first_nan_step"] = int(first_nan[0]) + 1 if len(first_nan) else None
         report[s.method] = entry
-        lines.append(f"  {s.method:<13} {entry['steps']} steps: {entry['pairs_formed']} pairs formed, "
-                     f"{entry['pairs_with_negative_curvature']} with sᵀy <= 0, {entry['pairs_skipped']} skipped; "
+        lines.append(f"  {s.method:<13} {entry['steps']} steps, {iterations} iterations: {entry['pairs_kept']} "
+                     f"curvature pairs kept, {skipped} skipped (sᵀy too small or negative); "
                      f"{entry['nan_reverts']} non-finite trial points"
-                     + (f" (first at step {entry['first_nan_step']}; an unguarded L-BFGS returns NaN there)"
+                     + (f" (first at step {entry['first_nan_step']}: an unguarded L-BFGS returns NaN there)"
                         if entry["first_nan_step"] else "")
                      + f"; largest mini-batch loss {_num(entry['max_step_loss'])}")
     if report:
