@@ -26,6 +26,12 @@ Contenders, all assembling H from chunks of K unit directions, the same K
 * torch (optional, only if importable; never installed by this script):
   ``torch.func.vmap`` of ``jvp(grad(f))`` over the chunk.
 
+tinygrad2's engine treats a parameter block whose tangent is zero in every
+direction as a symbolic zero (unit directions inside W1 skip every product
+with the W2, b1, b2 tangents); the R-op does the dense work. So a second table
+times tinygrad2's ``hvp`` against the R-op's on 4 chunks of dense random
+directions, where nothing can be skipped: the engine's own efficiency.
+
 Validation first: on two row blocks in float64 every contender must agree with
 the NumPy R-op to 1e-12 (relative, Frobenius); the timed results are compared
 again in the case's dtype.
@@ -262,6 +268,29 @@ def time_case(name, X, y, theta, chunk, rows, repeats, threads):
     return total, agree
 
 
+def time_dense(name, X, y, theta, chunk, repeats, chunks=4):
+    """Seconds of tinygrad2's ``hvp`` and the R-op's ``hvp`` on ``chunks``
+    chunks of dense random directions (N(0, 1) entries), interleaved as in
+    ``time_case``; and their largest relative disagreement."""
+    obj = make_objective(name, X, y)
+    rng = np.random.default_rng(1)
+    fns = {"tinygrad2": lambda V: obj.hvp(theta, V),
+           "NumPy R-op": lambda V: ref.hvp(theta, X, y, CASES[name]["sizes"], V, ACTIVATION)}
+    total, worst = {k: 0.0 for k in fns}, 0.0
+    for i in range(chunks):
+        V = rng.standard_normal((chunk, theta.shape[0])).astype(theta.dtype)
+        best, outs = {k: float("inf") for k in fns}, {}
+        for r in range(repeats):
+            for k in (list(fns) if (i + r) % 2 == 0 else list(fns)[::-1]):
+                t0 = time.perf_counter()
+                outs[k] = fns[k](V)
+                best[k] = min(best[k], time.perf_counter() - t0)
+        worst = max(worst, rel_error(outs["tinygrad2"], outs["NumPy R-op"]))
+        for k in fns:
+            total[k] += best[k]
+    return total, worst
+
+
 def measure_memory(name, contender, chunk, rows, threads):
     """Peak memory of one contender assembling the rows, in a fresh subprocess."""
     cmd = [sys.executable, "-m", "experiments.bench_curvature", "--child", contender, "--case", name,
@@ -312,7 +341,7 @@ def child(args):
 # ================================================================ profile
 
 
-def primitive_times(obj, theta, E, reps, ctx=contextlib.nullcontext):
+def primitive_times(obj, theta, E, reps):
     """Per primitive call site: the time of each primitive call (forward +
     jvp; in the backward pass, the vjp rules' Tensor ops), min over ``reps``
     passes.
@@ -336,73 +365,52 @@ def primitive_times(obj, theta, E, reps, ctx=contextlib.nullcontext):
             phase[0] = "forward"
 
     totals = []
-    with ctx():
-        P.Primitive.__call__, Tensor.backward = timed_call, timed_backward
-        try:
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                obj.hvp(theta, E)
-                totals.append(time.perf_counter() - t0)
-        finally:
-            P.Primitive.__call__, Tensor.backward = call, backward
+    P.Primitive.__call__, Tensor.backward = timed_call, timed_backward
+    try:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            obj.hvp(theta, E)
+            totals.append(time.perf_counter() - t0)
+    finally:
+        P.Primitive.__call__, Tensor.backward = call, backward
     # one pass's time per call site: the fastest repeat of each call
     return min(totals), {k: min(v) * len(v) / reps for k, v in stats.items()}
 
 
 def profile_case(name, X, y, theta, chunk, threads, reps=5):
-    """One chunk: tinygrad2 per primitive call site (as it is, and with all
-    the proposed changes), the reference per R-pass step, and the time of
-    each proposed engine change of ``engine_whatif``."""
-    from . import engine_whatif
-
+    """One chunk of unit directions at the start of W1 and one chunk of dense
+    random directions: tinygrad2 per primitive call site, and the reference
+    per R-pass step."""
     obj = make_objective(name, X, y)
-    n = theta.shape[0]
-    E = _unit_rows(n - chunk, n, n, theta.dtype)
-    rows = (n - chunk, n)
-    sizes = CASES[name]["sizes"]
-    base = obj.hvp(theta, E)
-    with thread_limit(threads):
-        now_total, now = primitive_times(obj, theta, E, reps)
-        new_total, new = primitive_times(obj, theta, E, reps, engine_whatif.all_changes)
-        ref_steps, ref_totals = {}, []
-        for _ in range(reps):
-            last = [time.perf_counter()]
-            t0 = last[0]
-
-            def tick(label):
-                t = time.perf_counter()
-                ref_steps.setdefault(label, []).append(t - last[0])
-                last[0] = t
-
-            ref.hessian(theta, X, y, sizes, ACTIVATION, chunk, rows=rows, tick=tick)
-            ref_totals.append(time.perf_counter() - t0)
-        variants = {"engine as it is": contextlib.nullcontext, **engine_whatif.CHANGES}
-        whatif = {k: [] for k in variants}
-        for _ in range(reps):
-            for label, ctx in variants.items():
-                with ctx():
-                    t0 = time.perf_counter()
-                    HV = obj.hvp(theta, E)
-                    whatif[label].append(time.perf_counter() - t0)
-                if rel_error(HV, base) > 1e-5:
-                    raise SystemExit(f"what-if '{label}' changed the result: {rel_error(HV, base):.2e}")
-
+    n, sizes = theta.shape[0], CASES[name]["sizes"]
+    directions = {
+        f"unit directions e_0..e_{chunk - 1} (inside W1)": _unit_rows(0, chunk, n, theta.dtype),
+        "dense random directions": np.random.default_rng(1).standard_normal((chunk, n)).astype(theta.dtype),
+    }
     ms = lambda t: f"{1e3 * t:8.1f} ms"
-    print(f"\n--- profile: {name}, one chunk of K = {chunk} directions (min of {reps}) ---")
-    print(f"tinygrad2 hvp per primitive call site (* = carries a K-tangent); engine as it is: {ms(now_total)}, "
-          f"with all proposed changes: {ms(new_total)} (with timers)")
-    for key in sorted(set(now) | set(new), key=lambda k: -max(now.get(k, 0), new.get(k, 0))):
-        a, b = now.get(key), new.get(key)
-        if max(a or 0, b or 0) >= 5e-4:
-            cells = [ms(a) if a is not None else " " * 11, ms(b) if b is not None else " " * 11]
-            print(f"  {cells[0]}  {cells[1]}  {key[0]:8s} {key[1]:18s} {key[2]}")
-    print(f"NumPy R-op: {ms(min(ref_totals))}; per step:")
-    for label, ts in ref_steps.items():
-        print(f"  {ms(min(ts))}  {label}")
-    r = min(ref_totals)
-    print("what-if (prototypes of engine changes, experiments/engine_whatif.py; the engine is unchanged):")
-    for label, ts in whatif.items():
-        print(f"  {ms(min(ts))}  {min(ts) / r:5.2f}x the NumPy R-op   {label}")
+    for what, V in directions.items():
+        with thread_limit(threads):
+            total, sites = primitive_times(obj, theta, V, reps)
+            ref_steps, ref_totals = {}, []
+            for _ in range(reps):
+                last = [time.perf_counter()]
+                t0 = last[0]
+
+                def tick(label):
+                    t = time.perf_counter()
+                    ref_steps.setdefault(label, []).append(t - last[0])
+                    last[0] = t
+
+                ref.hvp(theta, X, y, sizes, V, ACTIVATION, tick=tick)
+                ref_totals.append(time.perf_counter() - t0)
+        print(f"\n--- profile: {name}, {what}, K = {chunk} (min of {reps}, {threads} BLAS thread(s)) ---")
+        print(f"tinygrad2 hvp per primitive call site (* = carries a K-tangent): {ms(total)} (with timers)")
+        for key, t in sorted(sites.items(), key=lambda kv: -kv[1]):
+            if t >= 5e-4:
+                print(f"  {ms(t)}  {key[0]:8s} {key[1]:18s} {key[2]}")
+        print(f"NumPy R-op hvp: {ms(min(ref_totals))}; per step:")
+        for label, ts in ref_steps.items():
+            print(f"  {ms(min(ts))}  {label}")
 
 
 # ================================================================ main
@@ -419,7 +427,7 @@ def fmt_mb(b):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a block of 4 chunks of rows, 2 repeats")
-    parser.add_argument("--profile", action="store_true", help="per-primitive profile and engine what-ifs")
+    parser.add_argument("--profile", action="store_true", help="per-primitive profile of one chunk")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: BLAS's own)")
     parser.add_argument("--chunk", type=int, default=None, help="directions per pass (default: tinygrad2's choice)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per chunk (default 3; --quick 2)")
@@ -460,11 +468,14 @@ def main(argv=None):
         with thread_limit(args.threads):
             times, agree = time_case(name, X, y, theta, chunk, rows, repeats, args.threads)
         print(f"  timed results vs the NumPy R-op ({dt}): " + ", ".join(f"{k} {e:.1e}" for k, e in agree.items()))
+        with thread_limit(args.threads):
+            dense, dense_err = time_dense(name, X, y, theta, chunk, repeats)
+        print(f"  dense random directions: tinygrad2 hvp vs the R-op's {dense_err:.1e}")
         mem = {k: measure_memory(name, k, chunk, rows, args.threads) for k in times}
         result = mem["tinygrad2"]["result"]
         floor = chunk * dt.itemsize * (n + X.shape[0] * (Hd + C))
         forecast = result + chunk * make_objective(name, X, y).bytes_per_direction(theta)
-        table.append(dict(name=name, n=n, chunk=chunk, dtype=str(dt), data=what, times=times, mem=mem,
+        table.append(dict(name=name, n=n, chunk=chunk, dtype=str(dt), data=what, times=times, mem=mem, dense=dense,
                           result=result, floor=floor, forecast=forecast, target=CASES[name]["target"]))
         if args.profile:  # single-threaded unless asked: per-call timings of 2 threads are too noisy
             profile_case(name, X, y, theta, chunk, args.threads or 1)
@@ -486,6 +497,14 @@ def print_tables(table):
         if has_torch:
             line += f" {fmt_s(t['torch'])} | {t['torch'] / t['NumPy R-op']:.2f}x |" if "torch" in t else " - | - |"
         print(line)
+    print("\nArbitrary directions: one hvp per chunk of K dense random directions, 4 chunks (no target; "
+          "nothing is a symbolic zero here, so this is the engine's own efficiency against the hand-written R-pass):\n")
+    print("| case | K | tinygrad2 hvp | NumPy R-op hvp | tinygrad2 / NumPy |")
+    print("|---|---|---|---|---|")
+    for r in table:
+        d = r["dense"]
+        print(f"| {r['name']} ({r['dtype']}) | {r['chunk']} | {fmt_s(d['tinygrad2'])} | {fmt_s(d['NumPy R-op'])} "
+              f"| {d['tinygrad2'] / d['NumPy R-op']:.2f}x |")
     print("\nPeak memory (tracemalloc; in brackets: growth of the peak RSS) against the result plus one chunk's "
           "irreducible working set, K * itemsize * (n + N (H + C)):\n")
     head = ("| case | H rows | H + one chunk | tinygrad2 | NumPy R-op | tinygrad2 / (H + chunk) | NumPy / (H + chunk) "

@@ -3,6 +3,8 @@ bookkeeping: shapes of directions, chunking, repeated pullbacks, gradient
 accumulation, detach, no_grad, comparisons, repr."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -293,3 +295,127 @@ def test_float32_stays_float32_through_all_modes():
     assert tg.jvp(f, x, np.ones(3, dtype=np.float32))[1].dtype == np.float32
     assert tg.hvp(f, x, np.ones(3, dtype=np.float32)).dtype == np.float32
     assert Tensor([1.0, 2.0]).dtype == np.float32
+
+
+# ---------------------------------------------------------------- engine economies
+# (each keeps the result exact; these tests pin both the result and the economy)
+
+P = importlib.import_module("tinygrad2.primitives")  # the module (the package's ``primitives`` is the registry)
+
+
+def test_a_zero_tangent_slice_of_a_flat_vector_is_a_symbolic_zero():
+    V = np.zeros((3, 8))
+    V[:, 5:] = np.arange(9.0).reshape(3, 3)
+    theta = Tensor(np.linspace(-1, 1, 8), tangent=V)
+    assert theta[0:5].tangent is None  # zero in every direction: skipped downstream
+    np.testing.assert_array_equal(theta[4:6].tangent, V[:, 4:6])
+    # a 2-D tensor keeps its (zero) tangent: the economy is only for flat parameter vectors
+    M = Tensor(np.ones((2, 4)), tangent=np.zeros((3, 2, 4)))
+    np.testing.assert_array_equal(M[0].tangent, np.zeros((3, 4)))
+
+
+def test_hvp_with_block_sparse_directions_equals_the_dense_hessian():
+    # unit and block-supported directions (what hessian/diagonals/group products use)
+    # must give the rows of the Hessian assembled from dense directions
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((20, 4)), rng.integers(0, 3, 20)
+    layout = tg.Layout([("W1", (4, 5)), ("b1", (5,)), ("W2", (5, 3)), ("b2", (3,))])
+
+    def model(theta, X):
+        p = layout.unflatten(theta)
+        return (X @ p["W1"] + p["b1"]).tanh() @ p["W2"] + p["b2"]
+
+    obj = tg.Objective(model, "cross_entropy", X, y, layout)
+    theta = 0.5 * rng.standard_normal(layout.n)
+    Q = rng.standard_normal((layout.n, layout.n))  # dense directions: nothing is a symbolic zero
+    H = np.linalg.solve(Q, obj.hvp(theta, Q))  # the rows of hvp(Q) are (Q H)ᵢ, so H = Q⁻¹ (Q H)
+    np.testing.assert_allclose(H, H.T, atol=1e-10)
+    np.testing.assert_allclose(obj.hessian(theta), H, atol=1e-10)
+    block = np.zeros((2, layout.n))
+    block[:, layout["W2"].slice] = rng.standard_normal((2, 15))
+    np.testing.assert_allclose(obj.hvp(theta, block), block @ H, atol=1e-10)
+
+
+def test_backward_frees_each_intermediate_once_its_consumers_are_done():
+    import weakref
+
+    x = Tensor(np.linspace(0.1, 1, 6), requires_grad=True, tangent=np.eye(6))
+    y1 = x * 2.0
+    y2 = y1.tanh()
+    loss = (y2 * y2).sum()
+    alive = weakref.ref(y2)
+    del y1, y2
+    seen = []
+    mul_vjp = P.REGISTRY["mul"].vjp
+
+    def spy(g, out, a, b):
+        if a is x or b is x:  # the first node: everything after it is done
+            seen.append(alive() is None)
+        return mul_vjp(g, out, a, b)
+
+    P.REGISTRY["mul"].vjp = spy
+    try:
+        loss.backward()
+    finally:
+        P.REGISTRY["mul"].vjp = mul_vjp
+    assert seen == [True]
+    t = np.tanh(2 * x.data)
+    np.testing.assert_allclose(x.grad.data, 4 * t * (1 - t * t))  # d/dx tanh²(2x), t = tanh(2x)
+    # d/dx [4 t (1 - t²)] = 4 (1 - 3 t²) dt/dx, dt/dx = 2 (1 - t²)
+    np.testing.assert_allclose(np.diag(x.grad.tangent), 8 * (1 - t * t) * (1 - 3 * t * t), rtol=1e-12)
+
+
+def test_no_tangent_records_the_graph_but_pushes_no_tangent():
+    x = Tensor(np.array([0.3, -0.2]), requires_grad=True, tangent=np.eye(2))
+    z = x.tanh()
+    with tg.no_tangent():
+        loss = (z * z).sum()
+    assert loss.tangent is None and loss.requires_grad
+    loss.backward()
+    t = np.tanh(x.data)  # d²/dx² tanh² = 2 (1 - t²)(1 - 3 t²)
+    np.testing.assert_allclose(np.diag(x.grad.tangent), 2 * (1 - t * t) * (1 - 3 * t * t), rtol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["mul", "tanh_grad"])
+def test_direction_by_direction_products_equal_the_vectorized_ones(rule, monkeypatch):
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((70, 64)), rng.standard_normal((70, 1))  # broadcasting operands
+    ta, tb = rng.standard_normal((3, 70, 64)), rng.standard_normal((3, 70, 1))
+    prim = P.REGISTRY[rule]
+    out = prim.forward(a, b)
+    monkeypatch.setattr(P, "BLOCK_ELEMENTS", 1)
+    blocked = prim.jvp([a, b], [ta, tb], out)
+    monkeypatch.setattr(P, "BLOCK_ELEMENTS", 10**9)
+    vectorized = prim.jvp([a, b], [ta, tb], out)
+    assert blocked.shape == vectorized.shape == (3, 70, 64)
+    np.testing.assert_allclose(blocked, vectorized, rtol=1e-14, atol=1e-14)
+    eps = 1e-6  # and both are the directional derivative
+    fd = (prim.forward(a + eps * ta[1], b + eps * tb[1]) - prim.forward(a - eps * ta[1], b - eps * tb[1])) / (2 * eps)
+    np.testing.assert_allclose(blocked[1], fd, rtol=1e-7, atol=1e-8)
+
+
+def test_matmul_jvp_folding_directions_into_one_gemm_is_exact(monkeypatch):
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((9, 7)), rng.standard_normal((7, 4))
+    ta, tb = rng.standard_normal((5, 9, 7)), rng.standard_normal((5, 7, 4))
+    prim = P.REGISTRY["matmul"]
+    monkeypatch.setattr(P, "FOLD_ELEMENTS", 1)
+    folded = prim.jvp([a, b], [ta, tb], a @ b)
+    assert folded.flags.c_contiguous
+    monkeypatch.setattr(P, "FOLD_ELEMENTS", 10**9)
+    batched = prim.jvp([a, b], [ta, tb], a @ b)
+    np.testing.assert_allclose(folded, batched, rtol=1e-13)
+    np.testing.assert_allclose(folded, ta @ b + a @ tb, rtol=1e-13)
+
+
+def test_slice_buffers_are_never_shared_between_two_gradients():
+    # add hands the same cotangent to both inputs; a later slice of one input must
+    # not add into the other's gradient
+    a = Tensor(np.arange(4.0), requires_grad=True)
+    b = Tensor(np.ones(4), requires_grad=True)
+    head = a[0:1]            # a getitem on a, recorded before a + b
+    x = a + b
+    loss = (x[0:2] * 3.0).sum() + (head * 5.0).sum()
+    loss.backward()
+    np.testing.assert_array_equal(a.grad.data, [8, 3, 0, 0])
+    np.testing.assert_array_equal(b.grad.data, [3, 3, 0, 0])

@@ -485,3 +485,19 @@ def test_bad_inputs_raise_clear_errors():
         obj.block_row_sums(theta, "W3")
     with pytest.raises(ValueError, match="scalar"):
         Objective(obj.model_fn, lambda out, y: out, obj.X, obj.y, obj.layout).loss(theta)
+
+
+@pytest.mark.parametrize("n, per, want", [
+    (100, 10**7, 16),                 # tiny result, big directions: at least min_chunk
+    (20_000, 3 * 2**20, 256),         # (n, n) float64 = 3.2 GB: half of it / per > default_chunk: capped
+    (6_000, 2**20, 128),              # 288 MB: 144 MB / 1 MiB = 137 -> 128 (a multiple of 16)
+    (2_000, 2**18, 256),              # 32 MB: the 64 MiB floor / 256 KiB = 256
+])
+def test_automatic_chunk_keeps_the_chunk_near_half_the_result(monkeypatch, n, per, want):
+    obj, theta = make()
+    theta = np.zeros(n)
+    monkeypatch.setattr(type(obj), "bytes_per_direction", lambda self, theta: per)
+    obj.memory_budget = math.inf
+    chunk, needed = obj.memory_forecast(theta, n * n, n)
+    assert chunk == want and needed == 8 * n * n + chunk * per
+    assert chunk == objective_module.min_chunk or chunk * per <= max(4 * n * n, 64 * 2**20)

@@ -75,6 +75,54 @@ def _plus(a, b):
     return b if a is None else a if b is None else a + b
 
 
+def _plus_into(fresh, b):
+    """fresh + b, summed in place into ``fresh`` when the shapes allow it.
+    ``fresh`` must be an array this rule allocated itself (never an input's
+    tangent, which other rules may still read)."""
+    if fresh is None or b is None:
+        return _plus(fresh, b)
+    if fresh.shape == b.shape and fresh.dtype == b.dtype:
+        fresh += b
+        return fresh
+    return fresh + b
+
+
+BLOCK_ELEMENTS = 2**12
+"""Tangents with at least this many elements per direction are combined
+direction by direction on the host (see ``_products``)."""
+
+
+def _products(*pairs):
+    """Σ tangent · factor over the (tangent, factor) pairs whose tangent is
+    not None; tangents (K, ...) carry the direction axis, factors are primal
+    arrays that broadcast against them without it.
+
+    With NumPy each direction is done in turn into one output, so the
+    temporaries of a direction stay in cache: one pass over (K, ...) memory and
+    one allocation instead of one of each per product and per sum. Small
+    tangents, and CuPy (where a fused whole-array expression is cheaper than K
+    kernel launches), take the plain vectorized expression."""
+    pairs = [(t, f) for t, f in pairs if t is not None]
+    if not pairs:
+        return None
+    (t0, f0), rest = pairs[0], pairs[1:]
+    k = t0.shape[0]
+    if B.xp is not B.numpy or k == 1 or t0[0].size < BLOCK_ELEMENTS:
+        out = t0 * f0
+        for t, f in rest:
+            out = _plus_into(out, t * f)
+        return out
+    shape = B.xp.broadcast_shapes(*(t.shape for t, _ in pairs), *((1,) + B.xp.shape(f) for _, f in pairs))
+    out = B.xp.empty(shape, B.xp.result_type(*(a for pair in pairs for a in pair)))
+    scratch = B.xp.empty(shape[1:], out.dtype) if rest else None
+    for d in range(k):
+        B.xp.multiply(t0[d], f0, out=out[d])
+        for t, f in rest:
+            B.xp.multiply(t[d], f, out=scratch)
+            out[d] += scratch
+    return out
+
+
 def _const(array):
     return Tensor._make(array, None, None)
 
@@ -134,7 +182,7 @@ class mul:  # d(a b) = da b + a db
     def forward(a, b): return a * b
     def jvp(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
-        return _plus(None if ta is None else ta * b, None if tb is None else a * tb)
+        return _products((ta, b), (tb, a))
     def vjp(g, out, a, b): return g * b, g * a
 
 
@@ -178,7 +226,16 @@ class log:  # d log(x) = dx / x
 class tanh:  # d tanh(x) = (1 - tanh²(x)) dx
     def forward(x): return B.xp.tanh(x)
     def jvp(primals, tangents, out): return tangents[0] * (1 - out * out)
-    def vjp(g, out, x): return (g * (1 - out * out),)
+    def vjp(g, out, x): return (tanh_grad(g, out),)
+
+
+@primitive(broadcasts=True)
+class tanh_grad:  # tanh's vjp as one primitive: g (1 - y²);  d = dg (1 - y²) - 2 g y dy
+    def forward(g, y): return g * (1 - y * y)
+    def jvp(primals, tangents, out):
+        (g, y), (tg, ty) = primals, tangents
+        return _products((tg, 1 - y * y), (ty, -2 * g * y))
+    def vjp(c, out, g, y): return tanh_grad(c, y), c * g * y * (-2.0)
 
 
 @primitive(broadcasts=True)
@@ -253,11 +310,29 @@ class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
     def jvp(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
         da = None
-        if ta is not None:  # fold the direction axis into the rows: one BLAS-3 call
-            da = (ta.reshape(-1, b.shape[0]) @ b).reshape(ta.shape[:-1] + b.shape[1:]) if b.ndim == 2 else ta @ b
-        return _plus(da, None if tb is None else a @ tb)
+        if ta is not None:
+            if b.ndim == 2 and ta.flags.c_contiguous:  # fold the direction axis into the rows: one GEMM
+                da = (ta.reshape(-1, b.shape[0]) @ b).reshape(ta.shape[:-1] + b.shape[1:])
+            else:  # e.g. a transposed view: the batched product reads it in place, no copy
+                da = ta @ b
+        return _plus_into(da, None if tb is None else _matmul_directions(a, tb))
     def vjp(g, out, a, b):
         return (g @ b.mT if a.requires_grad else None), (a.mT @ g if b.requires_grad else None)
+
+
+FOLD_ELEMENTS = 2**18
+"""``a @ tb`` with a 2-D ``a`` (r, m) and tangents ``tb`` (K, m, p) is K
+GEMMs that each stream all of ``a``; once ``a`` has r·m >= FOLD_ELEMENTS
+entries (it no longer stays in cache) and K > 1, the K directions are folded
+into the columns of ONE GEMM instead, at the price of two transposing copies."""
+
+
+def _matmul_directions(a, tb):
+    if a.ndim == 2 and tb.ndim == 3 and tb.shape[0] > 1 and a.size >= FOLD_ELEMENTS:
+        k, m, p = tb.shape
+        t = (a @ tb.transpose(1, 0, 2).reshape(m, k * p)).reshape(a.shape[0], k, p)
+        return B.xp.ascontiguousarray(t.transpose(1, 0, 2))  # the (K, r, p) layout every rule expects
+    return a @ tb
 
 
 # ---------------------------------------------------------------- reductions
@@ -338,7 +413,9 @@ class cross_entropy_grad:  # (softmax(z) - onehot(y)) / n;  d = p ⊙ (dz - Σ_c
     def jvp(primals, tangents, out, labels):
         z, t = primals[0], tangents[0]
         p = B.xp.exp(log_softmax.forward(z, axis=-1))
-        return p * (t - (p * t).sum(axis=-1, keepdims=True)) * (1.0 / z.shape[0])
+        out = t - B.xp.einsum("...c,...c->...", t, p)[..., None]  # Σ_c p dz without a (K, n, C) temporary
+        out *= p * (1.0 / z.shape[0])
+        return out
     def vjp(u, out, z, labels):  # the same symmetric operator, in Tensor ops
         p = z.log_softmax(axis=-1).exp()
         pu = p * u
@@ -386,6 +463,15 @@ class broadcast_to:  # old: the input's shape
 @primitive(linear=True)
 class getitem:  # out = x[index]; old: the input's shape
     def forward(x, index, old): return x[_lead(x, len(old)) + index]
+    def jvp(primals, tangents, out, index, old):
+        # a slice of a flat (1-D) vector whose tangent is zero in every direction
+        # is a symbolic zero (None): unit directions on one parameter block (dense
+        # Hessians, diagonals, group products) then skip every product with the
+        # other blocks' tangents
+        t = tangents[0][_lead(tangents[0], len(old)) + index]
+        if len(old) == 1 and not B.to_host(B.xp.any(t)):
+            return None
+        return t
     def vjp(g, out, x, index, old): return (scatter_add(g, index=index, shape=old, src=g.shape),)
 
 

@@ -22,6 +22,7 @@ import math
 from . import backend as B
 
 _grad_enabled = True
+_tangents_enabled = True
 _kink_margins: list | None = None
 _sequence = itertools.count()  # creation order of recorded tensors
 
@@ -35,6 +36,20 @@ def no_grad():
         yield
     finally:
         _grad_enabled = old
+
+
+@contextlib.contextmanager
+def no_tangent():
+    """Run operations without pushing tangents to their results (the graph is
+    still recorded and the inputs keep theirs). For a final loss whose own
+    directional derivative nobody reads: its vjp sees the inputs' tangents,
+    so forward-over-reverse products are unchanged."""
+    global _tangents_enabled
+    old, _tangents_enabled = _tangents_enabled, False
+    try:
+        yield
+    finally:
+        _tangents_enabled = old
 
 
 def _set_grad_enabled(flag: bool) -> bool:
@@ -139,12 +154,16 @@ class Tensor:
         if retain_graph is None:
             retain_graph = create_graph
         nodes, leaves = _reachable(self)
-        nodes.sort(key=lambda t: t._node[3], reverse=True)  # creation order is topological
+        nodes.sort(key=lambda t: t._node[3])  # creation order is topological; pop() takes the newest
         grads = {id(self): grad}
+        buffers = {}  # id(x) -> the gradient buffer of x that x's slices are summed into in place
         old = _set_grad_enabled(create_graph)
         try:
-            for t in nodes:
+            while nodes:
+                # popped, a tensor is freed as soon as the nodes that consumed it are done
+                t = nodes.pop()
                 g = grads.pop(id(t), None)
+                buffers.pop(id(t), None)
                 if g is None:
                     continue
                 prim, inputs, params, _ = t._node
@@ -153,7 +172,11 @@ class Tensor:
                         f"backward: the graph through '{prim.name}' was freed by an earlier "
                         f"backward(); call backward(retain_graph=True) the first time"
                     )
-                cotangents = prim.vjp(g, t, *inputs, **params)
+                if prim is P.getitem and not create_graph:
+                    _add_slice(grads, buffers, inputs[0], g, params)
+                    cotangents = ()
+                else:
+                    cotangents = prim.vjp(g, t, *inputs, **params)
                 for x, c in zip(inputs, cotangents):
                     if c is None or not x.requires_grad:
                         continue
@@ -357,6 +380,40 @@ class Tensor:
         return P.where(a, b, cond=cond)
 
 
+def _add_slice(grads, buffers, x, g, params):
+    """The vjp of ``x[index]`` without a full-size scatter per slice: g (and
+    its tangent) is added in place into one gradient buffer for x, shared by
+    every slice of x (the flat-theta case: one slice per parameter). Only when
+    the backward pass is not recorded."""
+    if not x.requires_grad:
+        return
+    buf = grads.get(id(x))
+    if buf is None or buffers.get(id(x)) is not buf:
+        # a fresh buffer that x alone owns, holding what x has collected so far (a
+        # cotangent from another rule may be shared, e.g. add passes g to both inputs)
+        if buf is None:
+            buf = Tensor._make(B.xp.zeros(x.data.shape, g.dtype), None, None)
+        else:
+            tangent = None if buf.tangent is None else buf.tangent.astype(g.dtype, copy=True)
+            buf = Tensor._make(buf.data.astype(g.dtype, copy=True), tangent, None)
+        grads[id(x)] = buf
+        buffers[id(x)] = buf
+    index = params["index"]
+    advanced = any(P._is_advanced(i) for i in index)
+    _add_at(buf.data, index, g.data, advanced)
+    if g.tangent is not None:
+        if buf.tangent is None:
+            buf.tangent = B.xp.zeros((g.tangent.shape[0],) + x.data.shape, g.dtype)
+        _add_at(buf.tangent, (slice(None),) + index, g.tangent, advanced)
+
+
+def _add_at(target, index, values, advanced):
+    if advanced:  # repeated indices add up
+        B.xp.add.at(target, index, values)
+    else:
+        target[index] += values
+
+
 def _check_tangent(tangent, shape):
     if tangent.shape == shape:
         return tangent[None]
@@ -492,10 +549,11 @@ def apply(prim, *inputs, **params):
         raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None
     t = Tensor.__new__(Tensor)
     t.data, t.grad, t.tangent, t._node, t.requires_grad = out, None, None, None, False
-    for x in inputs:
-        if x.tangent is not None:
-            t.tangent = _push_tangents(prim, inputs, datas, out, params)
-            break
+    if _tangents_enabled:
+        for x in inputs:
+            if x.tangent is not None:
+                t.tangent = _push_tangents(prim, inputs, datas, out, params)
+                break
     if _grad_enabled:
         for x in inputs:
             if x.requires_grad:
