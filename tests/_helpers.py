@@ -1,10 +1,13 @@
 """Test helpers that do not go through ``tinygrad2.check``: an independent
 finite-difference stencil, the three derivative routes on functions of several
-Tensors, and one comparison with an explicit tolerance."""
+Tensors, one comparison with an explicit tolerance, a small MLP loss of a flat
+theta, and the HDF5 round trip of an optimizer state."""
 from __future__ import annotations
 
+import h5py
 import numpy as np
 
+from optimizers import load_state, save_state, states_equal
 from tinygrad2 import Tensor, no_grad
 
 # Fourth-order central stencil: truncation error O(h^4), rounding ~ eps |F| / h.
@@ -110,3 +113,32 @@ def split(V, arrays):
         out.append(V[:, start : start + a.size].reshape((V.shape[0],) + a.shape))
         start += a.size
     return out
+
+
+def mlp_loss(activation, X, y, hidden=4, C=3):
+    """(f, n): the mean cross-entropy of a d-hidden-C network as a function of
+    one flat theta of length n (slices, and an integer-array gather)."""
+    n, d = X.shape
+    cuts = np.cumsum([0, d * hidden, hidden, hidden * C, C])
+    rows = np.arange(n)
+
+    def f(theta):
+        W1 = theta[cuts[0] : cuts[1]].reshape(d, hidden)
+        b1 = theta[cuts[1] : cuts[2]]
+        W2 = theta[cuts[2] : cuts[3]].reshape(hidden, C)
+        b2 = theta[cuts[3] : cuts[4]]
+        h = getattr(Tensor(X) @ W1 + b1, activation)()
+        return -(h @ W2 + b2).log_softmax(axis=1)[rows, y].mean()
+
+    return f, int(cuts[-1])
+
+
+def hdf5_round_trip(state, path):
+    """Save an optimizer state to HDF5 at ``path``, load it back, assert the
+    copy equals the original bit for bit, and return the copy."""
+    with h5py.File(path, "w") as f:
+        save_state(f.create_group("opt"), state)
+    with h5py.File(path, "r") as f:
+        loaded = load_state(f["opt"])
+    assert states_equal(state, loaded)
+    return loaded

@@ -3,11 +3,12 @@ properties, finite-difference checks of the curvature they use, exact state
 round trips through HDF5, and a smoke run on scikit-learn's digits."""
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import pytest
 
-from optimizers import load_state, save_state, states_equal
+from optimizers import states_equal
+
+from _helpers import hdf5_round_trip
 from optimizers.adahessian import AdaHessian
 from optimizers.hybrid import Hybrid
 from optimizers.sgdph import SGDPH
@@ -361,12 +362,7 @@ def test_state_round_trips_through_hdf5_with_an_identical_next_step(float64, tmp
         }[case]
         state = opt.init(theta)
     theta, state, _ = run(opt, obj, theta, 3, state)
-    path = tmp_path / "state.h5"
-    with h5py.File(path, "w") as f:
-        save_state(f.create_group("opt"), state)
-    with h5py.File(path, "r") as f:
-        loaded = load_state(f["opt"])
-    assert states_equal(state, loaded)
+    loaded = hdf5_round_trip(state, tmp_path / "state.h5")
     a, sa, _ = opt.step(obj, theta, state)
     b, sb, _ = opt.step(obj, theta, loaded)
     np.testing.assert_array_equal(a, b)

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 import tinygrad2 as tg
 from tinygrad2 import Tensor, check
 
+from _helpers import mlp_loss
+
 RTOL = 1e-8  # Frobenius relative error of the assembled Hessians
 
 
@@ -182,20 +184,7 @@ def test_softmax_shift_directions_are_in_the_null_space(fused, problem):
 
 
 def two_layer_tanh(X, y, hidden, C):
-    n, d = X.shape
-    sizes = [d * hidden, hidden, hidden * C, C]
-    cuts = np.cumsum([0] + sizes)
-    rows = np.arange(n)
-
-    def f(theta):
-        W1 = theta[cuts[0] : cuts[1]].reshape(d, hidden)
-        b1 = theta[cuts[1] : cuts[2]]
-        W2 = theta[cuts[2] : cuts[3]].reshape(hidden, C)
-        b2 = theta[cuts[3] : cuts[4]]
-        h = (Tensor(X) @ W1 + b1).tanh()
-        return -(h @ W2 + b2).log_softmax(axis=1)[rows, y].mean()
-
-    return f, int(cuts[-1])
+    return mlp_loss("tanh", X, y, hidden, C)
 
 
 def test_two_layer_tanh_hessian_against_finite_differences():

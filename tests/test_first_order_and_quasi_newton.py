@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 
-import h5py
 import numpy as np
 import pytest
 import scipy.optimize as so
 from sklearn.datasets import load_digits
 
-from optimizers import BB, LBFGS, SGD, Adam, AdamW, load_state, save_state, states_equal
+from optimizers import BB, LBFGS, SGD, Adam, AdamW, states_equal
+
+from _helpers import hdf5_round_trip
 from optimizers.base import base_info
 from optimizers.lbfgs import two_loop
 from tinygrad2 import backend
@@ -488,11 +489,7 @@ def test_state_round_trips_through_hdf5_with_an_identical_next_step(float64, tmp
     obj = LogisticRegression(X, (X @ rng.normal(size=5) > 0).astype(float), l2=0.1)
     thetas, state, _ = run(opt, obj, np.ones(5), 7)
     theta = thetas[-1]
-    with h5py.File(tmp_path / "state.h5", "w") as fh:
-        save_state(fh.create_group("opt"), state)
-    with h5py.File(tmp_path / "state.h5", "r") as fh:
-        loaded = load_state(fh["opt"])
-    assert states_equal(state, loaded)
+    loaded = hdf5_round_trip(state, tmp_path / "state.h5")
     a_theta, a_state, a_info = opt.step(obj, theta, state)
     b_theta, b_state, b_info = opt.step(obj, theta, loaded)
     np.testing.assert_array_equal(a_theta, b_theta)

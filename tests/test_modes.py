@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import tinygrad2 as tg
 from tinygrad2 import Tensor, check, no_grad
 
-from _helpers import assert_close, central_difference
+from _helpers import assert_close, central_difference, mlp_loss
 
 EXACT = 1e-10  # two AD routes: rounding only
 FD = 1e-7  # against 4th-order finite differences
@@ -22,21 +22,7 @@ FD = 1e-7  # against 4th-order finite differences
 # ---------------------------------------------------------------- composite functions of a flat theta
 
 
-def mlp(activation, X, y, hidden=4, C=3):
-    """Mean cross-entropy of a d-hidden-C network (integer-array gather)."""
-    n, d = X.shape
-    cuts = np.cumsum([0, d * hidden, hidden, hidden * C, C])
-    rows = np.arange(n)
-
-    def f(theta):
-        W1 = theta[cuts[0] : cuts[1]].reshape(d, hidden)
-        b1 = theta[cuts[1] : cuts[2]]
-        W2 = theta[cuts[2] : cuts[3]].reshape(hidden, C)
-        b2 = theta[cuts[3] : cuts[4]]
-        h = getattr(Tensor(X) @ W1 + b1, activation)()
-        return -(h @ W2 + b2).log_softmax(axis=1)[rows, y].mean()
-
-    return f, int(cuts[-1])
+mlp = mlp_loss  # (activation, X, y, hidden, C) -> (f, n)
 
 
 def relu_away_from_kinks(X, y, rng, hidden=4, C=3):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import h5py
 import numpy as np
 import pytest
 import scipy.optimize
@@ -20,7 +19,9 @@ from threadpoolctl import threadpool_limits
 
 import tinygrad2 as tg
 from tinygrad2 import Tensor
-from optimizers import DampedNewton, GaussNewton, HessianFree, Newton, load_state, save_state, states_equal
+from optimizers import DampedNewton, GaussNewton, HessianFree, Newton, states_equal
+
+from _helpers import hdf5_round_trip
 from optimizers.cg import cg, save_points
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -456,12 +457,7 @@ def test_state_survives_hdf5_round_trip_with_an_identical_next_step(make, tmp_pa
     x, state = obj.x0, opt.init(obj.x0)
     for _ in range(2):
         x, state, _ = opt.step(obj, x, state)
-    path = tmp_path / "state.h5"
-    with h5py.File(path, "w") as f:
-        save_state(f.create_group("opt"), state)
-    with h5py.File(path, "r") as f:
-        loaded = load_state(f["opt"])
-    assert states_equal(state, loaded)
+    loaded = hdf5_round_trip(state, tmp_path / "state.h5")
     x_a, state_a, info_a = opt.step(obj, x, state)
     x_b, state_b, info_b = make().step(obj, x.copy(), loaded)
     assert x_a.tobytes() == x_b.tobytes() and states_equal(state_a, state_b)
