@@ -469,7 +469,7 @@ class getitem:  # out = x[index]; old: the input's shape
         # Hessians, diagonals, group products) then skip every product with the
         # other blocks' tangents
         t = tangents[0][_lead(tangents[0], len(old)) + index]
-        if len(old) == 1 and not B.to_host(B.xp.any(t)):
+        if len(old) == 1 and t.size and not B.to_host(B.xp.any(t)):
             return None
         return t
     def vjp(g, out, x, index, old): return (scatter_add(g, index=index, shape=old, src=g.shape),)

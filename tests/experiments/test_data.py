@@ -17,7 +17,7 @@ import pytest
 
 from experiments import data as D
 
-SHARED = Path(os.environ.get("TINYGRAD2_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(os.environ.get("TINYGRAD2_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 def md5(path) -> str:

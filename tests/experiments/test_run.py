@@ -20,7 +20,7 @@ from experiments.__main__ import main
 from experiments.results import ResultsError, load_checkpoint, load_final, load_run
 from experiments.runner import RunSpec, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_spec(name="SGD", kwargs=None, epochs=2, **overrides):
