@@ -7,41 +7,21 @@ repeated, and the table shows their mean ± std) and knows how to print its
 table, with the numbers a paper reported beside ours where there is one
 (a number, a ``(mean, std)`` pair, or a string such as ``"NaN"``).
 
-The four paper reproductions live in :mod:`experiments.papers` and are
-registered here at import.
+The four paper reproductions live in the package :mod:`experiments.papers`
+(one module per paper) and are registered here at import. :class:`Experiment`,
+:func:`base_method` and the one RunSpec builder ``_spec`` live in
+:mod:`experiments.papers.common`; the dependency is one-way (this module
+imports the papers, nothing there imports this module).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable
 
-from .runner import RunSpec
+from .papers import paper_experiments
+from .papers.common import Experiment, _spec, base_method  # noqa: F401  (re-exported: catalog.Experiment, ...)
 
-
-@dataclasses.dataclass
-class Experiment:
-    name: str
-    description: str
-    specs: Callable[..., list]  # (epochs=None, seed=0, quick=False, methods=None, full=False) -> [RunSpec]
-    columns: tuple = ("method", "lr", "train_loss", "test_acc", "seconds_per_epoch")
-    reported: dict = dataclasses.field(default_factory=dict)  # method -> {column: paper's value}
-    notes: str = ""
-    # spec -> None or on_epoch(epoch, theta, model, objective) -> {extra epoch series} (see runner.train)
-    epoch_hook: Callable | None = None
-    # (specs, paths, splits_of, out_dir) -> printable text: measurements made after the runs
-    analysis: Callable | None = None
-
-
-def base_method(method: str) -> str:
-    """"SGD#2" -> "SGD": the method a repetition belongs to."""
-    return method.split("#", 1)[0]
-
-
-def _spec(experiment, method, optimizer, kwargs, *, model, data, epochs, batch_size, seed, dtype="float32"):
-    return RunSpec(experiment=experiment, method=method, model=model,
-                   optimizer={"name": optimizer, "kwargs": kwargs}, data=data, epochs=epochs,
-                   batch_size=batch_size, seed=seed, dtype=dtype)
+QUICK_BATCHES = 2      # batches per epoch of a --quick run, and of the dense Newton methods in the main job
+LOSS_FIXED_MAX = 1e5   # a loss at least this large prints in %.3g instead of %.4f
 
 
 # ---------------------------------------------------------------- the main job: digits
@@ -59,7 +39,7 @@ DIGITS_METHODS = {
     "DampedNewton": ("DampedNewton", {"lr": 1.0, "damping": 1.0, "adapt": "lm"}, 256, 1),
     "HF-Newton": ("HessianFree", {"damping": 1.0, "curvature": "hessian"}, 256, 10),
     "HF-GaussNewton": ("GaussNewton", {"damping": 1.0}, 256, 10),
-    "BB": ("BB", {"lr0": 0.1, "beta": 0.5}, 64, 10),
+    "BB": ("BB", {"lr": 0.1, "beta": 0.5}, 64, 10),
     "L-BFGS": ("LBFGS", {"lr": 1.0, "history_size": 10, "line_search": "strong_wolfe",
                          "batch_mode": "same_batch"}, 256, 10),
     "AdaHessian": ("AdaHessian", {"lr": 0.05}, 64, 10),
@@ -77,7 +57,7 @@ def digits_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
         if methods and method not in methods:
             continue
         n_epochs = epochs if epochs is not None else (1 if quick else full_epochs)
-        data = dict(DIGITS_DATA, limit_batches=2) if quick or method in DIGITS_DENSE else DIGITS_DATA
+        data = dict(DIGITS_DATA, limit_batches=QUICK_BATCHES) if quick or method in DIGITS_DENSE else DIGITS_DATA
         specs.append(_spec("digits", method, opt, kwargs, model=DIGITS_MODEL, data=data, epochs=n_epochs,
                            batch_size=batch, seed=seed))
     return specs
@@ -103,7 +83,7 @@ def get(name) -> Experiment:
 
 def learning_rate(optimizer: dict) -> str:
     kw = optimizer.get("kwargs", {})
-    for key in ("lr", "lr0", "sgd_lr"):
+    for key in ("lr", "lr0", "sgd_lr"):  # lr0: BB's learning rate in results files recorded before its rename
         if key in kw:
             text = f"{kw[key]:g}"
             if optimizer["name"] == "Hybrid":
@@ -112,7 +92,8 @@ def learning_rate(optimizer: dict) -> str:
     return "-"
 
 
-HYPER_NAMES = {"lr": "lr", "lr0": "lr0", "momentum": "μ", "damping": "λ", "weight_decay": "wd",
+# kwarg -> its short name in the tables; "lr0" is BB's learning rate in results files recorded before its rename
+HYPER_NAMES = {"lr": "lr", "lr0": "lr", "momentum": "μ", "damping": "λ", "weight_decay": "wd",
                "second_order_lr": "τ", "hessian_momentum": "μ_h", "eps": "ε", "history_size": "m",
                "max_iter": "iters", "line_search": "ls", "batch_mode": "batches", "diag": "diag",
                "threshold": "t_l", "sgd_lr": "SGDM lr", "sgd_momentum": "μ", "ada_lr": "AdaHessian lr",
@@ -142,14 +123,12 @@ def format_value(value, column):
     if column.endswith("acc"):
         return f"{value:.4f}"
     if column.endswith("loss"):
-        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3g}"
+        return f"{value:.4f}" if abs(value) < LOSS_FIXED_MAX else f"{value:.3g}"
     if "second" in column or column.endswith("time"):
         return f"{value:.2f}"
     return str(value)
 
 
-# ---------------------------------------------------------------- the papers (experiments/papers.py)
-
-from .papers import paper_experiments  # noqa: E402  (builds Experiment objects: after the names above)
+# ---------------------------------------------------------------- the papers (experiments/papers/)
 
 EXPERIMENTS.update(paper_experiments())

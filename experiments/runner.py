@@ -33,7 +33,7 @@ import numpy as np
 
 import nets
 import optimizers
-from tinygrad2 import Objective, backend as B, no_grad
+from tinygrad2 import Objective, backend as B, losses, no_grad
 
 from . import data as datasets
 from .results import RunWriter, load_run
@@ -115,24 +115,24 @@ def average_pool(splits, k):
 
 
 def evaluate(model, theta, dataset, loss="cross_entropy", batch_size=1000):
-    """(mean loss, accuracy) of the model in eval mode on a whole split."""
+    """(mean loss, accuracy) of the model in eval mode on a whole split; the
+    loss from :mod:`tinygrad2.losses`, accuracy NaN unless it classifies."""
     if dataset is None or len(dataset) == 0:
         return math.nan, math.nan
+    loss = losses.get(loss)
     model.eval()
     total, correct = 0.0, 0
     try:
         with no_grad():
             for X, y in dataset.batches(batch_size, shuffle=False):
                 out = model.apply(theta, X)
-                if loss == "cross_entropy":
-                    total += float(out.cross_entropy(y).item()) * len(y)
+                total += float(loss.value(out, y).item()) * len(y)
+                if loss.classification:
                     correct += int((out.data.argmax(axis=1) == y).sum())
-                else:
-                    total += float(((out - y) ** 2).mean().item()) * len(y)
     finally:
         model.train()
     n = len(dataset)
-    return total / n, (correct / n if loss == "cross_entropy" else math.nan)
+    return total / n, (correct / n if loss.classification else math.nan)
 
 
 def _finite(x) -> bool:

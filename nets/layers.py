@@ -76,7 +76,7 @@ class Conv2d(Module):
       (N·OH·OW, C·kh·kw), y = P Wᵀ, transposed to (N, C_out, OH, OW). Its copy
       gathers runs of kw elements (about 3x slower than the slices on
       SmallCNN's first layer), and the SmallCNN gradient takes about 1.7x as
-      long with it (experiments/bench_nets.py); kept as a cross-check.
+      long with it (benchmarks/nets.py); kept as a cross-check.
 
     W (C_out, C, kh, kw) kind "weight", b (C_out,) kind "bias"; PyTorch's init
     with fan_in = C·kh·kw."""

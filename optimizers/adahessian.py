@@ -35,7 +35,7 @@ averaged over consecutive blocks of b entries (the last block may be shorter
 and is averaged over its own entries), as in the NLP variants. Other tensors
 are not averaged.
 
-**Rademacher draws.** z is drawn with :func:`tinygrad2.objective.rademacher`
+**Rademacher draws.** z is drawn with :func:`tinygrad2.rademacher`
 (integers in {0, 1} mapped by 2b - 1, so it contains both signs; the widely
 copied ``randint(0, 1) * 2 - 1`` is always -1 and gives row sums instead).
 The generator of the j-th draw (j = 0, 1, ...) is seeded with
@@ -50,22 +50,27 @@ ordinary exponential average of one value per step, so the bias correction
 1 - β₂ᵗ uses the step count t, as for u = 1. (Updating v only on refreshes
 would need a separate counter in the correction.)
 
-State: ``t`` (steps taken), ``m``, ``v``, ``D`` (latest estimate), ``seed``,
+State: ``step`` (steps taken, the t above), ``m``, ``v``, ``D`` (latest estimate), ``seed``,
 ``draws`` (Rademacher vectors drawn so far), ``nhvp`` (HVPs so far).
-Per-step info: ``loss``, ``grad_norm``, ``grad_norm_inf``, ``hessian_diag_mean``
-(mean of the averaged D used this step), ``hessian_refreshed``, ``nhvp``
-(HVPs this step), ``step_norm``.
+Per-step info: ``loss``, ``grad_norm``, ``grad_norm_inf``, ``lr``,
+``hessian_diag_mean`` (mean of the averaged D used this step),
+``hessian_refreshed``, ``nhvp`` (HVPs this step), ``step_norm``.
 """
 from __future__ import annotations
 
 from tinygrad2 import backend as B
-from tinygrad2.objective import rademacher
+from tinygrad2 import rademacher
 
 from .base import Optimizer, base_info, check_fraction, check_int, check_positive
 
+SEED_STRIDE = 2**32  # the j-th Rademacher draw of a run seeded s uses the seed s · SEED_STRIDE + j
+SEED_LIMIT = 2**31  # seeds must be below this, so that s · SEED_STRIDE + j stays distinct per run
+
 
 class AdaHessian(Optimizer):
-    name = "adahessian"
+    """AdaHessian(lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0,
+    hessian_power=1, update_each=1, spatial_average=True, block_size=None,
+    seed=0); the update, state and info: module docstring."""
 
     def __init__(self, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0, hessian_power=1.0,
                  update_each=1, spatial_average=True, block_size=None, seed=0):
@@ -82,18 +87,17 @@ class AdaHessian(Optimizer):
         self.spatial_average = spatial_average
         self.block_size = None if block_size is None else check_int("block_size", block_size, minimum=1)
         self.seed = check_int("seed", seed, minimum=0)
-        if seed >= 2**31:
+        if seed >= SEED_LIMIT:
             raise ValueError(f"seed must be < 2**31, got {seed!r}")
 
     def init(self, theta) -> dict:
         zeros = B.xp.zeros_like(theta)
-        return {"t": 0, "m": zeros, "v": zeros.copy(), "D": zeros.copy(),
-                "seed": self.seed, "draws": 0, "nhvp": 0}
+        return self._new_state(theta, m=zeros, v=zeros.copy(), D=zeros.copy(), seed=self.seed, draws=0, nhvp=0)
 
     @staticmethod
     def rademacher_draw(seed, draw, n, dtype):
         """The j-th Rademacher vector (j = ``draw``) of a run seeded ``seed``."""
-        return rademacher((n,), seed=seed * 2**32 + draw, dtype=dtype)
+        return rademacher((n,), seed=seed * SEED_STRIDE + draw, dtype=dtype)
 
     def hessian_estimate(self, objective, theta, z):
         """D = average(|z ⊙ H z|): one joint HVP for all parameters."""
@@ -123,10 +127,11 @@ class AdaHessian(Optimizer):
         return D
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         xp = B.xp
         beta1, beta2 = self.betas
         loss, g = objective.loss_and_grad(theta)
-        t = state["t"] + 1
+        t = state["step"] + 1
         refresh = (t - 1) % self.update_each == 0
         D, draws, nhvp = state["D"], state["draws"], state["nhvp"]
         if refresh:
@@ -141,10 +146,11 @@ class AdaHessian(Optimizer):
         theta_new = theta - self.lr * update
         info = base_info(loss, g)
         info.update(
+            lr=self.lr,
             hessian_diag_mean=float(D.mean()) if D.size else 0.0,
             hessian_refreshed=refresh,
             nhvp=int(refresh),
             step_norm=float(xp.linalg.norm(theta_new - theta)),
         )
-        new_state = {"t": t, "m": m, "v": v, "D": D, "seed": state["seed"], "draws": draws, "nhvp": nhvp}
+        new_state = {**state, "step": t, "m": m, "v": v, "D": D, "draws": draws, "nhvp": nhvp}
         return theta_new, new_state, info

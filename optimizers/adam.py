@@ -29,9 +29,7 @@ class Adam(Optimizer):
     """Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled=False).
 
     State: ``step`` (int), ``exp_avg`` m and ``exp_avg_sq`` v (arrays).
-    Info: loss, grad_norm, ``lr``, ``step`` and ``update_norm``."""
-
-    name = "adam"
+    Info: loss, grad_norm, ``lr`` and ``step_norm`` = ||θ_t - θ_{t-1}||."""
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         self.lr = check_positive("lr", lr, allow_zero=True)
@@ -44,9 +42,10 @@ class Adam(Optimizer):
 
     def init(self, theta):
         zeros = B.xp.zeros_like(theta)
-        return {"step": 0, "exp_avg": zeros, "exp_avg_sq": zeros.copy()}
+        return self._new_state(theta, exp_avg=zeros, exp_avg_sq=zeros.copy())
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         loss, g = objective.loss_and_grad(theta)
         info = base_info(loss, g)
         (b1, b2), lr, wd, t = self.betas, self.lr, self.weight_decay, state["step"] + 1
@@ -61,15 +60,13 @@ class Adam(Optimizer):
         step_size = lr / (1 - b1**t)
         denom = B.xp.sqrt(v) / math.sqrt(1 - b2**t) + self.eps
         new = theta_d - step_size * (m / denom)
-        info.update(lr=lr, step=t, update_norm=float(B.xp.linalg.norm(new - theta)))
-        return new, {"step": t, "exp_avg": m, "exp_avg_sq": v}, info
+        info.update(lr=lr, step_norm=float(B.xp.linalg.norm(new - theta)))
+        return new, {**state, "step": t, "exp_avg": m, "exp_avg_sq": v}, info
 
 
 class AdamW(Adam):
     """AdamW: Adam with decoupled weight decay, PyTorch's defaults
     (lr 1e-3, weight_decay 1e-2): θ <- θ (1 - lr·wd) before the Adam step."""
-
-    name = "adamw"
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, decoupled=True):
         super().__init__(lr, betas, eps, weight_decay, decoupled)

@@ -1,5 +1,7 @@
-"""The one optimizer interface.
+"""The one optimizer interface, and the vocabulary every optimizer shares.
 
+Interface
+---------
 An optimizer is an object of hyper-parameters with two methods::
 
     state = opt.init(theta)                                  # a plain dict
@@ -8,24 +10,148 @@ An optimizer is an object of hyper-parameters with two methods::
 ``theta`` is a flat ``xp`` array; ``objective`` is anything with the
 Objective interface of ``tinygrad2`` (``loss``, ``grad``, ``loss_and_grad``,
 ``hvp``, ``ggn_vp``, ``hessian``, ``hessian_diag``, ``block_row_sums``,
-``block_diag``, ``layout``, ``counts``); optimizers never import ``nets``.
-Per-epoch methods also implement ``end_epoch(theta, state, metrics)``.
-``state`` holds only arrays, numbers, strings, ``None`` and nested dicts/lists
-of them, so it can be printed, compared and saved to HDF5 bit-exactly
-(:mod:`optimizers.state`). ``info`` is a dict of per-step figures: always
-``loss`` (at the point where the step started) and ``grad_norm``, plus what
-the method has (damping, CG iterations, step size, curvature, ...).
-
+``block_diag``, ``layout``, ``batch_size``, ``counts``); optimizers never
+import ``nets``. Per-epoch methods also implement
+``end_epoch(theta, state, metrics)`` (BB's step size, the Hybrid's switch);
+the run loop calls it after every epoch with metrics such as ``val_loss``.
 Full-batch methods also offer :meth:`Optimizer.minimize`, which returns an
 :class:`OptimizeResult` with SciPy's fields and accepts a callback that can
 stop the run.
+
+State
+-----
+``state`` holds only arrays, numbers, strings, ``None`` and nested
+dicts/lists of them, so it can be printed, compared and saved to HDF5
+bit-exactly (:mod:`optimizers.state`). Every optimizer's state has
+
+* ``step``: the number of ``step`` calls so far (0 after ``init``; methods
+  that run several inner iterations per call, like L-BFGS, count those
+  separately, e.g. ``inner_iterations``);
+* ``optimizer``: the class name of the optimizer whose ``init`` made it, and
+  ``theta_size``: the size of the theta it was made for. ``step`` checks both
+  first (:meth:`Optimizer._check_state`) and raises a ValueError naming the
+  optimizer when a state belongs to another optimizer or another theta.
+
+Hyper-parameters shared by name
+-------------------------------
+* ``lr``: the step length multiplying the method's direction (the learning
+  rate of SGD/Adam/AdaHessian/SGD-PH, η_0 of BB, the initial line-search step
+  of L-BFGS, α of the Newton family).
+* ``damping``: λ in (B + λI) d = -g (DampedNewton, HessianFree, GaussNewton);
+  in units of the curvature B (loss per θ-unit²).
+* ``adapt``: how λ changes between steps, the string ``"lm"``
+  (Levenberg-Marquardt from ρ: ρ < 1/4 -> λ·3/2, ρ > 3/4 -> λ·2/3, see
+  :func:`optimizers.newton.lm_update`) or ``"fixed"`` (λ stays at
+  ``damping``). Both damped methods default to ``"lm"``.
+
+Info keys
+---------
+``info`` is a dict of per-step figures, always ``loss`` and ``grad_norm``
+(and ``grad_norm_inf``); every other key is one of the table below, with one
+name per concept across optimizers. Units: [f] the loss, [θ] the parameters,
+[1] dimensionless, [n] a count. :data:`INFO_KEYS` is read from this table
+(the contract test checks every optimizer's info against it).
+
+=========================  =====================================================================
+key                        meaning [unit] (optimizers)
+=========================  =====================================================================
+``loss``                   f(θ) at the point where the step started [f] (all)
+``grad_norm``              ||∇f(θ)||₂ at that point [f/θ] (all)
+``grad_norm_inf``          ||∇f(θ)||_∞ at that point [f/θ] (all; ``minimize``'s gtol test)
+``lr``                     step length applied this step, θ_new = θ + lr·d for the method's
+                           direction d: the learning rate, BB's η_k, L-BFGS's line-search t
+                           (last inner iteration), α of the Newton family (0 when the step was
+                           rejected) [1] (all)
+``step_norm``              ||θ_new - θ||₂ [θ] (all)
+``loss_change``            f(θ_new) - f(θ) on this step's objective, 0 when rejected [f] (LBFGS,
+                           Newton, DampedNewton, HessianFree)
+``predicted``              q(lr·d) = lr gᵀd + ½ lr² dᵀBd, the undamped model's change [f]
+                           (Newton, DampedNewton, HessianFree)
+``actual``                 f(θ + lr·d) - f(θ) of the trial step, also when rejected [f] (Newton,
+                           DampedNewton, HessianFree)
+``rho``                    actual / predicted; -inf if the loss rose, NaN if the model predicts
+                           no decrease [1] (Newton, DampedNewton, HessianFree)
+``damping``                λ used in this step [f/θ²] (DampedNewton, HessianFree)
+``curvature``              curvature along the step: dᵀBd of the direction d (undamped B = H or
+                           G), or the secant sᵀy of the last pair (L-BFGS) or epoch (BB) [f]
+                           (Newton, DampedNewton, HessianFree, LBFGS, BB; None before BB's first
+                           update)
+``fallback``               None, or what replaced the plain step: "lstsq", "gradient",
+                           "rejected", "steepest_descent", "line_search_failed", "non_finite"
+                           (Newton, DampedNewton, HessianFree)
+``min_eig``                smallest eigenvalue of H [f/θ²] (Newton; DampedNewton with
+                           saddle_free)
+``max_eig``                largest eigenvalue of H [f/θ²] (Newton; DampedNewton with
+                           saddle_free)
+``status``                 definiteness of H: "positive_definite", "singular" or "indefinite"
+                           (Newton)
+``cond``                   max|λ(H)| / min|λ(H)| [1] (Newton)
+``descent``                whether gᵀd < 0 (Newton)
+``shift``                  τ added by the shifted Cholesky to make B + λI + τI positive definite
+                           [f/θ²] (DampedNewton)
+``cg_iters``               CG iterations [n] (HessianFree)
+``cg_reason``              why CG stopped (HessianFree; see optimizers.cg)
+``cg_residual``            ||r|| / ||g|| at CG's end [1] (HessianFree)
+``cg_curvature``           pᵀ(B + λI)p of CG's last direction [f] (HessianFree)
+``backtrack_iter``         CG iteration of the iterate chosen by CG backtracking [n]
+                           (HessianFree)
+``backtrack_evals``        loss evaluations of CG backtracking [n] (HessianFree)
+``line_search_evals``      loss evaluations inside the line search [n] (LBFGS, HessianFree)
+``line_search_status``     "wolfe", "armijo", "failed", "fixed", "exact" or "nan_revert" of the
+                           last inner iteration (LBFGS)
+``inner_iterations``       L-BFGS iterations run in this ``step`` call [n] (LBFGS)
+``nfev``                   loss-and-gradient evaluations in this call [n] (LBFGS)
+``skipped``                curvature pairs skipped in this call [n] (LBFGS)
+``memory``                 curvature pairs kept after this call [n] (LBFGS)
+``nan_reverts``            non-finite trial points reverted in this call [n] (LBFGS)
+``epoch``                  BB's epoch index k of this step (0-based) [n] (BB)
+``inner``                  steps taken so far in this epoch, this one included [n] (BB)
+``bb_skipped``             step-size updates skipped so far (zero curvature) [n] (BB)
+``bb_fallbacks``           BB step sizes replaced by τ_0/(k+1) so far [n] (BB)
+``nhvp``                   Hessian-vector products in this step [n] (AdaHessian, SGDPH, Hybrid)
+``hessian_diag_mean``      mean of the latest Hessian-diagonal estimate (AdaHessian: averaged
+                           |z ⊙ Hz|; SGD-PH: h of the tensors visited) [f/θ²] (AdaHessian, SGDPH)
+``hessian_refreshed``      whether the Hessian estimate was recomputed this step (AdaHessian)
+``hessian_groups``         names of the 1-D tensors visited this step (SGDPH)
+``hessian_momentum_mean``  mean of the Hessian momentum d over the 1-D tensors [f/θ²] (SGDPH)
+``phase``                  "sgd" or "adahessian" (Hybrid)
+``switch_step``            steps taken before the first AdaHessian step, or None [n] (Hybrid)
+``switch_epoch``           the epoch whose validation loss crossed the threshold, or None [n]
+                           (Hybrid)
+=========================  =====================================================================
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 
 from tinygrad2 import backend as B
+
+
+def _read_info_table(doc):
+    """{key: meaning} from the "Info keys" table of a docstring: the rows
+    between the table's second and third border lines, continuation lines
+    appended to the row above (empty when docstrings are stripped, python -OO)."""
+    if not doc:
+        return {}
+    lines = doc[doc.index("\nInfo keys\n"):].splitlines()
+    borders = [i for i, line in enumerate(lines) if line.startswith("====")]
+    table, key = {}, None
+    for line in lines[borders[1] + 1 : borders[2]]:
+        row = re.match(r"``(\w+)``\s+(.*)", line)
+        if row:
+            key = row.group(1)
+            table[key] = row.group(2).strip()
+        else:
+            table[key] += " " + line.strip()
+    return table
+
+
+#: The shared info keys and their meanings, read from the module docstring's table.
+INFO_KEYS = _read_info_table(__doc__)
+#: The keys every optimizer's state has (see "State" above).
+STATE_KEYS = ("optimizer", "theta_size", "step")
 
 
 class OptimizeResult(dict):
@@ -46,9 +172,8 @@ class OptimizeResult(dict):
 
 
 class Optimizer:
-    """Base class: subclasses set ``name`` and implement ``init`` and ``step``."""
-
-    name = "optimizer"
+    """Base class: subclasses implement ``init`` (through :meth:`_new_state`)
+    and ``step`` (which starts with :meth:`_check_state`)."""
 
     def init(self, theta) -> dict:
         raise NotImplementedError
@@ -56,10 +181,37 @@ class Optimizer:
     def step(self, objective, theta, state):
         raise NotImplementedError
 
+    def _new_state(self, theta, **fields) -> dict:
+        """A fresh state: the stamp (``optimizer``, ``theta_size``), ``step`` = 0
+        and the method's own ``fields``."""
+        return {"optimizer": type(self).__name__, "theta_size": int(theta.size), "step": 0, **fields}
+
+    def _check_state(self, state, theta, method="step") -> None:
+        """Raise a TypeError/ValueError naming this optimizer (and ``method``,
+        the caller) when ``state`` was not made by its ``init`` for a theta of
+        this size (another optimizer's state, a state for another model, a
+        hand-made dict), instead of a KeyError or a broadcast error from deep
+        inside ``step``."""
+        me = type(self).__name__
+        where = f"{me}.{method}"
+        if not isinstance(state, dict):
+            raise TypeError(f"{where}: state must be the dict returned by {me}.init(theta), "
+                            f"got {type(state).__name__}")
+        made_by = state.get("optimizer")
+        if made_by != me:
+            origin = ("has no 'optimizer' entry (not made by an init of this version)" if made_by is None
+                      else f"was made by {made_by}.init")
+            raise ValueError(f"{where}: the state {origin}, not by {me}.init; start from {me}.init(theta)")
+        size = getattr(theta, "size", None)
+        if state.get("theta_size") != size:
+            raise ValueError(f"{where}: the state was made for a theta of size {state.get('theta_size')}, "
+                             f"but theta has size {size}; start from {me}.init(theta)")
+
     def end_epoch(self, theta, state, metrics: dict) -> dict:
         """Called by the run loop after each epoch's evaluation with metrics
         such as ``val_loss``; per-epoch methods (BB's step size, the Hybrid's
         switch) act here. Returns the new state; the default changes nothing."""
+        self._check_state(state, theta, "end_epoch")
         return state
 
     def hyperparameters(self) -> dict:

@@ -11,7 +11,7 @@ At the end of epoch k-1 (x_k = the last iterate of epoch k-1, ĝ_j = the
 average as it stood at the end of epoch j)::
 
     η_k = ||s||² / (m |sᵀy|),  s = x_k - x_{k-1},  y = ĝ_{k-1} - ĝ_{k-2}   (k >= 2)
-    η_0 = η_1 = lr0
+    η_0 = η_1 = lr
 
 (the paper's eq. for η_k in Algorithm 2; the BB step (Barzilai & Borwein 1988)
 divided by m). Optional safeguards:
@@ -24,7 +24,7 @@ divided by m). Optional safeguards:
 * a near-zero curvature guard: if |sᵀy| <= ``curvature_eps``·||s||·||y||
   (or s = 0, or anything is non-finite) the previous η is kept.
 
-Symbols: lr0 = η_0, m = ``steps_per_epoch`` (or the counted number of steps
+Symbols: lr = η_0 (the step size of epochs 0 and 1), m = ``steps_per_epoch`` (or the counted number of steps
 of the epoch), β = ``beta``, τ_min, τ_max, τ_0 = ``tau_min``, ``tau_max``,
 ``tau0``.
 
@@ -47,6 +47,9 @@ from tinygrad2 import backend as B
 
 from .base import Optimizer, base_info, check_int, check_positive
 
+BETA_STEPS = 10.0  # default β = BETA_STEPS / m (capped at 1), the official code's choice
+CURVATURE_EPS = 1e-12  # default near-zero guard: skip the update if |sᵀy| <= this · ||s|| ||y||
+
 
 def bb_step_size(s, y, m=1):
     """||s||² / (m |sᵀy|) as a float (inf when sᵀy = 0)."""
@@ -55,30 +58,32 @@ def bb_step_size(s, y, m=1):
 
 
 class BB(Optimizer):
-    """BB(lr0, steps_per_epoch=None, beta=None, tau_min=None, tau_max=None,
+    """BB(lr, steps_per_epoch=None, beta=None, tau_min=None, tau_max=None,
     tau0=None, smoothing=False, curvature_eps=1e-12).
 
-    ``beta`` None means 10/steps_per_epoch (capped at 1); it must then be
-    given when ``steps_per_epoch`` is None. ``tau0`` None means lr0.
+    ``lr`` is η_0, the step size of epochs 0 and 1.
 
-    State: ``epoch`` k, ``inner`` (steps so far in this epoch), ``lr`` η_k,
+    ``beta`` None means 10/steps_per_epoch (capped at 1); it must then be
+    given when ``steps_per_epoch`` is None. ``tau0`` None means lr.
+
+    State: ``step`` (steps so far), ``epoch`` k, ``inner`` (steps so far in
+    this epoch), ``lr`` η_k (the step size of the current epoch),
     ``g_hat`` ĝ, ``x_prev``/``g_hat_prev`` (x and ĝ at the end of the previous
     epoch, None before), ``smooth_c``, counters ``bb_skipped`` and
     ``bb_fallbacks``, and ``epoch_info`` (the figures of the last step-size
     update: raw BB value, sᵀy, m, whether it was skipped or replaced).
-    Info per step: loss, grad_norm, ``lr``, ``epoch``, ``inner`` plus the
-    counters and ``s_dot_y`` of the last update."""
+    Info per step: loss, grad_norm, ``lr`` (η_k), ``step_norm``, ``epoch``,
+    ``inner`` plus the counters and ``curvature`` (sᵀy of the last update,
+    None before the first)."""
 
-    name = "sgd_bb"
-
-    def __init__(self, lr0, steps_per_epoch=None, beta=None, tau_min=None, tau_max=None, tau0=None,
-                 smoothing=False, curvature_eps=1e-12):
-        self.lr0 = check_positive("lr0", lr0)
+    def __init__(self, lr, steps_per_epoch=None, beta=None, tau_min=None, tau_max=None, tau0=None,
+                 smoothing=False, curvature_eps=CURVATURE_EPS):
+        self.lr = check_positive("lr", lr)
         self.steps_per_epoch = None if steps_per_epoch is None else check_int("steps_per_epoch", steps_per_epoch)
         if beta is None:
             if steps_per_epoch is None:
                 raise ValueError("beta: give beta explicitly when steps_per_epoch is None (its default is 10/m)")
-            beta = min(1.0, 10.0 / steps_per_epoch)
+            beta = min(1.0, BETA_STEPS / steps_per_epoch)
         if not (isinstance(beta, (int, float)) and 0 < beta <= 1):
             raise ValueError(f"beta must lie in (0, 1], got {beta!r}")
         self.beta = float(beta)
@@ -86,24 +91,26 @@ class BB(Optimizer):
         self.tau_max = None if tau_max is None else check_positive("tau_max", tau_max)
         if tau_min is not None and tau_max is not None and tau_min > tau_max:
             raise ValueError(f"tau_min must be <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")
-        self.tau0 = self.lr0 if tau0 is None else check_positive("tau0", tau0)
+        self.tau0 = self.lr if tau0 is None else check_positive("tau0", tau0)
         self.smoothing = bool(smoothing)
         self.curvature_eps = check_positive("curvature_eps", curvature_eps, allow_zero=True)
 
     def init(self, theta):
-        return {
-            "epoch": 0, "inner": 0, "lr": float(self.lr0), "g_hat": B.xp.zeros_like(theta),
-            "x_prev": None, "g_hat_prev": None, "smooth_c": 1.0,
-            "bb_skipped": 0, "bb_fallbacks": 0, "epoch_info": {},
-        }
+        return self._new_state(
+            theta, epoch=0, inner=0, lr=float(self.lr), g_hat=B.xp.zeros_like(theta),
+            x_prev=None, g_hat_prev=None, smooth_c=1.0, bb_skipped=0, bb_fallbacks=0, epoch_info={},
+        )
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         loss, g = objective.loss_and_grad(theta)
         info = base_info(loss, g)
         lr = state["lr"]
-        state = dict(state, g_hat=self.beta * g + (1 - self.beta) * state["g_hat"], inner=state["inner"] + 1)
-        info.update(lr=lr, epoch=state["epoch"], inner=state["inner"], bb_skipped=state["bb_skipped"],
-                    bb_fallbacks=state["bb_fallbacks"], s_dot_y=state["epoch_info"].get("s_dot_y"))
+        state = dict(state, g_hat=self.beta * g + (1 - self.beta) * state["g_hat"], inner=state["inner"] + 1,
+                     step=state["step"] + 1)
+        info.update(lr=lr, step_norm=lr * info["grad_norm"], epoch=state["epoch"], inner=state["inner"],
+                    bb_skipped=state["bb_skipped"], bb_fallbacks=state["bb_fallbacks"],
+                    curvature=state["epoch_info"].get("s_dot_y"))
         theta = theta - lr * g
         if self.steps_per_epoch is not None and state["inner"] >= self.steps_per_epoch:
             state = self._close_epoch(theta, state)
@@ -112,6 +119,7 @@ class BB(Optimizer):
     def end_epoch(self, theta, state, metrics=None):
         """Close the epoch (the run loop's hook); a no-op when the optimizer
         counts ``steps_per_epoch`` itself."""
+        self._check_state(state, theta, "end_epoch")
         return state if self.steps_per_epoch is not None else self._close_epoch(theta, state)
 
     def _close_epoch(self, theta, state):

@@ -51,6 +51,13 @@ from tinygrad2 import backend as B
 
 from .base import check_int, check_positive
 
+CG_MAX_ITER = 250  # Martens' cap on CG iterations per solve
+CG_TOL = 1e-10  # default relative residual tolerance ||r|| <= tol · ||b||
+MARTENS_EPS = 5e-4  # ε of Martens' relative-progress stop
+MARTENS_MIN_GAP = 10  # k = max(MARTENS_MIN_GAP, ⌈MARTENS_GAP_FRACTION · i⌉) in that stop
+MARTENS_GAP_FRACTION = 0.1
+SAVE_START, SAVE_GROWTH = 5, 1.3  # iterates kept for backtracking at i = ⌈5 · 1.3^j⌉
+
 
 @dataclass
 class CGResult:
@@ -83,8 +90,8 @@ class CGResult:
 def save_points(max_iter):
     """The iterations ⌈5 · 1.3^j⌉ <= max_iter at which CG keeps its iterate."""
     points, j = [], 0
-    while math.ceil(5 * 1.3**j) <= max_iter:
-        points.append(math.ceil(5 * 1.3**j))
+    while math.ceil(SAVE_START * SAVE_GROWTH**j) <= max_iter:
+        points.append(math.ceil(SAVE_START * SAVE_GROWTH**j))
         j += 1
     return points
 
@@ -104,7 +111,8 @@ def _preconditioner(M):
     return lambda r: r / d
 
 
-def cg(matvec, b, x0=None, M=None, max_iter=250, tol=1e-10, martens_eps=5e-4, martens_min_gap=10):
+def cg(matvec, b, x0=None, M=None, max_iter=CG_MAX_ITER, tol=CG_TOL, martens_eps=MARTENS_EPS,
+       martens_min_gap=MARTENS_MIN_GAP):
     """Solve A x = b by truncated preconditioned CG (see the module docstring).
 
     matvec: v (n,) -> A v (n,); b: (n,); x0: warm start (None: zeros);
@@ -160,7 +168,7 @@ def cg(matvec, b, x0=None, M=None, max_iter=250, tol=1e-10, martens_eps=5e-4, ma
         if i in saves:
             iterates.append((i, x))
         if martens_eps is not None:
-            k = max(martens_min_gap, math.ceil(0.1 * i))
+            k = max(martens_min_gap, math.ceil(MARTENS_GAP_FRACTION * i))
             if i > k and phi[i] < 0 and (phi[i] - phi[i - k]) / phi[i] < k * martens_eps:
                 reason = "martens"
                 break

@@ -13,15 +13,13 @@ argument, the update and the ``info`` fields are those of HessianFree.
 """
 from __future__ import annotations
 
-from .hessian_free import HessianFree
+from .hessian_free import MARTENS_DAMPING, HessianFree
 
 
 class GaussNewton(HessianFree):
     """HessianFree(curvature="ggn"): CG on (G + λI) p = -g; see HessianFree."""
 
-    name = "gauss_newton"
-
-    def __init__(self, lr=1.0, damping=45.0, **kwargs):
+    def __init__(self, lr=1.0, damping=MARTENS_DAMPING, **kwargs):
         curvature = kwargs.pop("curvature", "ggn")  # accepted, so hyperparameters() round-trips
         if curvature != "ggn":
             raise ValueError(f"curvature is fixed to 'ggn' in GaussNewton, got curvature={curvature!r}; "

@@ -35,7 +35,7 @@ Martens' code computes for an averaged objective). If the objective offers
 ``per_example_grad_sq(theta)`` returning exactly that, it is used. The
 Objectives of tinygrad2 do not (they see the batch only through one scalar
 loss), so it is **approximated by N · g ⊙ g** with g the batch gradient and
-N the batch size (``objective.X.shape[0]``; 1 for closed-form problems):
+N the batch size (``objective.batch_size``; 1 for closed-form problems):
 if per-example gradients scatter with mean μ and variance σ², then
 E[N g²] = N μ² + σ² against (1/N) Σ (∇ℓ_i)² ≈ μ² + σ², so the two agree
 when the gradient noise dominates (near a minimum) and the approximation
@@ -48,7 +48,8 @@ Arguments map to the paper: ``damping`` = λ, ``warm_start_decay`` = ζ,
 ``info`` per step: base_info plus ``damping`` (λ used), ``rho``,
 ``cg_iters``, ``cg_residual`` (||r|| / ||g||), ``cg_reason``,
 ``cg_curvature`` (pᵀ(B+λI)p of CG's last direction), ``backtrack_iter`` (CG
-iteration of the chosen iterate), ``backtrack_evals``, ``alpha``,
+iteration of the chosen iterate), ``backtrack_evals``, ``lr`` (the step
+length α taken: lr, the line search's α, or 0 when the step was rejected),
 ``curvature`` pᵀBp, ``predicted`` q(lr p), ``actual`` f(θ + lr p) - f(θ),
 ``loss_change``, ``line_search_evals``, ``step_norm``, ``fallback`` (None,
 "steepest_descent" (CG met negative curvature on its first direction),
@@ -61,16 +62,24 @@ import math
 from tinygrad2 import backend as B
 
 from .base import Optimizer, base_info, check_choice, check_fraction, check_int, check_positive
-from .cg import cg
-from .newton import check_lm, lm_update, reduction_ratio
+from .cg import CG_MAX_ITER, CG_TOL, MARTENS_EPS, cg
+from .newton import LM_BOOST, LM_DROP, MAX_DAMPING, check_adapt, check_lm, lm_update, reduction_ratio
+
+MARTENS_DAMPING = 45.0  # Martens' initial λ (Section 4.2)
+WARM_START_DECAY = 0.95  # ζ: CG starts from ζ · (the previous step's final CG iterate) (Section 4.5)
+PRECOND_EXPONENT = 0.75  # κ of the preconditioner (diag + λ)^κ (Section 4.7)
+ARMIJO_C1 = 1e-2  # line search: sufficient-decrease constant c₁ of Martens' code
+ARMIJO_SHRINK = 0.8  # line search: α ·= this after each failed trial
+ARMIJO_MAX = 60  # line search: at most this many trials
 
 
 class HessianFree(Optimizer):
     """Martens' Hessian-free method (the update and ``info``: module docstring).
 
     lr: initial step length α₀ (the step is α p); damping: λ₀ (45); adapt:
-    Levenberg-Marquardt on λ (boost 3/2, drop 2/3, clipped to [min_damping,
-    max_damping]); curvature: "hessian" (HF Newton) or "ggn" (HF
+    "lm" (default: Levenberg-Marquardt on λ, boost 3/2, drop 2/3, clipped to
+    [min_damping, max_damping]) or "fixed" (λ stays at damping; a bool is
+    refused); curvature: "hessian" (HF Newton) or "ggn" (HF
     Gauss-Newton); cg_max_iter, cg_tol, martens_eps: CG's stops;
     warm_start_decay: ζ; backtracking: Martens' CG backtracking (else the
     last iterate); preconditioner: None or "martens", with
@@ -78,16 +87,14 @@ class HessianFree(Optimizer):
     chosen direction; reject_increase: stay put when the loss would rise
     (without a line search)."""
 
-    name = "hessian_free"
-
-    def __init__(self, lr=1.0, damping=45.0, adapt=True, curvature="hessian", cg_max_iter=250,
-                 cg_tol=1e-10, martens_eps=5e-4, warm_start_decay=0.95, backtracking=True,
-                 preconditioner=None, precond_exponent=0.75, line_search=False, line_search_c1=1e-2,
-                 line_search_shrink=0.8, line_search_max=60, boost=1.5, drop=2 / 3, min_damping=0.0,
-                 max_damping=1e10, reject_increase=True):
+    def __init__(self, lr=1.0, damping=MARTENS_DAMPING, adapt="lm", curvature="hessian", cg_max_iter=CG_MAX_ITER,
+                 cg_tol=CG_TOL, martens_eps=MARTENS_EPS, warm_start_decay=WARM_START_DECAY, backtracking=True,
+                 preconditioner=None, precond_exponent=PRECOND_EXPONENT, line_search=False,
+                 line_search_c1=ARMIJO_C1, line_search_shrink=ARMIJO_SHRINK, line_search_max=ARMIJO_MAX,
+                 boost=LM_BOOST, drop=LM_DROP, min_damping=0.0, max_damping=MAX_DAMPING, reject_increase=True):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping, allow_zero=True)
-        self.adapt = bool(adapt)
+        self.adapt = check_adapt(adapt)
         self.curvature = check_choice("curvature", curvature, ("hessian", "ggn"))
         self.cg_max_iter = check_int("cg_max_iter", cg_max_iter)
         self.cg_tol = check_positive("cg_tol", cg_tol, allow_zero=True)
@@ -106,7 +113,8 @@ class HessianFree(Optimizer):
         self.reject_increase = bool(reject_increase)
 
     def init(self, theta):
-        return {"step": 0, "damping": float(self.damping), "cg_x": B.xp.zeros_like(B.asarray(theta))}
+        theta = B.asarray(theta)
+        return self._new_state(theta, damping=float(self.damping), cg_x=B.xp.zeros_like(theta))
 
     # ---- pieces ----------------------------------------------------------
     def _product(self, objective):
@@ -120,9 +128,7 @@ class HessianFree(Optimizer):
         if exact is not None:
             sq = exact(theta)
         else:
-            X = getattr(objective, "X", None)
-            batch = X.shape[0] if getattr(X, "ndim", 0) >= 1 else 1
-            sq = batch * g * g
+            sq = objective.batch_size * g * g
         M = (sq + lam) ** self.precond_exponent
         # with λ = 0 an entry can be 0: floor at eps · max M so that M stays invertible
         floor = float(M.max()) * float(B.xp.finfo(M.dtype).eps) if M.size else 0.0
@@ -157,6 +163,7 @@ class HessianFree(Optimizer):
 
     # ---- the step --------------------------------------------------------
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         xp = B.xp
         lam = state["damping"]
         loss, g = objective.loss_and_grad(theta)
@@ -184,18 +191,18 @@ class HessianFree(Optimizer):
         else:
             alpha, f_new = self.lr, f_p
         new_lam = (lm_update(lam, rho, self.boost, self.drop, self.min_damping, self.max_damping)
-                   if self.adapt else lam)
+                   if self.adapt == "lm" else lam)
         g_norm = float(xp.linalg.norm(g))
         info = base_info(loss, g)
         info.update(
             damping=lam, rho=rho, cg_iters=res.iterations, cg_reason=res.reason,
             cg_residual=res.residual_norm / g_norm if g_norm > 0 else 0.0, cg_curvature=res.curvature,
-            backtrack_iter=i_best, backtrack_evals=bt_evals, alpha=alpha, curvature=curv,
+            backtrack_iter=i_best, backtrack_evals=bt_evals, lr=alpha, curvature=curv,
             predicted=predicted, actual=actual, loss_change=f_new - loss if alpha else 0.0,
             line_search_evals=ls_evals, step_norm=alpha * float(xp.linalg.norm(p)), fallback=fallback,
         )
         cg_x = xp.zeros_like(theta) if res.fallback == "steepest_descent" else res.x
-        state = {"step": state["step"] + 1, "damping": new_lam, "cg_x": cg_x}
+        state = {**state, "step": state["step"] + 1, "damping": new_lam, "cg_x": cg_x}
         theta_next = theta.copy() if alpha == 0.0 else theta + alpha * p
         return theta_next, state, info
 

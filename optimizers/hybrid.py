@@ -26,7 +26,7 @@ the rest        ``**ada_kwargs``: betas, eps, weight_decay, hessian_power,
 ==============  ================================================
 
 **How state carries over** (the paper publishes no code; these are our
-choices). AdaHessian starts *fresh* at the switch: m = v = 0, t = 0, its own
+choices). AdaHessian starts *fresh* at the switch: m = v = 0, step 0, its own
 Rademacher stream from draw 0, and SGD's momentum buffer is dropped. Why:
 SGD's buffer is a sum Σ μ^j g (about g / (1 - μ) in size) while AdaHessian's
 m is an average (about g), so carrying it over would need a rescaling the
@@ -38,7 +38,7 @@ switch point. Learning rates are used as given: ``sgd_lr`` before,
 ``ada_lr`` after; there is no mapping between them (the AdaHessian step is
 lr · m̂ / |D̂|, a Newton-like step, not a multiple of the SGD step).
 
-State: ``phase`` ("sgd" or "adahessian"), ``t`` (steps taken), ``epoch``
+State: ``phase`` ("sgd" or "adahessian"), ``step`` (steps taken), ``epoch``
 (epochs ended), ``switch_step`` (steps taken before the first AdaHessian step,
 or None), ``switch_epoch`` (the epoch whose validation loss crossed, 1-based,
 or None), ``sgd`` (the SGD state in phase 1, None after), ``ada`` (the AdaHessian
@@ -55,7 +55,8 @@ from .sgd import SGD
 
 
 class Hybrid(Optimizer):
-    name = "hybrid"
+    """Hybrid(threshold=1.0, sgd_lr=0.005, sgd_momentum=0.9, ada_lr=0.001,
+    **ada_kwargs); the switch, state and info: module docstring."""
 
     def __init__(self, threshold=1.0, sgd_lr=0.005, sgd_momentum=0.9, ada_lr=0.001, **ada_kwargs):
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
@@ -75,10 +76,11 @@ class Hybrid(Optimizer):
             raise ValueError(f"Hybrid: unknown AdaHessian argument in ada_kwargs: {err}") from None
 
     def init(self, theta) -> dict:
-        return {"phase": "sgd", "t": 0, "epoch": 0, "switch_step": None, "switch_epoch": None,
-                "sgd": self._sgd.init(theta), "ada": None}
+        return self._new_state(theta, phase="sgd", epoch=0, switch_step=None, switch_epoch=None,
+                               sgd=self._sgd.init(theta), ada=None)
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         if state["phase"] == "sgd":
             theta_new, sgd, info = self._sgd.step(objective, theta, state["sgd"])
             info["nhvp"] = 0
@@ -86,17 +88,18 @@ class Hybrid(Optimizer):
         else:
             theta_new, ada, info = self._ada.step(objective, theta, state["ada"])
             state = {**state, "ada": ada}
-        state["t"] += 1
+        state["step"] += 1
         info.update(phase=state["phase"], switch_step=state["switch_step"], switch_epoch=state["switch_epoch"])
         return theta_new, state, info
 
     def end_epoch(self, theta, state, metrics: dict) -> dict:
         """Count the epoch; switch to a fresh AdaHessian the first time
         ``metrics["val_loss"] < threshold``."""
+        self._check_state(state, theta, "end_epoch")
         if "val_loss" not in metrics:
             raise ValueError(f"Hybrid.end_epoch: metrics must contain 'val_loss', got keys {sorted(metrics)}")
         state = {**state, "epoch": state["epoch"] + 1}
         if state["phase"] == "sgd" and float(metrics["val_loss"]) < self.threshold:
-            state.update(phase="adahessian", switch_step=state["t"], switch_epoch=state["epoch"],
+            state.update(phase="adahessian", switch_step=state["step"], switch_epoch=state["epoch"],
                          sgd=None, ada=self._ada.init(theta))
         return state

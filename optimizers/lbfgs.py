@@ -61,6 +61,16 @@ from tinygrad2 import backend as B
 
 from .base import Optimizer, base_info, check_choice, check_fraction, check_int, check_positive
 
+WOLFE_C1, WOLFE_C2 = 1e-4, 0.9  # default Wolfe constants (N&W p. 62; PyTorch's and SciPy's too)
+MAX_LS = 25  # default cap on loss evaluations per line search (PyTorch's max_ls)
+SKIP_THRESHOLD = 1e-8  # default cosine below which a pair (s, y) is skipped: sᵀy <= this · ||s|| ||y||
+EXTRAPOLATE_MIN, EXTRAPOLATE_MAX = 1.1, 10.0  # bracketing: the next trial step lies in [1.1 t, 10 t]
+EXTRAPOLATE_NO_CUBIC = 4.0  # bracketing: the next trial is 4 t when the cubic has no minimizer
+ZOOM_MARGIN = 0.01  # zoom: keep the cubic's minimizer 1% of the interval away from its ends
+ZOOM_SLOW = 0.5  # zoom: bisect when the interval shrank by less than half in one trial
+ZOOM_TOL = 1e-12  # zoom: stop when the interval is narrower than this · max(1, |t|)
+NAN_SHRINK = 0.5  # after a NaN revert the next initial step is multiplied by this
+
 
 # ---------------------------------------------------------------- two-loop recursion
 
@@ -106,7 +116,7 @@ def _cubic_min(a, fa, ga, b, fb, gb):
     return t if math.isfinite(t) else None
 
 
-def strong_wolfe(phi, f0, dg0, t, c1=1e-4, c2=0.9, max_evals=25, tol=1e-12):
+def strong_wolfe(phi, f0, dg0, t, c1=WOLFE_C1, c2=WOLFE_C2, max_evals=MAX_LS, tol=ZOOM_TOL):
     """A step t satisfying the strong Wolfe conditions (N&W eq. 3.7)
 
         f(t) <= f0 + c1 t φ'(0),    |φ'(t)| <= c2 |φ'(0)|,
@@ -129,7 +139,9 @@ def strong_wolfe(phi, f0, dg0, t, c1=1e-4, c2=0.9, max_evals=25, tol=1e-12):
         if dg >= 0:
             return _zoom(phi, f0, dg0, cur, prev, c1, c2, max_evals - evals, tol, evals)
         guess = _cubic_min(prev[0], prev[1], prev[2], t, f, dg)  # extrapolate within [1.1 t, 10 t]
-        prev, t = cur, min(max(guess if guess is not None else 4 * t, 1.1 * t), 10 * t)
+        if guess is None:
+            guess = EXTRAPOLATE_NO_CUBIC * t
+        prev, t = cur, min(max(guess, EXTRAPOLATE_MIN * t), EXTRAPOLATE_MAX * t)
     return prev[0], prev[1], prev[3], evals, "armijo"
 
 
@@ -143,10 +155,10 @@ def _zoom(phi, f0, dg0, lo, hi, c1, c2, budget, tol, evals):
         if width <= tol * max(1.0, abs(a)):
             break
         t = _cubic_min(a, lo[1], lo[2], b, hi[1], hi[2])
-        if t is None or width > 0.5 * last_width:  # safeguards: no cubic, or slow progress: bisect
+        if t is None or width > ZOOM_SLOW * last_width:  # safeguards: no cubic, or slow progress: bisect
             t = 0.5 * (a + b)
         else:  # keep the cubic's minimizer off the ends of the interval
-            t = min(max(t, min(a, b) + 0.01 * width), max(a, b) - 0.01 * width)
+            t = min(max(t, min(a, b) + ZOOM_MARGIN * width), max(a, b) - ZOOM_MARGIN * width)
         last_width = width
         f, g, dg = phi(t)
         evals += 1
@@ -176,22 +188,23 @@ class LBFGS(Optimizer):
     ||g||_inf <= ``tolerance_grad`` (an absolute test, so 0 by default: it
     then only catches g = 0).
 
-    State: ``S``, ``Y`` (lists of arrays, oldest first), ``iterations``,
-    ``skipped_total``, ``nan_reverts_total``, ``resets_total``, ``shrink``
+    State: ``step`` (``step`` calls so far), ``S``, ``Y`` (lists of arrays,
+    oldest first), ``inner_iterations`` (L-BFGS iterations so far, over all
+    calls), ``skipped_total``, ``nan_reverts_total``, ``resets_total``, ``shrink``
     (the factor on the next initial step after a NaN revert), and in "fixed"
     mode the cache ``x``, ``f``, ``g`` (point, loss, gradient).
 
-    Info per call: loss, grad_norm (at the starting θ), ``step_size`` (last
-    t), ``ls_evals`` (function evaluations inside line searches), ``nfev``
-    (all evaluations of this call), ``curvature`` (sᵀy of the last pair
-    formed), ``skipped`` (pairs skipped in this call), ``memory`` (pairs
-    kept), ``nan_reverts``, ``ls_status``, ``iterations`` and ``loss_change``
-    (f at the returned θ minus f at the start, on this call's objective)."""
+    Info per call: loss, grad_norm (at the starting θ), ``lr`` (the last
+    iteration's step length t), ``step_norm`` (||θ_returned - θ||),
+    ``line_search_evals`` (function evaluations inside line searches),
+    ``nfev`` (all evaluations of this call), ``curvature`` (sᵀy of the last
+    pair formed), ``skipped`` (pairs skipped in this call), ``memory`` (pairs
+    kept), ``nan_reverts``, ``line_search_status``, ``inner_iterations``
+    (iterations of this call) and ``loss_change`` (f at the returned θ minus
+    f at the start, on this call's objective)."""
 
-    name = "lbfgs"
-
-    def __init__(self, lr=1.0, history_size=10, max_iter=1, line_search=None, c1=1e-4, c2=0.9,
-                 skip_threshold=1e-8, batch_mode="fixed", max_ls=25, tolerance_grad=0.0):
+    def __init__(self, lr=1.0, history_size=10, max_iter=1, line_search=None, c1=WOLFE_C1, c2=WOLFE_C2,
+                 skip_threshold=SKIP_THRESHOLD, batch_mode="fixed", max_ls=MAX_LS, tolerance_grad=0.0):
         self.lr = check_positive("lr", lr)
         self.history_size = check_int("history_size", history_size)
         self.max_iter = check_int("max_iter", max_iter)
@@ -206,13 +219,14 @@ class LBFGS(Optimizer):
         self.tolerance_grad = check_positive("tolerance_grad", tolerance_grad, allow_zero=True)
 
     def init(self, theta):
-        return {"S": [], "Y": [], "iterations": 0, "skipped_total": 0, "nan_reverts_total": 0,
-                "resets_total": 0, "shrink": 1.0, "x": None, "f": None, "g": None}
+        return self._new_state(theta, S=[], Y=[], inner_iterations=0, skipped_total=0, nan_reverts_total=0,
+                               resets_total=0, shrink=1.0, x=None, f=None, g=None)
 
     # ---- one call --------------------------------------------------------
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         xp = B.xp
-        state = dict(state, S=list(state["S"]), Y=list(state["Y"]))
+        state = dict(state, S=list(state["S"]), Y=list(state["Y"]), step=state["step"] + 1)
         nfev = [0]
 
         def evaluate(x):
@@ -230,8 +244,8 @@ class LBFGS(Optimizer):
             nfev[0] += 1
             f, g = objective.loss_and_grad(theta)
         info = base_info(f, g)
-        counts = dict(step_size=0.0, ls_evals=0, curvature=None, skipped=0, nan_reverts=0,
-                      ls_status=None, iterations=0)
+        counts = dict(lr=0.0, line_search_evals=0, curvature=None, skipped=0, nan_reverts=0,
+                      line_search_status=None, inner_iterations=0)
         x, f_start = theta, f
         if not (math.isfinite(f) and bool(xp.isfinite(g).all())):  # nowhere to revert to
             self._reset(state)
@@ -246,10 +260,10 @@ class LBFGS(Optimizer):
                     moved = self._iterate(objective, x, f, g, state, counts, evaluate)
                 except NonFinite:
                     self._reset(state)
-                    state["shrink"] *= 0.5
+                    state["shrink"] *= NAN_SHRINK
                     counts["nan_reverts"] += 1
                     state["nan_reverts_total"] += 1
-                    counts["ls_status"] = "nan_revert"
+                    counts["line_search_status"] = "nan_revert"
                     break
                 if moved is None:
                     break
@@ -258,7 +272,8 @@ class LBFGS(Optimizer):
             state.update(x=x, f=f, g=g)
         else:
             state.update(x=None, f=None, g=None)
-        info.update(counts, nfev=nfev[0], memory=len(state["S"]), loss_change=f - f_start)
+        info.update(counts, step_norm=float(xp.linalg.norm(x - theta)), nfev=nfev[0], memory=len(state["S"]),
+                    loss_change=f - f_start)
         return x, state, info
 
     def _iterate(self, objective, x, f, g, state, counts, evaluate):
@@ -286,8 +301,8 @@ class LBFGS(Optimizer):
                     t = -dg0 / dHd
             f_new, g_new, _ = phi(t)
             evals, status = 1, "fixed" if self.line_search is None else "exact"
-        counts["ls_evals"] += evals
-        counts["ls_status"] = status
+        counts["line_search_evals"] += evals
+        counts["line_search_status"] = status
         if status == "failed":
             self._reset(state)
             return None
@@ -303,10 +318,10 @@ class LBFGS(Optimizer):
         else:
             counts["skipped"] += 1
             state["skipped_total"] += 1
-        state["iterations"] += 1
+        state["inner_iterations"] += 1
         state["shrink"] = 1.0
-        counts["iterations"] += 1
-        counts["step_size"] = t
+        counts["inner_iterations"] += 1
+        counts["lr"] = t
         return x_new, f_new, g_new
 
     @staticmethod

@@ -23,6 +23,18 @@ from .base import Optimizer, base_info, check_choice, check_positive
 
 _CURVATURES = ("hessian", "ggn")
 
+# Levenberg-Marquardt adaptation of λ (Martens 2010, Section 4.2), shared with HessianFree
+LM_LOW_RHO = 0.25  # ρ below this: the model over-promised, λ grows by LM_BOOST
+LM_HIGH_RHO = 0.75  # ρ above this: the model is trustworthy, λ shrinks by LM_DROP
+LM_BOOST = 1.5  # default λ factor after a poor step (3/2)
+LM_DROP = 2 / 3  # default λ factor after a good step (2/3)
+MAX_DAMPING = 1e10  # default upper clip of λ
+ADAPT_CHOICES = ("lm", "fixed")  # the values of ``adapt``: Levenberg-Marquardt, or λ kept at ``damping``
+
+# Cholesky with added multiples of I (N&W Algorithm 3.3)
+CHOLESKY_SHIFT_FRACTION = 1e-3  # first shift β' = this · mean|a_ii| (N&W's β = 10⁻³)
+CHOLESKY_MAX_TRIES = 100  # shifts tried (each doubling τ) before giving up
+
 
 def dense_curvature(objective, theta, curvature):
     """The symmetrized dense H (or G): ½(M + Mᵀ) removes round-off asymmetry."""
@@ -49,10 +61,20 @@ def finite(loss, g, M):
 
 
 def non_finite_step(theta, state, loss, g):
-    """Stay at θ and report; ``minimize`` stops on the non-finite loss."""
+    """Stay at θ and report (the step still counts); ``minimize`` stops on the
+    non-finite loss."""
     info = base_info(loss, g)
     info.update(fallback="non_finite", loss_change=math.nan)
-    return theta.copy(), state, info
+    return theta.copy(), {**state, "step": state["step"] + 1}, info
+
+
+def check_adapt(adapt):
+    """``adapt`` must be the string "lm" or "fixed" (a bool is refused with a
+    TypeError that says which string to use)."""
+    if isinstance(adapt, bool):
+        raise TypeError(f"adapt must be the string 'lm' (Levenberg-Marquardt) or 'fixed', got the bool {adapt!r}; "
+                        f"use adapt={'lm' if adapt else 'fixed'!r}")
+    return check_choice("adapt", adapt, ADAPT_CHOICES)
 
 
 def check_lm(boost, drop, min_damping, max_damping):
@@ -71,12 +93,12 @@ def check_lm(boost, drop, min_damping, max_damping):
     return boost, drop, min_damping, max_damping
 
 
-def lm_update(damping, rho, boost=1.5, drop=2 / 3, min_damping=0.0, max_damping=math.inf):
+def lm_update(damping, rho, boost=LM_BOOST, drop=LM_DROP, min_damping=0.0, max_damping=math.inf):
     """Levenberg-Marquardt rule (Martens 2010, Section 4.2):
     ρ < ¼ -> λ·boost, ρ > ¾ -> λ·drop, clipped to [min_damping, max_damping]."""
-    if rho < 0.25 or math.isnan(rho):
+    if rho < LM_LOW_RHO or math.isnan(rho):
         damping *= boost
-    elif rho > 0.75:
+    elif rho > LM_HIGH_RHO:
         damping *= drop
     return min(max(damping, min_damping), max_damping)
 
@@ -111,15 +133,13 @@ class Newton(Optimizer):
     The eigen-decomposition of H is computed every step (xp.linalg.eigh), so a
     numerically singular or indefinite H is always reported, never solved
     silently. ``info``: base_info
-    plus ``status`` ("positive_definite", "singular" or "indefinite"),
+    plus ``lr``, ``status`` ("positive_definite", "singular" or "indefinite"),
     ``min_eig``, ``max_eig``, ``cond`` = max|λ| / min|λ|, ``fallback`` (None,
     "lstsq", "gradient", or "non_finite" when f, g or H is not finite:
     θ is then left unchanged), ``descent``, ``step_norm``, ``curvature`` dᵀHd,
     ``predicted`` q(lr·d) = lr gᵀd + ½ lr² dᵀHd, ``actual`` f(θ+lr d) - f(θ),
     ``loss_change`` (= actual), ``rho`` = actual / predicted.
     """
-
-    name = "newton"
 
     def __init__(self, lr=1.0, curvature="hessian", fallback="lstsq", rcond=None):
         self.lr = check_positive("lr", lr)
@@ -128,9 +148,10 @@ class Newton(Optimizer):
         self.rcond = None if rcond is None else check_positive("rcond", rcond)
 
     def init(self, theta):
-        return {"step": 0}
+        return self._new_state(theta)
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         xp = B.xp
         loss, g = objective.loss_and_grad(theta)
         H = dense_curvature(objective, theta, self.curvature)
@@ -159,15 +180,15 @@ class Newton(Optimizer):
         smallest = float(xp.abs(eig).min())
         info = base_info(loss, g)
         info.update(
-            status=status, min_eig=lo, max_eig=hi, cond=top / smallest if smallest > 0 else math.inf,
+            lr=self.lr, status=status, min_eig=lo, max_eig=hi, cond=top / smallest if smallest > 0 else math.inf,
             fallback=fallback, descent=bool(float(g @ d) < 0), step_norm=self.lr * float(xp.linalg.norm(d)),
             curvature=curv / self.lr**2, predicted=predicted, actual=actual, loss_change=actual,
             rho=reduction_ratio(actual, predicted),
         )
-        return theta + self.lr * d, {"step": state["step"] + 1}, info
+        return theta + self.lr * d, {**state, "step": state["step"] + 1}, info
 
 
-def cholesky_shifted(A, beta=1e-3, max_tries=100):
+def cholesky_shifted(A, beta=CHOLESKY_SHIFT_FRACTION, max_tries=CHOLESKY_MAX_TRIES):
     """The smallest τ in {0, τ_0, 2τ_0, ...} for which A + τI has a Cholesky
     factor (N&W Algorithm 3.3, "Cholesky with added multiple of the
     identity"): τ_0 = 0 if min a_ii > 0 else -min a_ii + β', β' = β ·
@@ -189,10 +210,11 @@ def cholesky_shifted(A, beta=1e-3, max_tries=100):
         shifted = A + tau * eye
         try:
             L = xp.linalg.cholesky(shifted)
-            ok = bool(xp.all(xp.isfinite(L))) and float(xp.linalg.norm(L @ (L.T @ probe) - shifted @ probe)) <= (
-                tol * float(xp.linalg.norm(shifted)) * float(xp.linalg.norm(probe)))
-        except Exception:  # LinAlgError: not positive definite
-            ok = False
+        except xp.linalg.LinAlgError:  # not positive definite (NumPy raises; CuPy returns NaNs, caught below)
+            L = None
+        ok = L is not None and bool(xp.all(xp.isfinite(L))) and float(
+            xp.linalg.norm(L @ (L.T @ probe) - shifted @ probe)) <= (
+            tol * float(xp.linalg.norm(shifted)) * float(xp.linalg.norm(probe)))
         if ok:
             return shifted, tau
         tau = max(2 * tau, step)
@@ -215,39 +237,45 @@ class DampedNewton(Optimizer):
     as ``shift``, and (B + (λ + τ) I) d = -g is then solved by
     xp.linalg.solve (the array API has no triangular solve).
 
-    ``adapt="lm"`` (Levenberg-Marquardt, Martens 2010 Section 4.2): with
-    ρ = [f(θ + lr d) - f(θ)] / q(lr d), q the *undamped* quadratic model
-    q(s) = gᵀs + ½ sᵀ H s (H or G itself, also when saddle_free), ρ = -inf
-    if the loss rose: ρ < ¼ -> λ ·= ``boost`` (3/2), ρ > ¾ -> λ ·= ``drop``
-    (2/3), clipped to [``min_damping``, ``max_damping``]. ``adapt="fixed"``
-    keeps λ = ``damping``.
+    ``adapt="lm"`` (the default, as in HessianFree; Levenberg-Marquardt,
+    Martens 2010 Section 4.2): with ρ = [f(θ + lr d) - f(θ)] / q(lr d), q the
+    *undamped* quadratic model q(s) = gᵀs + ½ sᵀ H s (H or G itself, also
+    when saddle_free), ρ = -inf if the loss rose: ρ < ¼ -> λ ·= ``boost``
+    (3/2), ρ > ¾ -> λ ·= ``drop`` (2/3), clipped to [``min_damping``,
+    ``max_damping``]. ``adapt="fixed"`` keeps λ = ``damping`` throughout.
+    The default adapts because the default λ = 1 is far too large on a small
+    network, where the useful curvature is much smaller than 1: on a 64-16-10
+    tanh MLP on 300 of scikit-learn's digits (float64, full batch), 30 steps
+    from loss 2.28 reach 0.21 with λ fixed at 1 (0.70 after 10 steps), but
+    below 1e-4 with LM (0.05 after 10 steps; λ falls to about 5e-6, so the
+    steps become Newton steps). Pass ``adapt="fixed"`` for the fixed-λ
+    method.
 
     ``reject_increase`` (default True): if f(θ + lr d) > f(θ) (or is not
     finite) θ is left unchanged and ``info["fallback"] = "rejected"``.
 
     ``info``: base_info plus ``damping`` (λ used), ``shift`` (τ), ``rho``,
     ``curvature`` dᵀBd (undamped, B = H or G), ``predicted``, ``actual``,
-    ``loss_change``, ``step_norm``, ``alpha`` (lr, or 0 if rejected),
+    ``loss_change``, ``step_norm``, ``lr`` (the step length: lr, or 0 if rejected),
     ``fallback`` (None or "rejected"), and with saddle_free ``min_eig``,
     ``max_eig``.
     """
 
-    name = "damped_newton"
-
-    def __init__(self, lr=1.0, damping=1.0, adapt="fixed", saddle_free=False, curvature="hessian",
-                 boost=1.5, drop=2 / 3, min_damping=0.0, max_damping=1e10, reject_increase=True):
+    def __init__(self, lr=1.0, damping=1.0, adapt="lm", saddle_free=False, curvature="hessian",
+                 boost=LM_BOOST, drop=LM_DROP, min_damping=0.0, max_damping=MAX_DAMPING, reject_increase=True):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping, allow_zero=True)
-        self.adapt = check_choice("adapt", adapt, ("fixed", "lm"))
+        self.adapt = check_adapt(adapt)
         self.saddle_free = bool(saddle_free)
         self.curvature = check_choice("curvature", curvature, _CURVATURES)
         self.boost, self.drop, self.min_damping, self.max_damping = check_lm(boost, drop, min_damping, max_damping)
         self.reject_increase = bool(reject_increase)
 
     def init(self, theta):
-        return {"step": 0, "damping": float(self.damping)}
+        return self._new_state(theta, damping=float(self.damping))
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         xp = B.xp
         lam = state["damping"]
         loss, g = objective.loss_and_grad(theta)
@@ -275,8 +303,8 @@ class DampedNewton(Optimizer):
         info = base_info(loss, g)
         info.update(
             damping=lam, shift=shift, rho=rho, curvature=curv / self.lr**2, predicted=predicted,
-            actual=actual, loss_change=0.0 if rejected else actual, alpha=alpha,
+            actual=actual, loss_change=0.0 if rejected else actual, lr=alpha,
             step_norm=alpha * float(xp.linalg.norm(d)), fallback="rejected" if rejected else None, **extra,
         )
         theta_next = theta.copy() if rejected else theta + alpha * d
-        return theta_next, {"step": state["step"] + 1, "damping": new_lam}, info
+        return theta_next, {**state, "step": state["step"] + 1, "damping": new_lam}, info

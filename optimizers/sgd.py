@@ -27,9 +27,7 @@ class SGD(Optimizer):
 
     State: ``step`` (int) and ``momentum_buffer`` (None before the first
     step or when μ = 0). Info: loss, grad_norm (of ∇f, without decay),
-    ``lr`` and ``update_norm`` = ||θ_t - θ_{t-1}||."""
-
-    name = "sgd"
+    ``lr`` and ``step_norm`` = ||θ_t - θ_{t-1}||."""
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
         self.lr = check_positive("lr", lr, allow_zero=True)
@@ -44,9 +42,10 @@ class SGD(Optimizer):
             )
 
     def init(self, theta):
-        return {"step": 0, "momentum_buffer": None}
+        return self._new_state(theta, momentum_buffer=None)
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         loss, grad = objective.loss_and_grad(theta)
         info = base_info(loss, grad)
         g = grad + self.weight_decay * theta if self.weight_decay else grad
@@ -57,6 +56,6 @@ class SGD(Optimizer):
         else:
             d = g
         update = self.lr * d
-        info.update(lr=self.lr, update_norm=float(B.xp.linalg.norm(update)))
-        return theta - update, {"step": state["step"] + 1, "momentum_buffer": buf}, info
+        info.update(lr=self.lr, step_norm=float(B.xp.linalg.norm(update)))
+        return theta - update, {**state, "step": state["step"] + 1, "momentum_buffer": buf}, info
 

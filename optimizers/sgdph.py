@@ -68,12 +68,13 @@ lr              ``lr`` (0.1)
 wd              ``weight_decay`` (0)
 ==============  ================================================
 
-State: ``t``, ``buf`` (n,) the momentum buffers of all parameters, ``diag``
+State: ``step`` (steps taken, the t above), ``buf`` (n,) the momentum buffers of all parameters, ``diag``
 (n,) the Hessian momentum d (non-zero on 1-D tensors only), ``cursor`` (index
 of the next 1-D tensor to visit), ``visits`` (per 1-D tensor), ``nhvp``.
-Info: ``loss``, ``grad_norm``, ``grad_norm_inf``, ``hessian_groups`` (names
-visited this step), ``nhvp`` (this step), ``h_mean`` (mean of the fresh h),
-``diag_mean`` (mean of d over all 1-D tensors), ``step_norm``.
+Info: ``loss``, ``grad_norm``, ``grad_norm_inf``, ``lr``, ``hessian_groups``
+(names visited this step), ``nhvp`` (this step), ``hessian_diag_mean`` (mean
+of the fresh h), ``hessian_momentum_mean`` (mean of d over all 1-D tensors),
+``step_norm``.
 """
 from __future__ import annotations
 
@@ -83,7 +84,10 @@ from .base import Optimizer, base_info, check_choice, check_fraction, check_posi
 
 
 class SGDPH(Optimizer):
-    name = "sgdph"
+    """SGDPH(lr=0.1, momentum=0.9, hessian_momentum=0.9, eps=1e-4,
+    second_order_lr=1e-3, weight_decay=0, diag="row_sums",
+    schedule="round_robin", bias_correction=True, official_last_1d_sgd=True);
+    the update, state and info: module docstring."""
 
     def __init__(self, lr=0.1, momentum=0.9, hessian_momentum=0.9, eps=1e-4, second_order_lr=1e-3,
                  weight_decay=0.0, diag="row_sums", schedule="round_robin", bias_correction=True,
@@ -104,7 +108,7 @@ class SGDPH(Optimizer):
 
     def init(self, theta) -> dict:
         zeros = B.xp.zeros_like(theta)
-        return {"t": 0, "buf": zeros, "diag": zeros.copy(), "cursor": 0, "visits": [], "nhvp": 0}
+        return self._new_state(theta, buf=zeros, diag=zeros.copy(), cursor=0, visits=[], nhvp=0)
 
     @staticmethod
     def one_d(layout):
@@ -124,11 +128,12 @@ class SGDPH(Optimizer):
         return [xp.abs(HV[i, layout[name].slice]) for i, name in enumerate(names)], len(names)
 
     def step(self, objective, theta, state):
+        self._check_state(state, theta)
         xp = B.xp
         mu, mu_h = self.momentum, self.hessian_momentum
         loss, g = objective.loss_and_grad(theta)
         groups = self.one_d(objective.layout)
-        M, t = len(groups), state["t"] + 1
+        M, t = len(groups), state["step"] + 1
         visits = list(state["visits"]) or [0] * M
         if len(visits) != M:
             raise ValueError(f"SGDPH.step: the state has {len(visits)} 1-D tensors, the layout {M}")
@@ -170,12 +175,13 @@ class SGDPH(Optimizer):
         info = base_info(loss, g)
         one_d = xp.concatenate([diag[p.slice] for p in groups]) if M else diag[:0]
         info.update(
+            lr=self.lr,
             hessian_groups=visited,
             nhvp=nhvp,
-            h_mean=sum(h_means) / len(h_means) if h_means else 0.0,
-            diag_mean=float(one_d.mean()) if one_d.size else 0.0,
+            hessian_diag_mean=sum(h_means) / len(h_means) if h_means else 0.0,
+            hessian_momentum_mean=float(one_d.mean()) if one_d.size else 0.0,
             step_norm=float(xp.linalg.norm(theta_new - theta)),
         )
-        new_state = {"t": t, "buf": buf, "diag": diag, "cursor": cursor, "visits": visits,
+        new_state = {**state, "step": t, "buf": buf, "diag": diag, "cursor": cursor, "visits": visits,
                      "nhvp": state["nhvp"] + nhvp}
         return theta_new, new_state, info

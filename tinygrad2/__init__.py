@@ -5,15 +5,17 @@ from .tensor import Tensor, no_grad, no_tangent
 from . import check, primitives
 from .primitives import REGISTRY as PRIMITIVES
 from .functional import grad, value_and_grad, jvp, vjp, hvp, hvp_reverse_over_reverse, hessian
-from .objective import (
-    Param, Layout, Objective, BaseObjective, Quadratic, Rosenbrock, LogisticRegression, Function,
-    CurvatureMemoryError, rademacher,
-)
+from . import losses, memory
+from .layout import Param, Layout
+from .directions import rademacher
+from .memory import CurvatureMemoryError
+from .objective import Objective, BaseObjective, ObjectiveInterface
+from .problems import Quadratic, Rosenbrock, LogisticRegression, Function
 
 __all__ = [
     "backend", "check", "to_host", "Tensor", "no_grad", "no_tangent", "primitives", "PRIMITIVES",
     "grad", "value_and_grad", "jvp", "vjp", "hvp", "hvp_reverse_over_reverse", "hessian",
-    "Param", "Layout", "Objective", "BaseObjective", "Quadratic", "Rosenbrock", "LogisticRegression",
+    "losses", "memory", "Param", "Layout", "Objective", "BaseObjective", "ObjectiveInterface", "Quadratic", "Rosenbrock", "LogisticRegression",
     "Function", "CurvatureMemoryError", "rademacher",
 ]
 from .spectrum import (  # noqa: E402

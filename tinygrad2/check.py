@@ -58,6 +58,11 @@ def _default_directions(n, limit, seed):
     return rng.standard_normal((limit, n))
 
 
+KINK_FRACTION = 0.05
+"""Finite-difference steps stay within this fraction of the distance to the
+nearest kink: a tenth, halved because the 4th-order stencil reaches 2h."""
+
+
 def safe_steps(f, x, V, step=1e-3):
     """Per-direction steps: ``step / max|v|``, cut to a tenth of the distance
     to the nearest kink (halved again because the stencil reaches 2h)."""
@@ -77,7 +82,7 @@ def safe_steps(f, x, V, step=1e-3):
                 f"finite differences: x lies on a kink along direction(s) {B.to_host(on_kink)[:5].tolist()}; "
                 f"the derivative is not defined there"
             )
-        steps = B.xp.minimum(steps, 0.05 * distance)
+        steps = B.xp.minimum(steps, KINK_FRACTION * distance)
     return steps
 
 

@@ -15,6 +15,8 @@ pushed through the network in one pass (the tangents' leading axis).
 from __future__ import annotations
 
 from . import backend as B
+from . import memory
+from .directions import unit_rows
 from .tensor import Tensor, no_grad
 
 
@@ -140,18 +142,24 @@ def hvp_reverse_over_reverse(f, x, v):
     return HV[0] if single else HV
 
 
-def hessian(f, x, chunk=None):
+def hessian(f, x, chunk=None, memory_budget=None):
     """Dense (n, n) Hessian from batched HVPs with ``chunk`` unit directions
-    per pass (default: all n up to 256)."""
+    per pass (None: chosen by :func:`tinygrad2.memory.choose_chunk`, at most
+    ``memory.default_chunk``). Raises :class:`CurvatureMemoryError` before
+    allocating when the result plus one chunk's working memory would exceed
+    ``memory_budget`` (None: ``memory.default_memory_budget``)."""
     x = _input(x, "hessian")
     n = x.shape[0]
-    chunk = min(n, 256) if chunk is None else int(chunk)
-    if chunk < 1:
-        raise ValueError(f"hessian: chunk must be >= 1, got {chunk}")
+    budget = memory.default_memory_budget if memory_budget is None else memory_budget
+
+    def per_direction():
+        out = _scalar(f(Tensor(x, requires_grad=True)), "hessian")
+        return memory.bytes_per_direction(memory.graph_elements(out), n, x.dtype.itemsize)
+
+    chunk, needed = memory.choose_chunk(n * n * x.dtype.itemsize, per_direction, n, budget, chunk, where="hessian")
+    memory.check_fits("hessian", n, n * n, x.dtype, chunk, needed, budget)
     H = B.xp.empty((n, n), dtype=x.dtype)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        E = B.xp.zeros((stop - start, n), dtype=x.dtype)
-        E[B.xp.arange(stop - start), B.xp.arange(start, stop)] = 1
-        H[start:stop] = hvp(f, x, E)
+        H[start:stop] = hvp(f, x, unit_rows(start, stop, n, x.dtype))
     return H

@@ -19,6 +19,9 @@ Conventions
 * ``kink(primals, tangents, out, **params) -> (K,)``: for primitives with a
   non-differentiable point, the step along each direction at which it would
   first be crossed (to first order); used for kink-safe finite differences.
+* ``accumulate(buffer, g, **params)``: optionally, the vjp added in place into
+  the input's gradient buffer (a Tensor the engine owns), for backward passes
+  that are not recorded (getitem: slices of one flat vector share one buffer).
 """
 from __future__ import annotations
 
@@ -27,11 +30,11 @@ from .tensor import Tensor, apply
 
 
 class Primitive:
-    __slots__ = ("name", "forward", "jvp", "vjp", "kink", "linear", "broadcasts")
+    __slots__ = ("name", "forward", "jvp", "vjp", "kink", "accumulate", "linear", "broadcasts")
 
-    def __init__(self, name, forward, jvp, vjp, kink, linear, broadcasts):
+    def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, broadcasts):
         self.name, self.forward, self.jvp, self.vjp = name, forward, jvp, vjp
-        self.kink, self.linear, self.broadcasts = kink, linear, broadcasts
+        self.kink, self.accumulate, self.linear, self.broadcasts = kink, accumulate, linear, broadcasts
 
     __call__ = apply  # prim(*inputs, **params) runs apply(prim, *inputs, **params)
 
@@ -53,7 +56,8 @@ def primitive(linear=False, broadcasts=False):
             if not linear:
                 raise TypeError(f"primitive '{name}': a non-linear primitive needs a jvp rule")
             jvp = _jvp_of_linear(block.forward)
-        prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"), linear, broadcasts)
+        prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"),
+                         block.__dict__.get("accumulate"), linear, broadcasts)
         REGISTRY[name] = prim
         return prim
 
@@ -248,7 +252,7 @@ class sigmoid:  # d σ(x) = σ(x) (1 - σ(x)) dx;  σ(x) = (1 + tanh(x/2)) / 2 w
 @primitive(broadcasts=True)
 class softplus:  # d log(1 + e^x) = σ(x) dx
     def forward(x): return B.xp.logaddexp(0, x)
-    def jvp(primals, tangents, out): return tangents[0] * (0.5 * (B.xp.tanh(0.5 * primals[0]) + 1))
+    def jvp(primals, tangents, out): return tangents[0] * sigmoid.forward(primals[0])
     def vjp(g, out, x): return (g * x.sigmoid(),)
 
 
@@ -410,16 +414,22 @@ class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z)
 @primitive()
 class cross_entropy_grad:  # (softmax(z) - onehot(y)) / n;  d = p ⊙ (dz - Σ_c p dz) / n, p = softmax(z)
     def forward(z, labels): return _softmax_residual(z, labels)
-    def jvp(primals, tangents, out, labels):
-        z, t = primals[0], tangents[0]
-        p = B.xp.exp(log_softmax.forward(z, axis=-1))
-        out = t - B.xp.einsum("...c,...c->...", t, p)[..., None]  # Σ_c p dz without a (K, n, C) temporary
-        out *= p * (1.0 / z.shape[0])
-        return out
+    def jvp(primals, tangents, out, labels): return softmax_hessian_vp(primals[0], tangents[0])
     def vjp(u, out, z, labels):  # the same symmetric operator, in Tensor ops
         p = z.log_softmax(axis=-1).exp()
         pu = p * u
         return ((pu - p * pu.sum(axis=-1, keepdims=True)) * (1.0 / z.shape[0]),)
+
+
+def softmax_hessian_vp(z, T):
+    """(diag(p_i) - p_i p_iᵀ) t_i / n for every row i of z (n, C) and every
+    direction t of T (K, n, C): the Hessian of mean softmax cross-entropy in
+    z times T, p_i = softmax(z_i). It is cross_entropy_grad's jvp and the
+    Gauss-Newton output Hessian of the cross-entropy loss."""
+    p = B.xp.exp(log_softmax.forward(z, axis=-1))
+    out = T - B.xp.einsum("...c,...c->...", T, p)[..., None]  # Σ_c p t without a (K, n, C) temporary
+    out *= p * (1.0 / z.shape[0])
+    return out
 
 
 def _softmax_residual(z, labels):
@@ -473,6 +483,22 @@ class getitem:  # out = x[index]; old: the input's shape
             return None
         return t
     def vjp(g, out, x, index, old): return (scatter_add(g, index=index, shape=old, src=g.shape),)
+    def accumulate(buf, g, index, old):
+        # the vjp summed in place into x's gradient buffer ``buf`` (backward passes
+        # that are not recorded): no full-size scatter per slice of a flat vector
+        advanced = any(_is_advanced(i) for i in index)
+        _add_at(buf.data, index, g.data, advanced)
+        if g.tangent is not None:
+            if buf.tangent is None:
+                buf.tangent = B.xp.zeros((g.tangent.shape[0],) + buf.data.shape, g.dtype)
+            _add_at(buf.tangent, (slice(None),) + index, g.tangent, advanced)
+
+
+def _add_at(target, index, values, advanced):
+    if advanced:  # repeated indices add up
+        B.xp.add.at(target, index, values)
+    else:
+        target[index] += values
 
 
 @primitive(linear=True)

@@ -39,6 +39,13 @@ import warnings
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from . import backend as B
+from .directions import rademacher
+
+POWER_TOL = 1e-10       # top_eigenvalues(method="power"): relative residual to stop at
+POWER_MAXITER = 1000    # ... and the most iterations
+DENSITY_SIGMA = 0.01    # slq_density: default broadening, a fraction of the nodes' spread
+DENSITY_MARGIN = 5      # ... default grid reaches this many σ beyond the extreme nodes
+DENSITY_POINTS = 1025   # ... with this many points
 
 __all__ = [
     "linear_operator", "top_eigenvalues", "trace_hutchinson", "trace_hutchpp",
@@ -107,12 +114,6 @@ def _positive(value, name, op, minimum=1):
 
 def _batch(batch, op):
     return None if batch is None else _positive(batch, "batch", op)
-
-
-def _rademacher(rng, shape, dtype):
-    """Entries ±1 with probability ½ each: integers in {0, 1} (the upper bound
-    2 is exclusive), times 2, minus 1."""
-    return (rng.integers(0, 2, size=shape) * 2 - 1).astype(dtype)
 
 
 def _orthonormal_rows(Y):
@@ -252,8 +253,8 @@ def top_eigenvalues(matvec, n, k=1, *, dtype=None, method="lanczos", which="LA",
     else:
         if k > n:
             raise ValueError(f"top_eigenvalues: k must be <= n, got k={k}, n={n}")
-        maxiter = 1000 if maxiter is None else _positive(maxiter, "maxiter", "top_eigenvalues")
-        values, vectors, info = _power(op, k, which, 1e-10 if tol is None else float(tol),
+        maxiter = POWER_MAXITER if maxiter is None else _positive(maxiter, "maxiter", "top_eigenvalues")
+        values, vectors, info = _power(op, k, which, POWER_TOL if tol is None else float(tol),
                                        maxiter, rng)
     out = (values,)
     if return_eigenvectors:
@@ -343,7 +344,7 @@ def trace_hutchinson(matvec, n, samples, *, dtype=None, seed=None, batch=None):
     rng = B.xp.random.default_rng(seed)
     quads = []
     for start in range(0, samples, batch):
-        V = _rademacher(rng, (min(batch, samples - start), op.n), op.dtype)
+        V = rademacher((min(batch, samples - start), op.n), rng, op.dtype)
         quads.append(_rowdot(V, op(V)))
     return _mean_and_error(B.xp.concatenate(quads))
 
@@ -378,10 +379,10 @@ def trace_hutchpp(matvec, n, matvecs, *, dtype=None, seed=None, batch=None):
     s = m // 3
     g = m - 2 * s
     rng = B.xp.random.default_rng(seed)
-    S = _rademacher(rng, (s, op.n), op.dtype)
+    S = rademacher((s, op.n), rng, op.dtype)
     Q = _orthonormal_rows(op.chunked(S, batch))                   # (s, n) orthonormal rows
     exact = float(_rowdot(Q, op.chunked(Q, batch)).sum())          # tr(Q^T A Q)
-    G = _rademacher(rng, (g, op.n), op.dtype)
+    G = rademacher((g, op.n), rng, op.dtype)
     G = G - (G @ Q.T) @ Q                                          # (I - QQ^T) g_l
     mean, error = _mean_and_error(_rowdot(G, op.chunked(G, batch)))
     return exact + mean, error
@@ -527,7 +528,7 @@ def _slq(op, steps, samples, seed, batch, name):
     rng = B.xp.random.default_rng(seed)
     nodes, weights = [], []
     for start in range(0, samples, batch):
-        U = _rademacher(rng, (min(batch, samples - start), op.n), op.dtype) / math.sqrt(op.n)
+        U = rademacher((min(batch, samples - start), op.n), rng, op.dtype) / math.sqrt(op.n)
         alphas, betas, _ = _lanczos(op, U, min(steps, op.n))
         theta, tau2 = gauss_quadrature(alphas, betas)
         nodes.append(theta)
@@ -563,12 +564,12 @@ def slq_density(matvec, n, steps, samples, *, dtype=None, seed=None, grid=None, 
     low, high = float(seen.min()), float(seen.max())
     if sigma is None:
         spread = high - low
-        sigma = 0.01 * (spread if spread > 0 else max(abs(high), 1.0))
+        sigma = DENSITY_SIGMA * (spread if spread > 0 else max(abs(high), 1.0))
     sigma = float(sigma)
     if not sigma > 0:
         raise ValueError(f"slq_density: sigma must be > 0, got sigma={sigma}")
     if grid is None:
-        grid = xp.linspace(low - 5 * sigma, high + 5 * sigma, 1025, dtype=op.dtype)
+        grid = xp.linspace(low - DENSITY_MARGIN * sigma, high + DENSITY_MARGIN * sigma, DENSITY_POINTS, dtype=op.dtype)
     grid = B.asarray(grid, op.dtype)
     if grid.ndim != 1 or grid.shape[0] < 2 or not bool(xp.all(grid[1:] > grid[:-1])):
         raise ValueError(

@@ -153,7 +153,7 @@ class Tensor:
             raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.shape}")
         if retain_graph is None:
             retain_graph = create_graph
-        nodes, leaves = _reachable(self)
+        nodes, leaves = reachable(self)
         nodes.sort(key=lambda t: t._node[3])  # creation order is topological; pop() takes the newest
         grads = {id(self): grad}
         buffers = {}  # id(x) -> the gradient buffer of x that x's slices are summed into in place
@@ -172,8 +172,9 @@ class Tensor:
                         f"backward: the graph through '{prim.name}' was freed by an earlier "
                         f"backward(); call backward(retain_graph=True) the first time"
                     )
-                if prim is P.getitem and not create_graph:
-                    _add_slice(grads, buffers, inputs[0], g, params)
+                if prim.accumulate is not None and not create_graph:
+                    if inputs[0].requires_grad:
+                        prim.accumulate(_own_buffer(grads, buffers, inputs[0], g.dtype), g, **params)
                     cotangents = ()
                 else:
                     cotangents = prim.vjp(g, t, *inputs, **params)
@@ -380,38 +381,22 @@ class Tensor:
         return P.where(a, b, cond=cond)
 
 
-def _add_slice(grads, buffers, x, g, params):
-    """The vjp of ``x[index]`` without a full-size scatter per slice: g (and
-    its tangent) is added in place into one gradient buffer for x, shared by
-    every slice of x (the flat-theta case: one slice per parameter). Only when
-    the backward pass is not recorded."""
-    if not x.requires_grad:
-        return
+def _own_buffer(grads, buffers, x, dtype):
+    """The gradient buffer of x that in-place rules (``Primitive.accumulate``)
+    sum into: one buffer per x, shared by every slice of x (the flat-theta
+    case: one slice per parameter), never shared with another gradient."""
     buf = grads.get(id(x))
     if buf is None or buffers.get(id(x)) is not buf:
         # a fresh buffer that x alone owns, holding what x has collected so far (a
         # cotangent from another rule may be shared, e.g. add passes g to both inputs)
         if buf is None:
-            buf = Tensor._make(B.xp.zeros(x.data.shape, g.dtype), None, None)
+            buf = Tensor._make(B.xp.zeros(x.data.shape, dtype), None, None)
         else:
-            tangent = None if buf.tangent is None else buf.tangent.astype(g.dtype, copy=True)
-            buf = Tensor._make(buf.data.astype(g.dtype, copy=True), tangent, None)
+            tangent = None if buf.tangent is None else buf.tangent.astype(dtype, copy=True)
+            buf = Tensor._make(buf.data.astype(dtype, copy=True), tangent, None)
         grads[id(x)] = buf
         buffers[id(x)] = buf
-    index = params["index"]
-    advanced = any(P._is_advanced(i) for i in index)
-    _add_at(buf.data, index, g.data, advanced)
-    if g.tangent is not None:
-        if buf.tangent is None:
-            buf.tangent = B.xp.zeros((g.tangent.shape[0],) + x.data.shape, g.dtype)
-        _add_at(buf.tangent, (slice(None),) + index, g.tangent, advanced)
-
-
-def _add_at(target, index, values, advanced):
-    if advanced:  # repeated indices add up
-        B.xp.add.at(target, index, values)
-    else:
-        target[index] += values
+    return buf
 
 
 def _check_tangent(tangent, shape):
@@ -519,7 +504,7 @@ def _matmul(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def _reachable(root):
+def reachable(root):
     """The recorded tensors and the leaves that ``root`` depends on."""
     nodes, leaves, seen, stack = [], [], {id(root)}, [root]
     while stack:

@@ -32,8 +32,9 @@ from .functional import hessian, hvp, hvp_reverse_over_reverse
 from .tensor import Tensor
 
 
-def load_digits(limit=None):
-    """Digits as float64 ``xp`` arrays: X (n, 64) in [0, 1], integer labels y."""
+def digits_arrays(limit=None):
+    """scikit-learn's digits as float64 ``xp`` arrays, the report's real data: X (n, 64)
+    in [0, 1], integer labels y. (Splits for training: ``experiments.data.load_digits``.)"""
     from sklearn.datasets import load_digits as sk_digits
 
     data = sk_digits()
@@ -109,7 +110,7 @@ def two_layer(X, y, hidden, activation):
 def report(samples=300, hidden=6, seed=0):
     """All rows as (check, error, tolerance or None for an estimate's error)."""
     with B.precision("float64"):
-        X, y = load_digits(samples)
+        X, y = digits_arrays(samples)
         rows = _closed_form_rows(X, y)
         rng = B.xp.random.default_rng(seed)
 

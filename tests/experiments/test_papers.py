@@ -5,16 +5,21 @@ shape with the paper's numbers, finite results files, the analyses, the PNG."""
 import gzip
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
 from experiments import catalog, papers
+from experiments.papers import cnn_cifar10_quasi_newton, common, mlp_mnist_newton, sgdph_cifar10
 from experiments.__main__ import main
 from experiments.results import load_final, load_run
 from experiments.runner import load_splits
 
+ROOT = Path(__file__).resolve().parents[2]
 MNIST_TRAIN, MNIST_TEST = 1400, 200   # enough for the balanced 2% split: 140 / 20 per class
 CIFAR_PER_BATCH, CIFAR_TEST = 20, 40
 
@@ -97,6 +102,42 @@ def test_the_four_papers_are_registered():
     assert newton["Newton"].model["kwargs"]["sizes"][0] == 784 and newton["Newton"].epochs == 7
 
 
+@pytest.mark.parametrize("first, second", [("papers", "catalog"), ("catalog", "papers")])
+def test_papers_and_catalog_import_in_either_order(first, second):
+    """No import cycle: a fresh interpreter imports the two in either order."""
+    code = f"import experiments.{first}; import experiments.{second}"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_papers_do_not_import_the_catalog():
+    code = "import sys, experiments.papers; assert 'experiments.catalog' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_one_spec_builder_and_one_experiment_record():
+    """The catalog and every paper module use the one _spec (and Experiment) of papers.common."""
+    assert catalog._spec is common._spec and catalog.Experiment is common.Experiment
+    assert catalog.base_method is common.base_method
+    for paper in papers.PAPERS:
+        assert paper._spec is common._spec, paper.__name__
+        assert isinstance(paper.EXPERIMENT, common.Experiment)
+    defined = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "experiments").rglob("*.py"))
+               if "def _spec(" in p.read_text(encoding="utf-8")]
+    assert defined == ["experiments/papers/common.py"]
+
+
+def test_scales_are_named_frozen_dataclasses():
+    import dataclasses
+
+    for paper in papers.PAPERS:
+        scales = next(v for k, v in vars(paper).items() if k.endswith("_SCALES"))
+        assert set(scales) == {"cpu", "full", "quick"}
+        for scale in scales.values():
+            assert dataclasses.is_dataclass(scale) and type(scale).__dataclass_params__.frozen
+
+
 def test_mlp_mnist_newton(data_dir, tmp_path, capsys):
     out = _run("mlp-mnist-newton", data_dir, tmp_path, capsys)
     table = _table(out)
@@ -104,12 +145,12 @@ def test_mlp_mnist_newton(data_dir, tmp_path, capsys):
     assert "paper wall_time" in table[0] and "paper test_acc" in table[0]
     assert "21257.00" in out and "2.3050" in out and "0.1028" in out  # the paper's Newton row
     assert "λ 32" in out and "negative" in out and "dead ReLUs" in out
-    _check_runs(tmp_path, "mlp-mnist-newton", len(papers.NEWTON_METHODS))
+    _check_runs(tmp_path, "mlp-mnist-newton", len(mlp_mnist_newton.NEWTON_METHODS))
     report = json.loads((tmp_path / "mlp-mnist-newton_analysis.json").read_text())
     spec = report["init_spectrum"]
     assert spec["negative"] + spec["zero"] + spec["positive"] == report["n_parameters"] == 250
     assert spec["zero"] >= 5  # at least the softmax null directions (hidden 4 + 1)
-    assert {e["method"] for e in report["end_of_training"]} == set(papers.NEWTON_METHODS)
+    assert {e["method"] for e in report["end_of_training"]} == set(mlp_mnist_newton.NEWTON_METHODS)
 
 
 def test_cnn_cifar10_quasi_newton_lbfgs_is_finite(data_dir, tmp_path, capsys):
@@ -119,7 +160,7 @@ def test_cnn_cifar10_quasi_newton_lbfgs_is_finite(data_dir, tmp_path, capsys):
     lbfgs = next(line for line in table if line.startswith("| L-BFGS "))
     assert "NaN" in lbfgs  # the paper's L-BFGS beside ours
     assert "0.6400" in out and "8.28" in out
-    _check_runs(tmp_path, "cnn-cifar10-quasi-newton", len(papers.CNN_METHODS))
+    _check_runs(tmp_path, "cnn-cifar10-quasi-newton", len(cnn_cifar10_quasi_newton.CNN_METHODS))
     run = load_run(tmp_path / "cnn-cifar10-quasi-newton__L-BFGS.h5")
     assert 0.0 <= run.summary()["test_acc"] <= 1.0 and np.isfinite(run.steps["loss"]).all()
     report = json.loads((tmp_path / "cnn-cifar10-quasi-newton_analysis.json").read_text())
@@ -156,7 +197,7 @@ def test_sgdph_cifar10_offdiagonal_mass(data_dir, tmp_path, capsys):
 
 def test_bn_block_curvature_agrees_with_the_objectives_block_products(data_dir):
     """Diagonal and row sums of the dense H_gg equal Objective.block_diag / block_row_sums."""
-    spec = papers.sgdph_specs(quick=True, methods=["BN/SGD-PH"])[0]
+    spec = sgdph_cifar10.sgdph_specs(quick=True, methods=["BN/SGD-PH"])[0]
     spec.data["verify"] = False
     from experiments.runner import build_model
     from tinygrad2 import Objective
@@ -166,7 +207,7 @@ def test_bn_block_curvature_agrees_with_the_objectives_block_products(data_dir):
     theta = model.init_theta(0)
     obj = Objective(model.apply, "cross_entropy", X, y, layout=model.layout())
     group = obj.layout.groups(kind="scale", ndim=1)[1]
-    block = papers.bn_block_curvature(obj, theta, [group], chunk=3)[group.name]
+    block = sgdph_cifar10.bn_block_curvature(obj, theta, [group], chunk=3)[group.name]
     diag = np.asarray(obj.block_diag(theta, group.name), dtype=np.float64)
     rowsum = np.asarray(obj.block_row_sums(theta, group.name), dtype=np.float64)
     dn = np.linalg.norm(diag)

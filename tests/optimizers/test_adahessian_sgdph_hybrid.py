@@ -13,7 +13,7 @@ from optimizers.adahessian import AdaHessian
 from optimizers.hybrid import Hybrid
 from optimizers.sgdph import SGDPH
 from tinygrad2 import Tensor
-from tinygrad2.objective import BaseObjective, Layout, Objective, Quadratic
+from tinygrad2 import BaseObjective, Layout, Objective, Quadratic
 
 # ---------------------------------------------------------------- problems
 

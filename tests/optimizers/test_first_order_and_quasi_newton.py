@@ -20,7 +20,7 @@ from _helpers import hdf5_round_trip
 from optimizers.base import base_info
 from optimizers.lbfgs import two_loop
 from tinygrad2 import backend
-from tinygrad2.objective import Layout, LogisticRegression, Objective, Quadratic, Rosenbrock
+from tinygrad2 import Layout, LogisticRegression, Objective, Quadratic, Rosenbrock
 
 
 def spd(n, eigenvalues, seed=0):
@@ -168,7 +168,7 @@ def test_bb_step_is_an_inverse_rayleigh_quotient(float64):
 def test_bb_on_a_full_batch_quadratic_follows_the_formula(float64, beta):
     """Full-batch quadratic, m steps per epoch, end_epoch after each epoch.
     The test recomputes x_k and ĝ itself and checks η_k = ||s||²/(m |sᵀy|),
-    s = x_k - x_{k-1}, y = ĝ_{k-1} - ĝ_{k-2}, and η_0 = η_1 = lr0.
+    s = x_k - x_{k-1}, y = ĝ_{k-1} - ĝ_{k-2}, and η_0 = η_1 = lr (the local lr0).
 
     With β = 1 (ĝ = the last gradient of the epoch) and η constant in epochs 0
     and 1, s and y at k = 2 are polynomials in A applied to one vector:
@@ -283,7 +283,7 @@ def test_lbfgs_with_exact_line_search_reproduces_cg_on_a_quadratic(float64, hist
     for k, x_cg in enumerate(linear_cg(A, b, x0, n)):
         np.testing.assert_allclose(thetas[k], x_cg, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(thetas[n], np.linalg.solve(A, b), rtol=1e-8)
-    assert len(state["S"]) == min(history, n) and infos[0]["ls_status"] == "exact"
+    assert len(state["S"]) == min(history, n) and infos[0]["line_search_status"] == "exact"
 
 
 # ================================================================ L-BFGS: the line search
@@ -345,7 +345,7 @@ def test_lbfgs_reaches_scipys_rosenbrock_minimizer(float64, n):
     assert result.success and result.nit < 150
     np.testing.assert_allclose(result.x, ref.x, atol=1e-6)
     np.testing.assert_allclose(result.x, np.ones(n), atol=1e-6)
-    statuses = [h["ls_status"] for h in result.history]
+    statuses = [h["line_search_status"] for h in result.history]
     assert statuses.count("wolfe") >= 0.9 * len(statuses) and "nan_revert" not in statuses
 
 
@@ -391,7 +391,7 @@ def test_lbfgs_nan_guard_reverts_resets_and_reports(float64, line_search):
     assert reverts and state["nan_reverts_total"] == len(reverts)
     for i in reverts:
         np.testing.assert_array_equal(thetas[i + 1], thetas[i])  # reverted to the last good point
-        assert infos[i]["memory"] == 0 and infos[i]["ls_status"] == "nan_revert"
+        assert infos[i]["memory"] == 0 and infos[i]["line_search_status"] == "nan_revert"
     assert math.isfinite(obj.loss(thetas[-1])) and obj.loss(thetas[-1]) < obj.loss(thetas[0])
     assert obj.loss(thetas[-1]) < 0.125 + 1e-3  # close to the edge x[0] = 1.5, f = 1/8 there
     result = opt.minimize(obj, np.array([0.0, 0.5]), maxiter=40)
@@ -405,7 +405,7 @@ def test_lbfgs_halves_the_next_step_after_a_nan_revert(float64):
     assert infos[0]["nan_reverts"] == 1 and infos[1]["nan_reverts"] == 0
     np.testing.assert_array_equal(thetas[1], [1.0, 0.0])
     np.testing.assert_array_equal(thetas[2], [1.5, 0.0])
-    assert infos[1]["step_size"] == 0.5 and state["shrink"] == 1.0
+    assert infos[1]["lr"] == 0.5 and state["shrink"] == 1.0
 
 
 def test_lbfgs_skips_pairs_without_positive_curvature_and_counts_them(float64):
@@ -453,7 +453,7 @@ def test_lbfgs_same_batch_pairs_use_one_batch_and_fixed_mode_caches(float64):
     (lambda: Adam(lr=-1), "lr"), (lambda: Adam(betas=(0.9, 1.0)), r"betas\[1\]"),
     (lambda: Adam(betas=(-0.1, 0.9)), r"betas\[0\]"), (lambda: Adam(betas=0.9), "betas"),
     (lambda: Adam(eps=-1e-8), "eps"), (lambda: AdamW(weight_decay=-0.1), "weight_decay"),
-    (lambda: BB(0.0, beta=0.5), "lr0"), (lambda: BB(0.1), "beta"), (lambda: BB(0.1, beta=1.5), "beta"),
+    (lambda: BB(0.0, beta=0.5), "lr"), (lambda: BB(0.1), "beta"), (lambda: BB(0.1, beta=1.5), "beta"),
     (lambda: BB(0.1, steps_per_epoch=0), "steps_per_epoch"), (lambda: BB(0.1, beta=0.5, tau_min=-1), "tau_min"),
     (lambda: BB(0.1, beta=0.5, tau_min=2, tau_max=1), "tau_min"), (lambda: BB(0.1, beta=0.5, tau0=0), "tau0"),
     (lambda: LBFGS(lr=0), "lr"), (lambda: LBFGS(history_size=0), "history_size"),

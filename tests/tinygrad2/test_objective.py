@@ -15,8 +15,8 @@ from scipy.optimize import rosen, rosen_der, rosen_hess, rosen_hess_prod
 
 import tinygrad2 as tg
 from tinygrad2 import Tensor, backend
-from tinygrad2 import objective as objective_module
-from tinygrad2.objective import (
+from tinygrad2 import memory as memory_module
+from tinygrad2 import (
     CurvatureMemoryError, Function, Layout, LogisticRegression, Objective, Quadratic, Rosenbrock, rademacher,
 )
 
@@ -362,7 +362,7 @@ def test_memory_forecast_refuses_before_allocating(monkeypatch, what):
 def test_memory_budget_default_is_module_level_and_chunk_shrinks_to_fit(monkeypatch):
     obj, theta = make()
     n, H = obj.n, obj.hessian(theta)
-    monkeypatch.setattr(objective_module, "default_memory_budget", 100)
+    monkeypatch.setattr(memory_module, "default_memory_budget", 100)
     with pytest.raises(CurvatureMemoryError, match="memory budget is 100 bytes"):
         obj.hessian(theta)
     per = obj.bytes_per_direction(theta)
@@ -500,4 +500,4 @@ def test_automatic_chunk_keeps_the_chunk_near_half_the_result(monkeypatch, n, pe
     obj.memory_budget = math.inf
     chunk, needed = obj.memory_forecast(theta, n * n, n)
     assert chunk == want and needed == 8 * n * n + chunk * per
-    assert chunk == objective_module.min_chunk or chunk * per <= max(4 * n * n, 64 * 2**20)
+    assert chunk == memory_module.min_chunk or chunk * per <= max(4 * n * n, 64 * 2**20)

@@ -774,6 +774,27 @@ def test_plain_backward_sums_slices_into_one_buffer_with_their_tangents():
     np.testing.assert_allclose(plain.grad.tangent, V @ H, atol=1e-13)
 
 
+@given(case=index_cases(), K=st.integers(1, 3), seed=SEEDS)
+def test_getitem_in_place_accumulate_equals_its_general_vjp(case, K, seed):
+    # the fast path (getitem.accumulate, plain backward) against the general rule
+    # (getitem.vjp = scatter_add, taken when the backward pass is recorded), values
+    # and tangents, on every index kind of the op table
+    rng = np.random.default_rng(seed)
+    (x,), index = case.arrays, case.params["index"]
+    V = rng.standard_normal((K,) + x.shape)
+    grads = []
+    for create_graph in (False, True):
+        t = Tensor(x, requires_grad=True, tangent=V)
+        y = t[index]
+        u = Tensor(rng.standard_normal(y.shape) if not grads else u_data, tangent=None)
+        u_data = u.data
+        (y * y * u).sum().backward(create_graph=create_graph)
+        grads.append(t.grad)
+    plain, recorded = grads
+    np.testing.assert_allclose(plain.data, recorded.data, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(plain.tangent, recorded.tangent, rtol=1e-13, atol=1e-13)
+
+
 def test_getitem_int_and_array_separated_by_a_slice_in_forward_mode():
     rng = np.random.default_rng(0)
     x, V = rng.standard_normal((3, 4, 5)), rng.standard_normal((2, 3, 4, 5))

@@ -1,26 +1,28 @@
 """Benchmark: dense Hessians, tinygrad2's Objective against a hand-written
 NumPy R-operator (and torch.func when torch is importable).
 
-    python -m experiments.bench_curvature             # full Hessians, 3 runs per chunk
-    python -m experiments.bench_curvature --quick     # 4 chunks of rows, 2 runs per chunk
-    python -m experiments.bench_curvature --profile   # + where tinygrad2's time goes (1 BLAS thread)
-    options: --threads N (BLAS threads; default BLAS's own), --chunk K, --repeats R, --cases digits mnist
+    python -m benchmarks.curvature             # full Hessians, 3 runs per chunk
+    python -m benchmarks.curvature --quick     # tiny: one chunk (K <= 32) of rows, 1 run (a smoke test)
+    python -m benchmarks.curvature --profile   # + where tinygrad2's time goes (1 BLAS thread)
+    options: --threads N (BLAS threads; default 0 = BLAS's own), --chunk K, --rounds R (alias
+             --repeats: runs per chunk), --cases digits mnist, --data-dir DIR, --no-verify
 
 Cases (mean softmax cross-entropy, tanh hidden layer -- smooth, so the dense
 Hessian is the exact second derivative everywhere):
 
-* digits: MLP 64-32-10 on all 1,797 scikit-learn digits (pixels / 16), float64;
-  target: tinygrad2 time <= 1.0x the NumPy reference;
+* digits: MLP 64-32-10 on all 1,797 scikit-learn digits (pixels / 16, through
+  ``experiments.data.load_digits``), float64; target: tinygrad2 time <= 1.0x
+  the NumPy reference;
 * mnist:  MLP 784-16-10 on the first 1,000 MNIST training images (pixels / 255)
-  from /work/shared/data/mnist (random uniform images and labels if absent;
-  the output says which), float32; target <= 1.2x.
+  read by ``experiments.data`` (``--data-dir`` > ``$TINYGRAD2_DATA`` > the user
+  cache folder), float32; target <= 1.2x.
 
 Contenders, all assembling H from chunks of K unit directions, the same K
 (tinygrad2's own automatic choice unless --chunk):
 
 * tinygrad2: ``Objective(model_fn, "cross_entropy", X, y, layout)``: one
   batched forward-over-reverse ``hvp`` per chunk (what ``hessian`` loops over);
-* NumPy R-op: ``experiments.reference_hessian`` -- Pearlmutter's forward and
+* NumPy R-op: ``benchmarks.reference.hessian`` -- Pearlmutter's forward and
   backward R-pass written out by hand, K directions at once, every product one
   GEMM;
 * torch (optional, only if importable; never installed by this script):
@@ -40,11 +42,14 @@ Timing: for every chunk each contender runs R times, interleaved with the
 others (the order alternates), and its fastest run counts; the chunks' times
 are summed. On a shared machine this keeps bursts of other load out of the
 comparison (whole-Hessian wall times varied by 2x between identical runs).
+The per-chunk ratios (each chunk's fastest tinygrad2 run over the R-op's) are
+reported too, median and spread (min - max).
 
 Memory: each contender assembles the rows once more in its own subprocess,
 tinygrad2 through ``Objective.hessian`` itself, under tracemalloc (NumPy
 reports its buffers to it; torch's allocator does not, so torch gets only the
-growth of the peak RSS). The peak is compared with the result's own size plus
+growth of the peak RSS; with --quick the subprocesses run at once and torch's
+is left out). The peak is compared with the result's own size plus
 one chunk's irreducible working set, K · itemsize · (n + N (H + C)): the K
 directions and one tangent per layer output (target <= 1.5x). tinygrad2's own
 forecast (``Objective.memory_forecast``) is printed beside it.
@@ -52,12 +57,9 @@ forecast (``Objective.memory_forecast``) is printed beside it.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gzip
 import importlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -66,36 +68,26 @@ import tracemalloc
 import numpy as np
 
 from tinygrad2 import Layout, Objective, Tensor
-from tinygrad2.objective import _unit_rows
+from tinygrad2.directions import unit_rows as _unit_rows
 
-from . import reference_hessian as ref
+from . import harness as H
+from .reference import hessian as ref
 
-MNIST_DIR = "/work/shared/data/mnist"
+NAME = "benchmarks.curvature"
 CASES = {
     "digits": dict(sizes=(64, 32, 10), batch=1797, dtype="float64", target=1.0),
     "mnist": dict(sizes=(784, 16, 10), batch=1000, dtype="float32", target=1.2),
 }
 ACTIVATION = "tanh"
 MEMORY_TARGET = 1.5
+QUICK_CHUNK = 32  # --quick caps tinygrad2's chunk at this (unless --chunk says otherwise)
 VALIDATION_TOL = 1e-12
 
 
 # ================================================================ data and model
 
 
-def _read_idx_gz(path):
-    """An IDX file (gzip): magic 0x0000, dtype code 0x08 (ubyte), ndim; then
-    ndim big-endian uint32 sizes; then the bytes."""
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    if raw[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_case(name):
+def load_case(name, args):
     """(X, y, theta, description) for a case; theta drawn with a fixed seed:
     W ~ N(0, 1/fan_in), b ~ N(0, 0.1²)."""
     case = CASES[name]
@@ -103,20 +95,11 @@ def load_case(name):
     N, dt = case["batch"], np.dtype(case["dtype"])
     rng = np.random.default_rng(0)
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
-        X, y, what = data.data / 16.0, data.target.astype(np.int64), "scikit-learn digits (all 1,797)"
+        X, y = H.digits_all()
+        what = "scikit-learn digits (all 1,797, via experiments.data.load_digits)"
     else:
-        images = os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")
-        labels = os.path.join(MNIST_DIR, "train-labels-idx1-ubyte.gz")
-        if os.path.exists(images) and os.path.exists(labels):
-            X = _read_idx_gz(images)[:N].reshape(N, -1) / 255.0
-            y = _read_idx_gz(labels)[:N].astype(np.int64)
-            what = f"real MNIST (first {N} training images)"
-        else:
-            X, y = rng.random((N, D)), rng.integers(0, C, N)
-            what = "random data (MNIST not found)"
+        X, y, what = H.mnist_train(NAME, args, N)
+        X = X.reshape(N, -1)
     theta = np.concatenate([
         rng.standard_normal(D * Hd) / np.sqrt(D), 0.1 * rng.standard_normal(Hd),
         rng.standard_normal(Hd * C) / np.sqrt(Hd), 0.1 * rng.standard_normal(C),
@@ -137,12 +120,7 @@ def make_objective(name, X, y):
 
 
 def torch_available():
-    try:
-        import torch  # noqa: F401
-        import torch.func  # noqa: F401  (needs the functional transforms)
-        return True
-    except Exception:
-        return False
+    return H.import_torch() is not None  # (needs the functional transforms, torch.func)
 
 
 def torch_chunk(name, X, y, theta, threads):
@@ -201,17 +179,6 @@ def rel_error(a, b):
     return float(np.linalg.norm(a - b)) / max(float(np.linalg.norm(b)), 1e-300)
 
 
-# ================================================================ threads
-
-
-def thread_limit(threads):
-    if threads is None:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(threads)
-
-
 # ================================================================ one case
 
 
@@ -246,11 +213,13 @@ def time_case(name, X, y, theta, chunk, rows, repeats, threads):
     runs ``repeats`` times, interleaved (the order alternates), and its
     fastest run counts; the chunks' times are summed. On a shared machine
     this keeps bursts of other load out of the comparison. Also returns the
-    assembled rows' agreement with the NumPy R-op."""
+    assembled rows' agreement with the NumPy R-op, and the per-chunk ratios
+    {contender: [fastest time / the R-op's fastest time, per chunk]}."""
     fns, _ = contenders(name, X, y, theta, threads)
     names = list(fns)
     total = {k: 0.0 for k in names}
     results = {k: np.empty((rows[1] - rows[0], theta.shape[0]), theta.dtype) for k in names}
+    per_chunk = {k: [] for k in names if k != "NumPy R-op"}
     for i, a in enumerate(range(rows[0], rows[1], chunk)):
         b = min(rows[1], a + chunk)
         best = {k: float("inf") for k in names}
@@ -264,8 +233,10 @@ def time_case(name, X, y, theta, chunk, rows, repeats, threads):
                 del out
         for k in names:
             total[k] += best[k]
+        for k in per_chunk:
+            per_chunk[k].append(best[k] / best["NumPy R-op"])
     agree = {k: rel_error(results[k], results["NumPy R-op"]) for k in names if k != "NumPy R-op"}
-    return total, agree
+    return total, agree, per_chunk
 
 
 def time_dense(name, X, y, theta, chunk, repeats, chunks=4):
@@ -291,15 +262,31 @@ def time_dense(name, X, y, theta, chunk, repeats, chunks=4):
     return total, worst
 
 
-def measure_memory(name, contender, chunk, rows, threads):
-    """Peak memory of one contender assembling the rows, in a fresh subprocess."""
-    cmd = [sys.executable, "-m", "experiments.bench_curvature", "--child", contender, "--case", name,
-           "--chunk", str(chunk), "--rows", str(rows[0]), str(rows[1])]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure_memory(name, names, chunk, rows, args, parallel=False):
+    """{contender: peak memory} of each contender assembling the rows, each in
+    a fresh subprocess (the same thread and data options); ``parallel``: the
+    subprocesses run at once (each measures only its own memory)."""
+    import tempfile
+
+    runs = {}
+    for k in names:
+        cmd = H.child_command(NAME, args) + ["--child", k, "--case", name, "--chunk", str(chunk),
+                                             "--rows", str(rows[0]), str(rows[1])]
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        runs[k] = (subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=H.ROOT), out, err)
+        if not parallel:
+            runs[k][0].wait()
+    result = {}
+    for k, (proc, out, err) in runs.items():
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            raise SystemExit(f"{NAME}: the memory measurement of {k} on {name} failed:\n{err.read()}")
+        result[k] = json.loads(out.read().strip().splitlines()[-1])
+        out.close()
+        err.close()
+    return result
 
 
 def _peak_rss(reset=False):
@@ -321,21 +308,22 @@ def child(args):
     ``peak``: tracemalloc's peak (NumPy buffers; torch's allocator is not
     traced); ``rss``: the peak resident set during the run minus the
     resident set before it."""
-    X, y, theta, _ = load_case(args.case)
+    X, y, theta, _ = load_case(args.case, args)
     rows, n = tuple(args.rows), theta.shape[0]
-    fns, obj = contenders(args.case, X, y, theta, args.threads, only=args.child)
+    threads = args.threads if args.threads > 0 else None
+    fns, obj = contenders(args.case, X, y, theta, threads, only=args.child)
     if args.child == "tinygrad2" and rows == (0, n):
         run = lambda: obj.hessian(theta, chunk=args.chunk)
     else:
         run = lambda: assemble(fns[args.child], theta, rows, args.chunk)
-    with thread_limit(args.threads):
+    with H.thread_limit(threads):
         base = _peak_rss(reset=True)
         tracemalloc.start()
-        H = run()
+        out = run()
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         rss = _peak_rss() - base
-    print(json.dumps({"peak": peak, "rss": rss, "result": H.nbytes}))
+    print(json.dumps({"peak": peak, "rss": rss, "result": out.nbytes}))
 
 
 # ================================================================ profile
@@ -389,7 +377,7 @@ def profile_case(name, X, y, theta, chunk, threads, reps=5):
     }
     ms = lambda t: f"{1e3 * t:8.1f} ms"
     for what, V in directions.items():
-        with thread_limit(threads):
+        with H.thread_limit(threads):
             total, sites = primitive_times(obj, theta, V, reps)
             ref_steps, ref_totals = {}, []
             for _ in range(reps):
@@ -425,60 +413,68 @@ def fmt_mb(b):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a block of 4 chunks of rows, 2 repeats")
-    parser.add_argument("--profile", action="store_true", help="per-primitive profile of one chunk")
-    parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: BLAS's own)")
+    parser = H.make_parser(__doc__, threads=0,
+                           quick_help="tiny run: one chunk of rows (K <= 32), one run per chunk (a smoke test)",
+                           profile_help="per-primitive profile of one chunk",
+                           rounds_help="interleaved runs per chunk (default 3; --quick 1)")
+    parser.add_argument("--repeats", dest="rounds", type=int, default=None, help="the same as --rounds")
     parser.add_argument("--chunk", type=int, default=None, help="directions per pass (default: tinygrad2's choice)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per chunk (default 3; --quick 2)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--rows", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        H.set_threads(args.threads)
         return child(args)
-    repeats = args.repeats or (2 if args.quick else 3)
-    try:
-        from threadpoolctl import threadpool_info
-        blas = ", ".join(f"{i['internal_api']} {i.get('version')}" for i in threadpool_info())
-    except Exception:
-        blas = "unknown"
-    print(f"bench_curvature: numpy {np.__version__} ({blas}), {os.cpu_count()} CPUs, "
-          f"BLAS threads {'default' if args.threads is None else args.threads}, activation {ACTIVATION}, "
-          f"{'quick (4 chunks of rows)' if args.quick else 'full Hessians'}, {repeats} interleaved runs per chunk")
+    threads = args.threads if args.threads > 0 else None  # None: BLAS's own
+    repeats = args.rounds or (1 if args.quick else 3)
+    row_chunks, dense_chunks = (1, 1) if args.quick else (None, 4)
+    H.setup(NAME, args)
+    print(f"curvature benchmark: activation {ACTIVATION}, "
+          f"{'quick (1 chunk of rows)' if args.quick else 'full Hessians'}, {repeats} interleaved runs per chunk")
     if torch_available():
         import torch
         print(f"optional contender: torch {torch.__version__} (torch.func vmap(jvp(grad)), same chunks)")
+    else:
+        print("optional contender torch: not importable (pip install '.[compare]'): no column")
     print("optional contender jax: " + ("importable but not wired in" if importlib.util.find_spec("jax")
                                         else "not importable: no column"))
 
     table = []
     for name in args.cases:
-        X, y, theta, what = load_case(name)
+        X, y, theta, what = load_case(name, args)
         n, dt = theta.shape[0], theta.dtype
         D, Hd, C = CASES[name]["sizes"]
         chunk = args.chunk or default_chunk(name, X, y, theta)
-        rows = (0, min(n, 4 * chunk)) if args.quick else (0, n)
+        if args.quick and not args.chunk:
+            chunk = min(chunk, QUICK_CHUNK)
+        rows = (0, min(n, row_chunks * chunk)) if row_chunks else (0, n)
         print(f"\n{name}: MLP {D}-{Hd}-{C} ({ACTIVATION}), {what}, N = {X.shape[0]}, {dt}, n = {n:,}, "
               f"chunk K = {chunk}, rows {rows[0]}..{rows[1] - 1}")
         worst = validate(name, X, y, theta, chunk)
         print("  validation (float64, two row blocks, vs the NumPy R-op): "
               + ", ".join(f"{k} {e:.1e}" for k, e in worst.items()) + f" (tolerance {VALIDATION_TOL:g})")
-        with thread_limit(args.threads):
-            times, agree = time_case(name, X, y, theta, chunk, rows, repeats, args.threads)
+        with H.thread_limit(threads):
+            times, agree, per_chunk = time_case(name, X, y, theta, chunk, rows, repeats, threads)
         print(f"  timed results vs the NumPy R-op ({dt}): " + ", ".join(f"{k} {e:.1e}" for k, e in agree.items()))
-        with thread_limit(args.threads):
-            dense, dense_err = time_dense(name, X, y, theta, chunk, repeats)
+        print("  per-chunk ratios to the NumPy R-op, median [min-max]: " + ", ".join(
+            f"{k} {H.ratio_stats(r).spread(unit='chunk')}" for k, r in per_chunk.items()))
+        with H.thread_limit(threads):
+            dense, dense_err = time_dense(name, X, y, theta, chunk, repeats, dense_chunks)
         print(f"  dense random directions: tinygrad2 hvp vs the R-op's {dense_err:.1e}")
-        mem = {k: measure_memory(name, k, chunk, rows, args.threads) for k in times}
+        # --quick leaves torch out: under tracemalloc its first call (which imports
+        # torch's transform machinery) takes seconds
+        measured = [k for k in times if not (args.quick and k == "torch")]
+        mem = measure_memory(name, measured, chunk, rows, args, parallel=args.quick)
         result = mem["tinygrad2"]["result"]
         floor = chunk * dt.itemsize * (n + X.shape[0] * (Hd + C))
         forecast = result + chunk * make_objective(name, X, y).bytes_per_direction(theta)
         table.append(dict(name=name, n=n, chunk=chunk, dtype=str(dt), data=what, times=times, mem=mem, dense=dense,
-                          result=result, floor=floor, forecast=forecast, target=CASES[name]["target"]))
+                          dense_chunks=dense_chunks, result=result, floor=floor, forecast=forecast,
+                          target=CASES[name]["target"]))
         if args.profile:  # single-threaded unless asked: per-call timings of 2 threads are too noisy
-            profile_case(name, X, y, theta, chunk, args.threads or 1)
+            profile_case(name, X, y, theta, chunk, threads or 1)
 
     print_tables(table)
 
@@ -497,7 +493,9 @@ def print_tables(table):
         if has_torch:
             line += f" {fmt_s(t['torch'])} | {t['torch'] / t['NumPy R-op']:.2f}x |" if "torch" in t else " - | - |"
         print(line)
-    print("\nArbitrary directions: one hvp per chunk of K dense random directions, 4 chunks (no target; "
+    chunks = table[0]["dense_chunks"] if table else 4
+    print(f"\nArbitrary directions: one hvp per chunk of K dense random directions, {chunks} chunk"
+          f"{'s' if chunks != 1 else ''} (no target; "
           "nothing is a symbolic zero here, so this is the engine's own efficiency against the hand-written R-pass):\n")
     print("| case | K | tinygrad2 hvp | NumPy R-op hvp | tinygrad2 / NumPy |")
     print("|---|---|---|---|---|")
@@ -519,7 +517,7 @@ def print_tables(table):
                 f"| {fmt_mb(m['NumPy R-op']['peak'])} [{fmt_mb(m['NumPy R-op']['rss'])}] | {mt:.2f}x | {mn:.2f}x "
                 f"| {'PASS' if mt <= MEMORY_TARGET else 'FAIL'} (<= {MEMORY_TARGET}x) | {fmt_mb(r['forecast'])} |")
         if has_torch:
-            line += f" [{fmt_mb(m['torch']['rss'])}] |" if "torch" in m else " - |"
+            line += f" [{fmt_mb(m['torch']['rss'])}] |" if "torch" in m else " - (not measured) |"
         print(line)
     print("\nData: " + "; ".join(f"{r['name']}: {r['data']}" for r in table))
 

@@ -1,18 +1,22 @@
 """Benchmark: tinygrad2 against a hand-written NumPy MLP (and torch, if present).
 
-    python -m experiments.bench_engine            # full run (~0.5 s per cell)
-    python -m experiments.bench_engine --quick    # short run
-    python -m experiments.bench_engine --profile  # + where tinygrad2's time goes at batch 64
-    python -m experiments.bench_engine --composed-loss  # loss as log_softmax + indexing + mean
+    python -m benchmarks.engine            # full run (~0.75 s per cell)
+    python -m benchmarks.engine --quick    # tiny run (a smoke test, a few seconds)
+    python -m benchmarks.engine --profile  # + where tinygrad2's time goes at batch 64
+    python -m benchmarks.engine --composed-loss  # loss as log_softmax + indexing + mean
+    options: --threads N (BLAS threads; default 1, 0 = library default), --rounds R,
+             --seed S, --data-dir DIR, --no-verify (see benchmarks.harness)
 
 Model: MLP 784-32-10 (linear, ReLU, linear), softmax cross-entropy (mean over
-the batch, integer labels), float32, at batch 64 and batch 1000.
+the batch, integer labels), float32, at batch 64 and batch 1000, on the first
+1,000 MNIST training images (read by ``experiments.data``: ``--data-dir`` >
+``$TINYGRAD2_DATA`` > the user cache folder).
 
 Contenders, timed interleaved (a shuffled round-robin, so that slow drifts of a
 noisy shared machine hit every contender alike), median of many repeats after
-a warm-up:
+a warm-up (``benchmarks.harness.run_rounds``):
 
-* NumPy: ``experiments.reference_mlp`` -- manual backprop for the gradient and
+* NumPy: ``benchmarks.reference.mlp`` -- manual backprop for the gradient and
   Pearlmutter's R-operator (forward R-pass + backward R-pass) for H v.
 * tinygrad2 "module": separate leaves W1, b1, W2, b2, as a training loop holds
   them; grad = forward + ``loss.backward()``; HVP = the same with each leaf
@@ -37,11 +41,6 @@ they disagree by more than 1e-10 (relative to the largest entry).
 """
 from __future__ import annotations
 
-import argparse
-import gzip
-import os
-import platform
-import statistics
 import sys
 import time
 import timeit
@@ -51,9 +50,10 @@ import numpy as np
 import tinygrad2
 from tinygrad2 import Tensor
 
-from . import reference_mlp as ref
+from . import harness as H
+from .reference import mlp as ref
 
-MNIST_DIR = "/work/shared/data/mnist"
+NAME = "benchmarks.engine"
 SIZES = (784, 32, 10)
 BATCHES = (64, 1000)
 VALIDATION_TOL = 1e-10
@@ -62,40 +62,6 @@ VALIDATION_TOL = 1e-10
 # given multiple of the hand-written NumPy gradient
 HVP_OVER_GRAD_TARGET = 2.0
 GRAD_OVER_NUMPY_TARGET = {64: 2.5, 1000: 1.5}
-
-
-# ================================================================ data
-
-
-def _read_idx_gz(path):
-    """Parse an IDX file (gzip): big-endian magic (0x0000, dtype code, ndim),
-    then ndim big-endian uint32 sizes, then the raw data."""
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    zero, dtype_code, ndim = raw[0:2], raw[2], raw[3]
-    if zero != b"\x00\x00" or dtype_code != 0x08:  # 0x08: unsigned byte
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    return data.reshape(dims)
-
-
-def load_data(n, rng):
-    """(X (n, 784) float32 in [0, 1], y (n,) int64, description)."""
-    images = os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")
-    labels = os.path.join(MNIST_DIR, "train-labels-idx1-ubyte.gz")
-    if os.path.exists(images):
-        X = _read_idx_gz(images)[:n].reshape(n, -1).astype(np.float32) / 255.0
-        if os.path.exists(labels):
-            y = _read_idx_gz(labels)[:n].astype(np.int64)
-            what = f"real MNIST ({images}, first {n} images and labels)"
-        else:
-            y = rng.integers(0, SIZES[-1], n)
-            what = f"real MNIST images ({images}), random labels (no label file)"
-        return np.ascontiguousarray(X), y, what
-    X = rng.random((n, SIZES[0]), dtype=np.float32)
-    y = rng.integers(0, SIZES[-1], n)
-    return X, y, "random data (uniform [0,1) images, random labels) -- MNIST not found"
 
 
 # ================================================================ tinygrad2 model
@@ -170,10 +136,8 @@ def make_tg_flat(X, y, shapes):
 
 def make_torch(X, y):
     """torch eager grad and forward-over-reverse HVP, or None without torch."""
-    try:
-        import torch
-        import torch.func
-    except Exception:
+    torch = H.import_torch()
+    if torch is None:
         return None
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 
@@ -280,46 +244,6 @@ def _validate(rng, style):
 # ================================================================ timing
 
 
-def bench(cells, target_s, min_reps, max_reps, warmup_s, rng):
-    """Median seconds per call of each zero-argument callable in ``cells``.
-
-    Warm-up (each cell for ~warmup_s), calibrate a repeat count per cell for
-    ~target_s of timed work, then run shuffled round-robins: in every round
-    each cell that still needs repeats runs once, in a fresh random order."""
-    names = list(cells)
-    for name in names:
-        fn, t_end = cells[name], time.perf_counter() + warmup_s
-        fn()
-        while time.perf_counter() < t_end:
-            fn()
-    reps = {}
-    for name in names:
-        fn, samples = cells[name], []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
-        reps[name] = int(min(max(target_s / min(samples), min_reps), max_reps))  # min: the cost without interference
-    times = {name: [] for name in names}
-    for r in range(max(reps.values())):
-        order = [n for n in names if r < reps[n]]
-        rng.shuffle(order)
-        for name in order:
-            fn = cells[name]
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    bench.last_times = times  # per-round samples, for paired ratios
-    return {name: statistics.median(ts) for name, ts in times.items()}, reps
-
-
-def paired_ratio(times, a, b):
-    """Median over rounds of time(a) / time(b) within the same round: a ratio
-    estimate that a slow drift of the machine's load cancels out of."""
-    n = min(len(times[a]), len(times[b]))
-    return statistics.median(ta / tb for ta, tb in zip(times[a][:n], times[b][:n]))
-
-
 def run_batch(batch, X, y, params, V, torch_kit, args, rng):
     Xb, yb = X[:batch], y[:batch]
     shapes = [p.shape for p in params]
@@ -353,17 +277,17 @@ def run_batch(batch, X, y, params, V, torch_kit, args, rng):
     worst = max(errs.values())
     if worst > 1e-3:
         print(f"WARNING: float32 results disagree at batch {batch}: {errs}")
-    medians, reps = bench(cells, args.target, args.min_reps, args.max_reps, args.warmup, rng)
-    times = bench.last_times
+    timings = H.run_rounds(cells, rng, rounds=args.rounds, target_s=args.target, min_rounds=args.min_reps,
+                           max_rounds=args.max_reps, warmup_s=args.warmup)
     paired = {
-        f"{style} grad/NumPy grad": paired_ratio(times, f"{key}_grad", "np_grad")
+        f"{style} grad/NumPy grad": timings.ratio(f"{key}_grad", "np_grad")
         for style, key in (("module", "mod"), ("flat", "flat"))
     }
     paired.update({
-        f"{style} HVP/grad": paired_ratio(times, f"{key}_hvp", f"{key}_grad")
+        f"{style} HVP/grad": timings.ratio(f"{key}_hvp", f"{key}_grad")
         for style, key in (("module", "mod"), ("flat", "flat"))
     })
-    return medians, reps, worst, paired
+    return timings.medians, timings.reps, worst, paired
 
 
 class _TorchKit:
@@ -393,10 +317,10 @@ def print_table(results, torch_kit):
             g, h = med[f"{key}_grad"], med[f"{key}_hvp"]
             ratio, hg = paired[f"{style} grad/NumPy grad"], paired[f"{style} HVP/grad"]
             target = GRAD_OVER_NUMPY_TARGET[batch]
-            row = [str(batch), style, _us(g), _us(med["np_grad"]), f"{ratio:.2f}x",
-                   _us(h), _us(med["np_hvp"]), f"{hg:.2f}x",
-                   _mark(hg <= HVP_OVER_GRAD_TARGET),
-                   f"{_mark(ratio <= target)} (<= {target}x)"]
+            row = [str(batch), style, _us(g), _us(med["np_grad"]), f"{ratio:.2f}",
+                   _us(h), _us(med["np_hvp"]), f"{hg:.2f}",
+                   _mark(hg.median <= HVP_OVER_GRAD_TARGET),
+                   f"{_mark(ratio.median <= target)} (<= {target}x)"]
             if torch_kit is not None:
                 row += [_us(med["torch_grad"]), _us(med["torch_hvp"])]
             rows.append(row)
@@ -439,41 +363,24 @@ def profile_batch64(X, y, params, V, rng):
     print(f"\n== profile at batch {batch} (loss: {LOSS_STYLE}; {reps} calls each) ==")
 
     # -- uninstrumented medians, interleaved like the benchmark
-    plain, _ = bench(dict(jobs, np_grad=lambda: ref.loss_and_grad(params, Xb, yb),
-                          np_hvp=lambda: ref.hvp(params, Xb, yb, V)),
-                     0.3, 100, 3000, 0.1, rng)
+    plain = H.run_rounds(dict(jobs, np_grad=lambda: ref.loss_and_grad(params, Xb, yb),
+                              np_hvp=lambda: ref.hvp(params, Xb, yb, V)),
+                         rng, target_s=0.3, min_rounds=100, max_rounds=3000, warmup_s=0.1).medians
 
     # -- instrument: count apply() per primitive and time the rules' array code
-    counts, kernel_t, kernel_n = Counter(), Counter(), Counter()
-    saved_apply = P.apply
-    saved = {name: (prim.forward, prim.jvp) for name, prim in P.REGISTRY.items()}
+    counts = Counter()
+    saved_apply = P.Primitive.__call__  # every primitive application goes through it
+    timer = H.RuleTimer(P.REGISTRY)  # some rules call other primitives' forward: the outermost only
+    kernel_t, kernel_n = timer.spent, timer.calls
 
     def counting_apply(prim, *inputs, **params):
         counts[prim.name] += 1
         return saved_apply(prim, *inputs, **params)
 
-    depth = [0]  # some rules call other primitives' forward: time the outermost only
-
-    def timed(fn, key):
-        def wrapper(*a, **k):
-            if depth[0]:
-                return fn(*a, **k)
-            depth[0] += 1
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                kernel_t[key] += time.perf_counter() - t0
-                kernel_n[key] += 1
-                depth[0] -= 1
-        return wrapper
-
     breakdown = {}
     try:
-        P.apply = counting_apply
-        for name, prim in P.REGISTRY.items():
-            prim.forward = timed(prim.forward, f"{name}.forward")
-            prim.jvp = timed(prim.jvp, f"{name}.jvp")
+        P.Primitive.__call__ = counting_apply
+        timer.install()
         print("median: uninstrumented; mean: instrumented run, which the split on the right divides")
         print(f"{'':12s} {'median':>8s} {'mean':>8s} {'applies':>7s} {'fwd':>4s} {'bwd':>4s} "
               f"{'matmul rules':>12s} {'other rules':>11s} {'rest (engine+glue)':>18s}")
@@ -487,7 +394,7 @@ def profile_batch64(X, y, params, V, rng):
             n_total = sum(total_counts.values())
             for _ in range(20):
                 fn()
-            kernel_t.clear(); kernel_n.clear()
+            timer.clear()
             t0 = time.perf_counter()
             for _ in range(reps):
                 fn()
@@ -500,9 +407,8 @@ def profile_batch64(X, y, params, V, rng):
                   f"{n_total-n_fwd:4d} {mm*1e6:10.0f}us {other*1e6:9.0f}us "
                   f"{(t-mm-other)*1e6:9.0f}us ({(t-mm-other)/t:4.0%})")
     finally:
-        P.apply = saved_apply
-        for name, prim in P.REGISTRY.items():
-            prim.forward, prim.jvp = saved[name]
+        P.Primitive.__call__ = saved_apply
+        timer.restore()
     print(f"{'NumPy ref':12s} grad {plain['np_grad']*1e6:.0f}us, R-op HVP {plain['np_hvp']*1e6:.0f}us "
           f"(all of it array code)")
     for name, (kt, kn, total_counts) in breakdown.items():
@@ -571,88 +477,37 @@ def _time_n(fn, n):
 # ================================================================ main
 
 
-def _openblas():
-    """The loaded OpenBLAS library (ctypes) and its symbol prefix, or None."""
-    import ctypes
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh if "openblas" in line.lower()})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get, put in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                         ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-                         ("openblas_get_num_threads", "openblas_set_num_threads")):
-            if hasattr(lib, get) and hasattr(lib, put):
-                return getattr(lib, get), getattr(lib, put)
-    return None
-
-
-def set_blas_threads(n):
-    """Set OpenBLAS's thread count at run time (n = 0: leave it); returns a
-    line saying what BLAS runs with."""
-    lib = _openblas()
-    if lib is None:
-        return "BLAS threads: unknown (no OpenBLAS found; library default)"
-    get, put = lib
-    if n > 0:
-        put(int(n))
-        return f"BLAS threads: {get()} (set by --blas-threads; 0 keeps the library default)"
-    return f"BLAS threads: {get()} (library default)"
-
-
-def _engine_version():
-    """git commit of the checkout holding tinygrad2, '+dirty' if tinygrad2/ has edits."""
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(tinygrad2.__file__)))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tinygrad2"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except Exception:
-        return "unknown (no git)"
-    return f"commit {head or '?'}{' + uncommitted edits in tinygrad2/' if dirty else ''}"
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short run (~0.1 s per cell)")
-    ap.add_argument("--profile", action="store_true",
-                    help="also print where tinygrad2's time goes at batch 64")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = H.make_parser(__doc__, threads=1, seed=True,
+                       quick_help="tiny run (~0.03 s per cell; a smoke test)",
+                       profile_help="also print where tinygrad2's time goes at batch 64",
+                       rounds_help="timed rounds per cell (default: calibrated for ~0.75 s per cell, "
+                                   "--quick ~0.03 s)")
     ap.add_argument("--composed-loss", action="store_true",
                     help="write the loss as log_softmax + label indexing + mean even when "
                          "the engine has the fused Tensor.cross_entropy")
-    ap.add_argument("--blas-threads", type=int, default=1,
-                    help="OpenBLAS threads (default 1: on a shared 2-core box a multi-threaded "
-                         "BLAS stalls whenever a neighbour takes a core; 0 = library default)")
     args = ap.parse_args(argv)
     global LOSS_STYLE
     if args.composed_loss:
         LOSS_STYLE = "composed"
     if args.quick:
-        args.target, args.min_reps, args.max_reps, args.warmup = 0.1, 10, 2000, 0.05
+        args.target, args.min_reps, args.max_reps, args.warmup = 0.03, 5, 2000, 0.01
     else:
         args.target, args.min_reps, args.max_reps, args.warmup = 0.75, 50, 20000, 0.3
 
     rng = np.random.default_rng(args.seed)
+    # one BLAS thread by default: on a shared 2-core box a multi-threaded BLAS
+    # stalls whenever a neighbour takes a core
+    H.setup(NAME, args)
     print(f"tinygrad2 engine benchmark: MLP {'-'.join(map(str, SIZES))} (linear, ReLU, linear), "
           f"softmax cross-entropy (mean), float32")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, "
-          f"{os.cpu_count()} CPUs, backend {tinygrad2.backend.name}"
-          f"{', quick run' if args.quick else ''}")
-    print(set_blas_threads(args.blas_threads))
-    print(f"tinygrad2 source: {_engine_version()}; loss written as: "
-          + ("Tensor.cross_entropy (fused primitive)" if LOSS_STYLE == "fused"
-             else "log_softmax + label indexing + mean (composed)"))
+    print("loss written as: " + ("Tensor.cross_entropy (fused primitive)" if LOSS_STYLE == "fused"
+                                 else "log_softmax + label indexing + mean (composed)"))
     validate(np.random.default_rng(1234))
 
-    X, y, what = load_data(max(BATCHES), rng)
+    n = max(BATCHES)
+    X, y, what = H.mnist_train(NAME, args, n)
+    X = X.reshape(n, -1)
     print(f"data: {what}")
     params = ref.init_params(rng, *SIZES, dtype=np.float32)
     V = tuple(rng.standard_normal(p.shape).astype(np.float32) for p in params)
@@ -661,11 +516,14 @@ def main(argv=None):
     torch_kit = _TorchKit(kit[3]) if kit is not None else None
     if torch_kit is not None:
         print(f"torch {torch_kit.version} found: torch eager columns added")
+    else:
+        print("torch: not importable (pip install '.[compare]'): torch columns skipped")
 
     results = {}
     for batch in BATCHES:
         results[batch] = run_batch(batch, X, y, params, V, torch_kit, args, rng)
-    print(f"\ntiming: median of interleaved repeats (~{args.target:g} s per cell after "
+    per_cell = f"{args.rounds} rounds" if args.rounds else f"~{args.target:g} s per cell"
+    print(f"\ntiming: median of interleaved repeats ({per_cell} after "
           f"{args.warmup:g} s warm-up); grad = loss + gradient, HVP = one H v (K = 1);\n"
           f"ratio and HVP/grad columns: median over rounds of the paired ratio within a round "
           f"(the contenders run in a shuffled round-robin)")
@@ -687,6 +545,9 @@ def main(argv=None):
             for style, key in (("module", "mod"), ("flat", "flat"))) + ", " + ", ".join(
             f"{style} HVP/grad {med[key + '_hvp'] / med[key + '_grad']:.2f}x"
             for style, key in (("module", "mod"), ("flat", "flat"))))
+    print("paired ratios, median [min-max] over the rounds:")
+    for batch, (*_, paired) in results.items():
+        print(f"  batch {batch}: " + ", ".join(f"{k} {r.spread()}" for k, r in paired.items()))
     print(f"targets: tg2 HVP <= {HVP_OVER_GRAD_TARGET}x its own grad; tg2 grad <= "
           + " / ".join(f"{t}x NumPy at batch {b}" for b, t in GRAD_OVER_NUMPY_TARGET.items()))
 

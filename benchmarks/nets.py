@@ -1,17 +1,18 @@
 """Benchmark: nets models on the engine, beside PyTorch eager when importable.
 
-    python -m experiments.bench_nets              # full run
-    python -m experiments.bench_nets --quick      # short run
-    python -m experiments.bench_nets --profile    # + where the time goes, per primitive
-    options: --blas-threads N (default 1; 0 = library default), --no-resnet, --seed S
+    python -m benchmarks.nets              # full run
+    python -m benchmarks.nets --quick      # tiny run (a smoke test)
+    python -m benchmarks.nets --profile    # + where the time goes, per primitive
+    options: --threads N (alias --blas-threads; default 1, 0 = library default), --rounds R,
+             --no-resnet, --seed S, --data-dir DIR, --no-verify
 
 Cases (float32):
 
 * SmallCNN (conv 3->6 k5, ReLU, maxpool 2, conv 6->16 k5, ReLU, maxpool 2,
   linear 400->120, ReLU, linear 120->10; 52,202 parameters), batch 128 of
-  CIFAR-10 (the first 128 records of data_batch_1.bin, pixels / 255, when
-  /work/shared/data/cifar10 is there; else uniform random images and random
-  labels -- the header says which), mean softmax cross-entropy:
+  CIFAR-10 (the first 128 training records, pixels / 255, read by
+  ``experiments.data``: ``--data-dir`` > ``$TINYGRAD2_DATA`` > the user cache
+  folder), mean softmax cross-entropy:
 
   - grad: ``objective.loss_and_grad(theta)`` (one forward, one backward);
   - HVP: ``objective.hvp(theta, v)``, one direction, forward-over-reverse;
@@ -24,16 +25,17 @@ Cases (float32):
   own grad.
 
 * ResNet18 (ImageNet stem, 1 input channel, 10 classes, width 1; 11,175,370
-  parameters), batch 100 of 1x28x28 (MNIST's first 100 training images when
-  present, else random): one training step = loss + gradient in training
+  parameters), batch 100 of 1x28x28 (MNIST's first 100 training images): one
+  training step = loss + gradient in training
   mode, running statistics updated (``with model.updating_running_stats()``).
   Reported, no target; torch eager beside it when importable.
 
-Timing with experiments/bench_engine.py's ``bench``: after a warm-up, every
+Timing with ``benchmarks.harness.run_rounds``: after a warm-up, every
 contender runs once per round, in a freshly shuffled order, for 30 rounds
-(8 with --quick; ResNet18: 7 and 3); medians. Ratio columns are medians over
-rounds of the paired ratio within a round (a slow drift of a shared
-machine's load cancels out of them). BLAS (and torch) run single-threaded
+(ResNet18: 7; --quick: 3 and 1, and the ResNet18 batch is 10); medians.
+Ratio columns are medians over rounds of the paired ratio within a round (a
+slow drift of a shared machine's load cancels out of them); their spread
+(min - max) is printed below the table. BLAS (and torch) run single-threaded
 by default.
 
 Before timing, float64 validation on a batch of 8: tinygrad2's SmallCNN loss,
@@ -43,69 +45,23 @@ ResNet-18 with torchvision's layout loaded name by name from theta.
 """
 from __future__ import annotations
 
-import argparse
-import gzip
-import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 import nets
-import tinygrad2
 import tinygrad2.primitives as P
 
-from .bench_engine import _engine_version, bench, paired_ratio, set_blas_threads
+from . import harness as H
 
-CIFAR = "/work/shared/data/cifar10/data_batch_1.bin"
-MNIST = "/work/shared/data/mnist/train-images-idx3-ubyte.gz"
+NAME = "benchmarks.nets"
 GRAD_OVER_TORCH_TARGET = 2.0
 HVP_OVER_GRAD_TARGET = 2.5
 VALIDATION_TOL = 1e-10
 
 
-# ================================================================ data
-
-
-def load_cifar(n, rng):
-    """(X (n, 3, 32, 32) float32 in [0, 1], y (n,) int64, description).
-    Binary CIFAR-10: each record is 1 label byte + 3072 pixel bytes
-    (1024 R, 1024 G, 1024 B, row-major)."""
-    if os.path.exists(CIFAR):
-        raw = np.fromfile(CIFAR, dtype=np.uint8, count=n * 3073).reshape(n, 3073)
-        X = raw[:, 1:].reshape(n, 3, 32, 32).astype(np.float32) / 255.0
-        return X, raw[:, 0].astype(np.int64), f"CIFAR-10 ({CIFAR}, first {n} records)"
-    X = rng.random((n, 3, 32, 32), dtype=np.float32)
-    return X, rng.integers(0, 10, n), "RANDOM images and labels (CIFAR-10 not found)"
-
-
-def load_mnist(n, rng):
-    """(X (n, 1, 28, 28) float32 in [0, 1], y (n,) int64, description)."""
-    if os.path.exists(MNIST):
-        with gzip.open(MNIST, "rb") as fh:
-            raw = fh.read()
-        X = np.frombuffer(raw, np.uint8, count=n * 784, offset=16).reshape(n, 1, 28, 28).astype(np.float32) / 255
-        labels = MNIST.replace("images-idx3", "labels-idx1")
-        if os.path.exists(labels):
-            with gzip.open(labels, "rb") as fh:
-                y = np.frombuffer(fh.read(), np.uint8, count=n, offset=8).astype(np.int64)
-            return X, y, f"MNIST (first {n} training images and labels)"
-        return X, rng.integers(0, 10, n), "MNIST images, random labels"
-    X = rng.random((n, 1, 28, 28), dtype=np.float32)
-    return X, rng.integers(0, 10, n), "RANDOM images and labels (MNIST not found)"
-
-
 # ================================================================ torch twins (optional)
-
-
-def torch_or_none():
-    try:
-        import torch
-        import torch.func  # noqa: F401
-        return torch
-    except Exception:
-        return None
 
 
 def torch_smallcnn(torch):
@@ -218,12 +174,12 @@ def rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def validate(torch, rng):
-    """float64: SmallCNN against torch and the im2col route; ResNet18 (width
-    1/4) against a torch twin. Aborts on disagreement."""
+def validate(torch, rng, cifar, mnist):
+    """float64, on the first 8 examples of ``cifar`` and ``mnist`` (each
+    (X, y)): SmallCNN against torch and the im2col route; ResNet18 (width 1/4)
+    against a torch twin. Aborts on disagreement."""
     checks = {}
-    X, y, _ = load_cifar(8, rng)
-    X = X.astype(np.float64)
+    X, y = cifar[0][:8].astype(np.float64), cifar[1][:8]
     model = nets.SmallCNN()
     theta = model.init_theta(1, dtype=np.float64)
     v = rng.standard_normal(theta.shape)
@@ -246,8 +202,7 @@ def validate(torch, rng):
             checks["SmallCNN loss vs torch"] = abs(loss - t_loss) / abs(t_loss)
             checks["SmallCNN grad vs torch"] = rel(g, flat(t_g))
             checks["SmallCNN HVP  vs torch"] = rel(hv, flat(t_hvp(split(v))))
-            Xr, yr, _ = load_mnist(8, rng)
-            Xr = Xr.astype(np.float64)
+            Xr, yr = mnist[0][:8].reshape(8, 1, 28, 28).astype(np.float64), mnist[1][:8]
             res = nets.ResNet18(1, 10, width=0.25)
             th = res.init_theta(2, dtype=np.float64)
             tres = load_into_torch(torch, torch_resnet18(torch, 1, 10, 0.25), res, th)
@@ -327,36 +282,45 @@ def ms(seconds):
     return f"{seconds * 1e3:,.1f} ms"
 
 
-def print_table(med, times, torch):
+def print_table(timings, torch, batch, rbatch):
+    """The results table; returns the paired ratios it shows, {label: Ratio}."""
+    med = timings.medians
     print("\n| case | contender | median | ratio | target |")
     print("|---|---|---:|---:|---|")
-    pr = lambda a, b: paired_ratio(times, a, b)
+    shown = {}
+
+    def pr(a, b):
+        shown[f"{a} / {b}"] = r = timings.ratio(a, b)
+        return r.median
+
+    cnn, res = f"SmallCNN b{batch}", f"ResNet18 b{rbatch} 1x28x28 step"
     rows = []
     g_ratio = pr("tg2 grad", "torch grad") if torch is not None else None
-    rows.append(("SmallCNN b128 grad", "tinygrad2", med["tg2 grad"],
+    rows.append((f"{cnn} grad", "tinygrad2", med["tg2 grad"],
                  f"{g_ratio:.2f}x torch" if g_ratio else "",
                  (f"<= {GRAD_OVER_TORCH_TARGET}x torch: {'PASS' if g_ratio <= GRAD_OVER_TORCH_TARGET else 'FAIL'}")
                  if g_ratio else "torch not importable"))
     h_ratio = pr("tg2 HVP", "tg2 grad")
-    rows.append(("SmallCNN b128 HVP", "tinygrad2", med["tg2 HVP"], f"{h_ratio:.2f}x own grad",
+    rows.append((f"{cnn} HVP", "tinygrad2", med["tg2 HVP"], f"{h_ratio:.2f}x own grad",
                  f"<= {HVP_OVER_GRAD_TARGET}x grad: {'PASS' if h_ratio <= HVP_OVER_GRAD_TARGET else 'FAIL'}"))
-    rows.append(("SmallCNN b128 grad", "tinygrad2, im2col route", med["tg2 grad (im2col)"],
+    rows.append((f"{cnn} grad", "tinygrad2, im2col route", med["tg2 grad (im2col)"],
                  f"{pr('tg2 grad (im2col)', 'tg2 grad'):.2f}x slices", ""))
-    rows.append(("SmallCNN b128 HVP", "tinygrad2, im2col route", med["tg2 HVP (im2col)"],
+    rows.append((f"{cnn} HVP", "tinygrad2, im2col route", med["tg2 HVP (im2col)"],
                  f"{pr('tg2 HVP (im2col)', 'tg2 grad (im2col)'):.2f}x own grad", ""))
     if torch is not None:
-        rows.append(("SmallCNN b128 grad", "torch eager", med["torch grad"], "", ""))
-        rows.append(("SmallCNN b128 HVP", "torch eager (func.jvp of grad)", med["torch HVP"],
+        rows.append((f"{cnn} grad", "torch eager", med["torch grad"], "", ""))
+        rows.append((f"{cnn} HVP", "torch eager (func.jvp of grad)", med["torch HVP"],
                      f"{pr('torch HVP', 'torch grad'):.2f}x own grad", ""))
     if "tg2 ResNet18 step" in med:
         r = ("", "")
         if "torch ResNet18 step" in med:
             r = (f"{pr('tg2 ResNet18 step', 'torch ResNet18 step'):.2f}x torch", "")
-        rows.append(("ResNet18 b100 1x28x28 step", "tinygrad2", med["tg2 ResNet18 step"], r[0], "reported"))
+        rows.append((res, "tinygrad2", med["tg2 ResNet18 step"], r[0], "reported"))
         if "torch ResNet18 step" in med:
-            rows.append(("ResNet18 b100 1x28x28 step", "torch eager", med["torch ResNet18 step"], "", ""))
+            rows.append((res, "torch eager", med["torch ResNet18 step"], "", ""))
     for case, who, t, ratio, target in rows:
         print(f"| {case} | {who} | {ms(t)} | {ratio} | {target} |")
+    return shown
 
 
 # ================================================================ profile
@@ -364,30 +328,16 @@ def print_table(med, times, torch):
 
 def profile(obj, theta, v, reps, label):
     """Seconds per call inside each primitive's forward and jvp rules."""
-    from collections import Counter
-    spent, calls = Counter(), Counter()
-    saved = {name: (prim.forward, prim.jvp) for name, prim in P.REGISTRY.items()}
-
-    def timed(fn, key):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[key] += time.perf_counter() - t0
-                calls[key] += 1
-        return wrapper
-
+    timer = H.RuleTimer(P.REGISTRY, outermost_only=False)
+    spent, calls = timer.spent, timer.calls
     jobs = {"grad": lambda: obj.loss_and_grad(theta)}
     if v is not None:
         jobs["HVP"] = lambda: obj.hvp(theta, v)
     try:
-        for name, prim in P.REGISTRY.items():
-            prim.forward, prim.jvp = timed(prim.forward, f"{name}.forward"), timed(prim.jvp, f"{name}.jvp")
+        timer.install()
         for what, fn in jobs.items():
             fn()
-            spent.clear()
-            calls.clear()
+            timer.clear()
             t0 = time.perf_counter()
             for _ in range(reps):
                 fn()
@@ -398,64 +348,61 @@ def profile(obj, theta, v, reps, label):
             for key, t in spent.most_common(12):
                 print(f"  {key:<26s} {ms(t / reps):>10s}  {calls[key] // reps:4d} calls")
     finally:
-        for name, prim in P.REGISTRY.items():
-            prim.forward, prim.jvp = saved[name]
+        timer.restore()
 
 
 # ================================================================ main
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short run")
-    ap.add_argument("--profile", action="store_true", help="also print time per primitive")
+    ap = H.make_parser(__doc__, threads=1, seed=True,
+                       quick_help="tiny run: 3 rounds, ResNet18 at batch 10 for 1 round (a smoke test)",
+                       profile_help="also print time per primitive",
+                       rounds_help="rounds of the SmallCNN cells (default 30; --quick 3)")
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet18 step")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--blas-threads", type=int, default=1,
-                    help="OpenBLAS (and torch) threads; default 1, 0 = library default")
     args = ap.parse_args(argv)
-    warmup = 0.2 if args.quick else 1.0
+    warmup = 0.05 if args.quick else 1.0
+    batch, rbatch = 128, (10 if args.quick else 100)
     rng = np.random.default_rng(args.seed)
-    torch = torch_or_none()
-    print("nets benchmark: SmallCNN grad/HVP (batch 128) and a ResNet18 training step (batch 100), float32")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
-          f"backend {tinygrad2.backend.name}{', quick run' if args.quick else ''}; "
-          f"tinygrad2 source: {_engine_version()}")
-    print(set_blas_threads(args.blas_threads))
+    torch = H.import_torch()
+    H.setup(NAME, args)  # BLAS (and, below, torch) threads: 1 unless --threads says otherwise
+    print(f"nets benchmark: SmallCNN grad/HVP (batch {batch}) and a ResNet18 training step "
+          f"(batch {rbatch}), float32")
     if torch is not None:
-        if args.blas_threads > 0:
-            torch.set_num_threads(args.blas_threads)
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         print(f"torch {torch.__version__} (threads {torch.get_num_threads()})")
     else:
         print("torch: not importable (pip install '.[compare]'): torch columns skipped")
-    validate(torch, np.random.default_rng(1234))
+    cifar = H.cifar10_train(NAME, args, batch)
+    mnist = H.mnist_train(NAME, args, rbatch) if torch is not None or not args.no_resnet else None
+    validate(torch, np.random.default_rng(1234), cifar, mnist)
 
-    X, y, what = load_cifar(128, rng)
+    X, y, what = cifar
     print(f"SmallCNN data: {what}")
     cells, (obj, theta, v) = smallcnn_cells(torch, X, y, rng)
-    rounds = 8 if args.quick else 30  # every cell runs once per round: paired ratios use all rounds
-    med, reps = bench(cells, 0.0, rounds, rounds, warmup, rng)
-    times = dict(bench.last_times)
+    rounds = args.rounds or (3 if args.quick else 30)  # every cell runs once per round: paired ratios use all rounds
+    timings = H.run_rounds(cells, rng, rounds=rounds, warmup_s=warmup)
     if not args.no_resnet:
-        Xr, yr, what_r = load_mnist(100, rng)
+        Xr, yr, what_r = mnist
+        Xr = Xr.reshape(rbatch, 1, 28, 28)
         print(f"ResNet18 data: {what_r}")
         rcells, (robj, rtheta) = resnet_cells(torch, Xr, yr)
-        n_r = 3 if args.quick else 7
-        rmed, rreps = bench(rcells, 0.0, n_r, n_r, 0.0, rng)
-        med.update(rmed)
-        reps.update(rreps)
-        times.update(bench.last_times)
-    print("\nrepeats: " + ", ".join(f"{k} {n}" for k, n in reps.items()))
-    print_table(med, times, torch)
+        timings.update(H.run_rounds(rcells, rng, rounds=1 if args.quick else 7))
+    print("\nrepeats: " + ", ".join(f"{k} {n}" for k, n in timings.reps.items()))
+    shown = print_table(timings, torch, batch, rbatch)
+    med = timings.medians
     noise = [f"HVP/grad {med['tg2 HVP'] / med['tg2 grad']:.2f}x"]
     if torch is not None:
         noise.insert(0, f"grad/torch grad {med['tg2 grad'] / med['torch grad']:.2f}x")
     print("\nratio column: median over rounds of the paired ratio within a round; noise check, the "
           "same as ratios of medians (far apart = a noisy run): " + ", ".join(noise))
+    print("paired ratios, median [min-max] over the rounds: "
+          + ", ".join(f"{k} {r.spread()}" for k, r in shown.items()))
     if args.profile:
-        profile(obj, theta, v, 5, "SmallCNN b128")
+        profile(obj, theta, v, 5, f"SmallCNN b{batch}")
         if not args.no_resnet:
-            profile(robj, rtheta, None, 2, "ResNet18 b100")
+            profile(robj, rtheta, None, 2, f"ResNet18 b{rbatch}")
 
 
 if __name__ == "__main__":

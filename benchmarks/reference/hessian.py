@@ -8,7 +8,7 @@ Model (N examples, D inputs, H hidden units, C classes; act = tanh or relu)::
     L  = -(1/N) Σ_n log p[n, y_n]
 
 theta is laid out as (W1, b1, W2, b2), each row-major, back to back: the same
-order as the tinygrad2 layout in ``bench_curvature``.
+order as the tinygrad2 layout in ``benchmarks.curvature``.
 
 R{·} = d/dr (·)(θ + r v) at r = 0. Applying R to every line of the forward
 pass and then of the backward pass gives R{∇L} = H v. Here every R-quantity
@@ -21,8 +21,8 @@ No autodiff, no unit-vector tricks: the R-pass is the general dense one and
 does the same work for unit and for arbitrary directions (``hvp``). tinygrad2
 differs in one respect: its engine treats a parameter block whose tangent is
 zero in every direction as a symbolic zero and skips the products with it,
-which unit directions on one block produce. ``bench_curvature`` therefore also
-times both on dense random directions, where neither can skip anything.
+which unit directions on one block produce. ``benchmarks.curvature`` therefore
+also times both on dense random directions, where neither can skip anything.
 """
 from __future__ import annotations
 

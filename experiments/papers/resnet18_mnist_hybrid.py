@@ -1,0 +1,116 @@
+"""Paper: "Discussion on the viability of a modern second order method".
+Authors, venue and year: as cited in docs/RESULTS.md (the repository records
+the title and the setup, not the authors). The paper's runs: PyTorch on a K80.
+
+Experiment ``resnet18-mnist-hybrid``: ResNet18 on 2% of MNIST (1,200 / 200 /
+200), 15 epochs, batch 100, mean ± std over repetitions, with the paper's
+hybrid that trains with SGD-momentum until the validation loss falls below a
+threshold and then switches to AdaHessian; the analysis reports when it
+switched.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np  # host-side only: the logged switch epochs
+
+from ..results import load_run
+from ..runner import build_model
+from .common import MNIST_SIDE, N_CLASSES, Experiment, _pick, _save_json, _spec, prose, scale_name
+
+RESNET = "resnet18-mnist-hybrid"
+RESNET_BATCH = 100   # the paper's batch size
+
+RESNET_METHODS = {
+    "SGD": ("SGD", {"lr": 0.01}),
+    "SGD-momentum": ("SGD", {"lr": 0.005, "momentum": 0.9}),
+    "Adam": ("Adam", {"lr": 0.001}),
+    "AdaHessian": ("AdaHessian", {"lr": 0.1}),
+    "Hybrid": ("Hybrid", {"threshold": 1.0, "sgd_lr": 0.005, "sgd_momentum": 0.9, "ada_lr": 0.001}),
+}
+RESNET_REPORTED = {  # test accuracy mean ± std over 10 repetitions; training time in seconds
+    "SGD": {"test_acc": (0.8745, 0.0142), "wall_time": 14.57},
+    "SGD-momentum": {"test_acc": (0.935, 0.0135), "wall_time": 13.79},
+    "Adam": {"test_acc": (0.9335, 0.0351), "wall_time": 11.30},
+    "AdaHessian": {"test_acc": (0.93, 0.0228), "wall_time": 14.26},
+    "Hybrid": {"test_acc": (0.942, 0.0079), "wall_time": 17.43},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResnetScale:
+    """One size of the experiment."""
+    width: float                     # channel multiplier of ResNet18 (1: the paper's 64-128-256-512)
+    repetitions: int                 # runs per method, seeds seed .. seed + repetitions - 1
+    epochs: int
+    batches_per_epoch: int | None    # None: all batches
+
+
+RESNET_SCALES = {
+    "cpu": ResnetScale(width=0.25, repetitions=3, epochs=15, batches_per_epoch=None),
+    "full": ResnetScale(width=1.0, repetitions=10, epochs=15, batches_per_epoch=None),
+    "quick": ResnetScale(width=0.0625, repetitions=2, epochs=1, batches_per_epoch=2),
+}
+RESNET_DESCRIPTION = prose("""
+    'Discussion on the viability of a modern second order method': ResNet18 on 2% MNIST (1,200 / 200 /
+    200), 15 epochs, batch 100, mean ± std over repetitions
+""")
+RESNET_COLUMNS = ("method", "hyper", "test_acc", "test_loss", "wall_time")  # the columns of the paper's table
+RESNET_NOTES = prose("""
+    CPU default: ResNet18 at width 0.25 (channels 16-32-64-128, 701,818 parameters; the paper's width 1
+    has 11,175,370) and 3 repetitions (the paper: 10). --full: width 1, 10 repetitions. wall_time: our
+    seconds of training per run (paper: K80 GPU).
+""")
+
+
+def resnet_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
+    scale = RESNET_SCALES[scale_name(quick, full)]
+    model = {"name": "ResNet18", "kwargs": {"in_channels": 1, "num_classes": N_CLASSES, "stem": "imagenet",
+                                            "width": scale.width}}
+    data = {"name": "mnist-2pct", "reshape": [1, MNIST_SIDE, MNIST_SIDE], "normalize": True}
+    if scale.batches_per_epoch:
+        data["limit_batches"] = scale.batches_per_epoch
+    specs = []
+    for m in _pick(RESNET_METHODS, methods):
+        for r in range(scale.repetitions):
+            specs.append(_spec(RESNET, f"{m}#{r + 1}", *RESNET_METHODS[m], model=model, data=data,
+                               epochs=epochs if epochs is not None else scale.epochs, batch_size=RESNET_BATCH,
+                               seed=seed + r))
+    return specs
+
+
+def hybrid_switch_epochs(specs, paths):
+    """{Hybrid run: the epoch after which it switched to AdaHessian, or None}."""
+    switches = {}
+    for s, p in zip(specs, paths):
+        if s.optimizer["name"] != "Hybrid":
+            continue
+        col = load_run(p).steps.get("switch_epoch", np.array([]))
+        col = col[np.isfinite(col)]
+        switches[s.method] = int(col[0]) if len(col) else None
+    return switches
+
+
+def _setup_line(specs, width, n):
+    reps = len({s.seed for s in specs})
+    return (f"ResNet18 at width {width:g}: {n:,} parameters (the paper's width 1: 11,175,370); "
+            f"{reps} repetition(s) per method (seeds {specs[0].seed}..{specs[0].seed + reps - 1}: initialization "
+            f"and batch order; the 2% split is the fixed seed-0 split); ± is the sample std.")
+
+
+def resnet_analysis(specs, paths, splits_of, out):
+    """When the Hybrid switched (epoch whose validation loss fell below t_l)."""
+    width = specs[0].model["kwargs"]["width"]
+    n = build_model(specs[0].model).num_parameters()
+    lines = [_setup_line(specs, width, n)]
+    switches = hybrid_switch_epochs(specs, paths)
+    if switches:
+        threshold = RESNET_METHODS["Hybrid"][1]["threshold"]
+        lines.append(f"  Hybrid switch to AdaHessian (validation loss < t_l = {threshold}) after epoch: "
+                     + ", ".join(f"{k}: {'never' if v is None else v}" for k, v in switches.items()))
+        lines.append(f"  saved: {_save_json(out, RESNET, {'switch_epoch': switches, 'width': width, 'n': n})}")
+    return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(RESNET, RESNET_DESCRIPTION, resnet_specs, columns=RESNET_COLUMNS, reported=RESNET_REPORTED,
+                        notes=RESNET_NOTES, analysis=resnet_analysis)

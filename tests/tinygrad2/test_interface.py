@@ -1,0 +1,89 @@
+"""The Objective interface written down once (ObjectiveInterface), and the
+memory forecast shared by the Objective and functional.hessian."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinygrad2 as tg
+from tinygrad2 import (
+    CurvatureMemoryError, Function, LogisticRegression, Objective, ObjectiveInterface, Quadratic, Rosenbrock,
+    Tensor, memory,
+)
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+X = np.random.default_rng(0).standard_normal((7, 3))
+LABELS = np.array([0, 1, 2, 0, 1, 2, 0])
+
+
+def objectives():
+    return {
+        "Objective": Objective(lambda th, X: X @ th.reshape(3, 3), "cross_entropy", X, LABELS),
+        "Quadratic": Quadratic(np.eye(3)),
+        "Rosenbrock": Rosenbrock(3),
+        "LogisticRegression": LogisticRegression(X, LABELS % 2),
+        "Function": Function(lambda t: (t * t).sum(), 3),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(objectives()))
+def test_every_objective_has_the_interface(name):
+    assert isinstance(objectives()[name], ObjectiveInterface)
+
+
+def test_something_else_does_not_have_it():
+    class LossOnly:
+        def loss(self, theta):
+            return 0.0
+
+    assert not isinstance(LossOnly(), ObjectiveInterface)
+
+
+@pytest.mark.parametrize("name, batch", [
+    ("Objective", 7), ("LogisticRegression", 7), ("Quadratic", 1), ("Rosenbrock", 1), ("Function", 1),
+])
+def test_batch_size_is_what_the_loss_averages_over(name, batch):
+    assert objectives()[name].batch_size == batch
+
+
+def test_with_batch_keeps_the_loss_and_changes_the_batch():
+    obj = objectives()["Objective"]
+    other = obj.with_batch(X[:4], LABELS[:4])
+    assert other.batch_size == 4 and other.counts is obj.counts
+
+
+@pytest.mark.parametrize("name", ["Quadratic", "Rosenbrock", "Function"])
+def test_with_batch_on_a_problem_without_a_batch_is_a_clear_error(name):
+    with pytest.raises(NotImplementedError, match=f"{name}.*\\.with_batch: .* has no batch"):
+        objectives()[name].with_batch(X, LABELS)
+
+
+def test_objective_hvp_is_functional_hvp():
+    obj = objectives()["Objective"]
+    theta, V = np.linspace(-1, 1, 9), np.random.default_rng(1).standard_normal((4, 9))
+    np.testing.assert_array_equal(obj.hvp(theta, V), tg.hvp(obj._scalar, theta, V))
+
+
+def f_tanh(t):
+    return (Tensor(X) @ t.reshape(3, -1)).tanh().sum()
+
+
+def test_functional_hessian_refuses_before_allocating_beyond_the_budget():
+    x = np.zeros(3 * 4000)  # (12,000)^2 float64 = 1.07 GiB
+    with pytest.raises(CurvatureMemoryError, match=r"hessian: n = 12,000 parameters; needs about 1\.07 GiB"):
+        tg.hessian(f_tanh, x, memory_budget=2**30)
+
+
+def test_functional_hessian_reads_the_session_budget(monkeypatch):
+    monkeypatch.setattr(memory, "default_memory_budget", 1000)
+    with pytest.raises(CurvatureMemoryError, match="budget is 1,000 bytes"):
+        tg.hessian(f_tanh, np.zeros(12))
+
+
+def test_functional_hessian_within_the_budget_is_exact():
+    x = np.linspace(-0.5, 0.5, 6)
+    H = tg.hessian(f_tanh, x, memory_budget=10 * 2**20)
+    E = np.eye(6)
+    np.testing.assert_allclose(H, np.stack([tg.hvp(f_tanh, x, e) for e in E]), rtol=1e-14)
+    np.testing.assert_allclose(H, H.T, atol=1e-14)

@@ -1,0 +1,153 @@
+"""The loss table: every named loss once, with what each user of it needs.
+
+``LOSSES[name]`` is a :class:`Loss` with
+
+* ``value(outputs, targets)``: the scalar loss as a Tensor (differentiable);
+* ``hessian_vp(z, targets, T)``: H_z T, the loss Hessian in the outputs z
+  times tangents T (K, *z.shape), in closed form (the Gauss-Newton product
+  needs it: G = Jᵀ H_z J);
+* ``check_targets(targets, batch, where)``: the targets' dtype and shape
+  against the batch, a ValueError naming ``where`` otherwise;
+* ``check_outputs(outputs_shape, targets, where, name)``: outputs against
+  targets, once the outputs exist;
+* ``classification``: whether accuracy (argmax of the outputs against
+  integer labels) is defined;
+* ``one_primitive``: the value is a single primitive, so a pass that only
+  wants H·V may skip the loss value's own tangent.
+
+The Objective, ``nets.losses`` and the run loop all read this table. A
+callable ``(outputs, targets) -> scalar Tensor`` becomes a :class:`Loss` with
+:func:`custom` (its output Hessian by forward-over-reverse).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import backend as B
+from .primitives import softmax_hessian_vp
+from .tensor import Tensor
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    value: Callable
+    hessian_vp: Callable
+    check_targets: Callable
+    check_outputs: Callable
+    classification: bool = False
+    one_primitive: bool = False
+
+    def __repr__(self):
+        return f"Loss({self.name!r})"
+
+
+def _targets_array(targets):
+    return targets.data if isinstance(targets, Tensor) else B.asarray(targets)
+
+
+# ---------------------------------------------------------------- cross-entropy
+# ℓ = (1/B) Σ_i [logsumexp(z_i) - z_{i,y_i}],  z (B, C), integer labels y (B,)
+# H_z t = (diag(p_i) - p_i p_iᵀ) t_i / B,  p_i = softmax(z_i)
+
+def _ce_value(logits, labels):
+    return logits.cross_entropy(_targets_array(labels))
+
+
+def _ce_hessian_vp(z, labels, T):
+    if z.ndim != 2:
+        raise ValueError(f"cross_entropy: outputs must be (B, C), got {z.shape}")
+    return softmax_hessian_vp(z, T)
+
+
+def _ce_check_targets(y, batch, where):
+    if y.ndim != 1 or y.shape[0] != batch or y.dtype.kind not in "iu":
+        raise ValueError(
+            f"{where}: y must be integer labels of shape ({batch},) to match the batch, "
+            f"got y of shape {y.shape} and dtype {y.dtype}"
+        )
+
+
+def _ce_check_outputs(shape, y, where, name="labels"):
+    if len(shape) != 2 or shape[0] != y.shape[0]:
+        raise ValueError(f"{where}: outputs must be (B, C) with B = {y.shape[0]} {name}, got {shape}")
+
+
+# ---------------------------------------------------------------- mean squared error
+# ℓ = (1/m) Σ (z - t)² over all m = z.size elements (PyTorch's MSELoss);  H_z = (2/m) I
+
+def _mse_value(outputs, targets):
+    t = _targets_array(targets)
+    _mse_check_outputs(outputs.shape, t, "mse", "targets")
+    diff = outputs - Tensor(B.asarray(t, outputs.dtype))
+    return (diff * diff).mean()
+
+
+def _mse_hessian_vp(z, targets, T):
+    return T * (2.0 / z.size)
+
+
+def _first_dim_matches(y, batch, where):
+    if y.ndim == 0 or y.shape[0] != batch:
+        raise ValueError(
+            f"{where}: y of shape {y.shape} does not match the batch of {batch}: "
+            f"their first dimensions must agree"
+        )
+
+
+def _mse_check_outputs(shape, t, where, name="targets"):
+    if tuple(shape) != tuple(t.shape):
+        verb = "have" if name.endswith("s") else "has"
+        raise ValueError(f"{where}: outputs have shape {tuple(shape)} but {name} {verb} shape {tuple(t.shape)}")
+
+
+LOSSES = {
+    "cross_entropy": Loss("cross_entropy", _ce_value, _ce_hessian_vp, _ce_check_targets, _ce_check_outputs,
+                          classification=True, one_primitive=True),
+    "mse": Loss("mse", _mse_value, _mse_hessian_vp, _first_dim_matches, _mse_check_outputs),
+}
+
+
+# ---------------------------------------------------------------- any callable
+
+
+def custom(fn) -> Loss:
+    """A Loss from ``fn(outputs: Tensor, targets) -> scalar Tensor``: its
+    output Hessian product by forward-over-reverse on fn(·, targets) at z."""
+    name = getattr(fn, "__name__", "callable")
+
+    def value(outputs, targets):
+        out = fn(outputs, targets)
+        if not isinstance(out, Tensor) or out.size != 1:
+            what = type(out).__name__ if not isinstance(out, Tensor) else f"shape {out.shape}"
+            raise ValueError(f"loss {name}: the loss must be a scalar Tensor, got {what}")
+        return out
+
+    def hessian_vp(z, targets, T):
+        zt = Tensor(z, requires_grad=True, tangent=T)
+        out = value(zt, targets)
+        if not out.requires_grad:
+            return B.xp.zeros_like(T)
+        out.backward()
+        if zt.grad is None or zt.grad.tangent is None:
+            return B.xp.zeros_like(T)
+        return zt.grad.tangent
+
+    return Loss(name, value, hessian_vp, _first_dim_matches, lambda *args, **kw: None)
+
+
+def get(loss) -> Loss:
+    """The :class:`Loss` for a name in :data:`LOSSES`, a Loss as is, or
+    :func:`custom` of a callable."""
+    if isinstance(loss, Loss):
+        return loss
+    if callable(loss):
+        return custom(loss)
+    try:
+        return LOSSES[loss]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or a callable "
+            f"(outputs, y) -> scalar Tensor"
+        ) from None
