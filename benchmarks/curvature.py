@@ -182,7 +182,7 @@ def rel_error(a, b):
 # ================================================================ one case
 
 
-def default_chunk(name, X, y, theta):
+def automatic_chunk(name, X, y, theta):
     """The chunk tinygrad2's automatic choice makes for the full Hessian."""
     obj = make_objective(name, X, y)
     n = theta.shape[0]
@@ -446,7 +446,7 @@ def main(argv=None):
         X, y, theta, what = load_case(name, args)
         n, dt = theta.shape[0], theta.dtype
         D, Hd, C = CASES[name]["sizes"]
-        chunk = args.chunk or default_chunk(name, X, y, theta)
+        chunk = args.chunk or automatic_chunk(name, X, y, theta)
         if args.quick and not args.chunk:
             chunk = min(chunk, QUICK_CHUNK)
         rows = (0, min(n, row_chunks * chunk)) if row_chunks else (0, n)

@@ -150,3 +150,25 @@ def test_readme_tree_names_only_what_exists():
     cited = set(re.findall(r"`((?:tinygrad2|nets|optimizers|experiments|benchmarks|docs|tests)/[\w./]+)`", readme))
     for path in cited:
         assert (ROOT / path).exists(), f"the README cites {path}, which the repo lacks"
+
+
+def test_every_name_imported_from_our_modules_exists():
+    # function-level imports run late: a moved name would only fail when that code runs
+    import importlib
+
+    known, missing = modules(), []
+    for name, path in known.items():
+        is_package = path.name == "__init__.py"
+        here = name.split(".") if is_package else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = here[: len(here) - node.level + 1] if node.level else []
+            source = ".".join(base + ([node.module] if node.module else []))
+            if source not in known:
+                continue
+            module = importlib.import_module(source)
+            for alias in node.names:
+                if not hasattr(module, alias.name) and f"{source}.{alias.name}" not in known:
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {source} has no {alias.name}")
+    assert not missing, missing

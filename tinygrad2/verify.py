@@ -138,7 +138,8 @@ def report(samples=300, hidden=6, seed=0):
 
 def _objective_rows(X, y, hidden, theta, H, rng):
     """Curvature through the Objective seam, against the dense H of the same network."""
-    from .objective import Layout, Objective, Param
+    from .layout import Layout, Param
+    from .objective import Objective
     from . import spectrum
 
     xp = B.xp

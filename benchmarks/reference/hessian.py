@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinygrad2.memory import default_chunk
+
 
 def sizes(D, Hd, C):
     """Parameter slices of (W1, b1, W2, b2) in flat theta and n."""
@@ -47,7 +49,7 @@ def _act(z, activation):
     raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}")
 
 
-def hessian(theta, X, y, shape, activation="tanh", chunk=256, rows=None, tick=None):
+def hessian(theta, X, y, shape, activation="tanh", chunk=default_chunk, rows=None, tick=None):
     """Dense (n, n) Hessian of the mean cross-entropy at theta, or only the
     rows ``rows = (start, stop)`` of it (shape (stop - start, n)).
 

@@ -1,0 +1,17 @@
+"""The exactness report (`python -m tinygrad2.verify`) runs whole and passes."""
+from __future__ import annotations
+
+from tinygrad2 import verify
+
+
+def test_exactness_report_runs_and_every_exact_check_passes(capsys):
+    assert verify.main([]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    assert "16/16 exact checks passed" in out
+
+
+def test_a_failing_row_fails_the_report(monkeypatch, capsys):
+    monkeypatch.setattr(verify, "report", lambda: [("a check that is off", 1.0, 1e-12)])
+    assert verify.main([]) == 1
+    assert "FAIL" in capsys.readouterr().out
