@@ -222,17 +222,11 @@ def time_case(name, X, y, theta, chunk, rows, repeats, threads):
     per_chunk = {k: [] for k in names if k != "NumPy R-op"}
     for i, a in enumerate(range(rows[0], rows[1], chunk)):
         b = min(rows[1], a + chunk)
-        best = {k: float("inf") for k in names}
-        for r in range(repeats):
-            for k in (names if (i + r) % 2 == 0 else names[::-1]):
-                t0 = time.perf_counter()
-                out = fns[k](a, b)
-                best[k] = min(best[k], time.perf_counter() - t0)
-                if r == 0:
-                    results[k][a - rows[0]:b - rows[0]] = out
-                del out
+        best, first = H.fastest_interleaved({k: (lambda k=k: fns[k](a, b)) for k in names}, repeats, i % 2 == 1)
         for k in names:
+            results[k][a - rows[0]:b - rows[0]] = first[k]
             total[k] += best[k]
+        del first
         for k in per_chunk:
             per_chunk[k].append(best[k] / best["NumPy R-op"])
     agree = {k: rel_error(results[k], results["NumPy R-op"]) for k in names if k != "NumPy R-op"}
@@ -250,12 +244,7 @@ def time_dense(name, X, y, theta, chunk, repeats, chunks=4):
     total, worst = {k: 0.0 for k in fns}, 0.0
     for i in range(chunks):
         V = rng.standard_normal((chunk, theta.shape[0])).astype(theta.dtype)
-        best, outs = {k: float("inf") for k in fns}, {}
-        for r in range(repeats):
-            for k in (list(fns) if (i + r) % 2 == 0 else list(fns)[::-1]):
-                t0 = time.perf_counter()
-                outs[k] = fns[k](V)
-                best[k] = min(best[k], time.perf_counter() - t0)
+        best, outs = H.fastest_interleaved({k: (lambda k=k: fns[k](V)) for k in fns}, repeats, i % 2 == 1)
         worst = max(worst, rel_error(outs["tinygrad2"], outs["NumPy R-op"]))
         for k in fns:
             total[k] += best[k]

@@ -324,6 +324,24 @@ def run_rounds(cells, rng, *, rounds=None, target_s=0.0, min_rounds=1, max_round
     return Timings(times, reps)
 
 
+def fastest_interleaved(fns, repeats, reverse_first=False):
+    """For products that take seconds (too long for :func:`run_rounds`'s many
+    short rounds): run every callable of ``fns`` ({name: fn()}) ``repeats``
+    times, interleaved, the order reversed on every other repeat, and keep each
+    one's fastest time. Returns ({name: seconds}, {name: first output})."""
+    names = list(fns)
+    best, first = {k: float("inf") for k in names}, {}
+    for r in range(repeats):
+        for k in (names if (r + reverse_first) % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            out = fns[k]()
+            best[k] = min(best[k], time.perf_counter() - t0)
+            if k not in first:
+                first[k] = out
+            del out
+    return best, first
+
+
 class RuleTimer:
     """Times every primitive's ``forward`` and ``jvp`` rule while installed:
     ``spent`` (seconds) and ``calls``, keyed "name.forward" / "name.jvp".

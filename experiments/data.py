@@ -100,6 +100,7 @@ CIFAR10_PY_MD5 = {  # the extracted python batches
 }
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DIGITS_SPLIT = {"train": 1257, "val": 270, "test": 270}
+CIFAR10_BATCH_RECORDS = 10_000  # images in each of the six batch files of the release
 
 _SUBFOLDER = {"mnist": "mnist", "cifar10": "cifar10"}
 
@@ -243,8 +244,12 @@ class Dataset:
         (len, batch_size, seed, epoch, shuffle, drop_last). ``batch_size=None``
         is one full batch."""
         n = len(self)
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (isinstance(batch_size, (bool, np.bool_))
+                                       or not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
             raise ValueError(f"Dataset.batches: batch_size must be a positive int or None, got {batch_size!r}")
+        if n == 0:
+            raise ValueError(f"Dataset.batches: {self.name!r} has no examples (X of shape {tuple(self.X.shape)}), "
+                             f"so it has no batches; check how the split was made (e.g. Splits.subset sizes)")
         order = permutation(np.random.default_rng([seed, epoch]), n) if shuffle else np.arange(n)
         if batch_size is None:
             return [order]
@@ -253,12 +258,14 @@ class Dataset:
 
     def batches(self, batch_size=None, *, seed=0, epoch=0, shuffle=True, drop_last=False, start=0):
         """Iterate over ``(X_batch, y_batch)`` for one epoch; ``start`` skips
-        the first batches (to resume mid-epoch). Arrays live where ``X`` lives."""
+        the first batches (to resume mid-epoch). Arrays live where ``X`` lives.
+        The arguments are checked here, when called, not at the first batch."""
         on_host = isinstance(self.X, np.ndarray)
-        for idx in self.batch_indices(batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
-                                      drop_last=drop_last)[start:]:
-            dev = idx if on_host else B.to_device(idx)
-            yield self.X[dev], self.y[dev]
+        indices = self.batch_indices(batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last)
+        if not indices:
+            raise ValueError(f"Dataset.batches: {self.name!r} has {len(self)} examples, fewer than one batch of "
+                             f"{batch_size} with drop_last=True")
+        return ((self.X[i], self.y[i]) for i in (idx if on_host else B.to_device(idx) for idx in indices[start:]))
 
     def __repr__(self):
         return (f"Dataset({self.name!r}, X {tuple(self.X.shape)} {self.X.dtype}, "
@@ -324,6 +331,10 @@ class Splits:
         drawn by the seed) or None (uniform)."""
         if stratify not in ("proportional", "balanced", None):
             raise ValueError(f"Splits.subset: stratify must be 'proportional', 'balanced' or None, got {stratify!r}")
+        for what, n, low in (("n_train", n_train, 1), ("n_val", n_val, 0), ("n_test", n_test, 0)):
+            if n is not None and (isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < low):
+                raise ValueError(f"Splits.subset: {what} must be None or an int >= {low}"
+                                 + (" (a training split needs examples)" if low else "") + f", got {n!r}")
         rngs = [np.random.default_rng([seed, k]) for k in range(3)]
         pick = lambda d, pool, n, rng: stratified_pick(d.y, n, rng, stratify, pool=pool, what=d.name)  # noqa: E731
         test = self.test if n_test is None else self.test.take(pick(self.test, None, n_test, rngs[2]))
@@ -617,6 +628,14 @@ def _load_cifar_tar(path, names, suffix, md5, verify, data_dir):
 def _cifar_splits(raw, names, suffix, where):
     parse = parse_cifar_binary if suffix == ".bin" else parse_cifar_pickle
     parts = [parse(raw[n], name=f"{where}: {n}") for n in names]
+    counts = {n: len(p[1]) for n, p in zip(names, parts)}
+    # the release's files hold 10,000 records each; once one does, a file with fewer was cut (small
+    # stand-ins made for tests and benchmarks, all far below 10,000, are accepted with any counts)
+    off = {n: k for n, k in counts.items() if k != CIFAR10_BATCH_RECORDS}
+    if off and (len(off) < len(counts) or 0 in off.values()):
+        listed = ", ".join(f"{n} has {k:,}" for n, k in off.items())
+        raise DataFormatError(f"cifar10: {where}: every batch file must hold {CIFAR10_BATCH_RECORDS:,} records; "
+                              f"{listed} (the file is cut or not a CIFAR-10 batch)")
     train_X = np.concatenate([p[0] for p in parts[:5]])
     train_y = np.concatenate([p[1] for p in parts[:5]])
     test_X, test_y = parts[5]

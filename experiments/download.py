@@ -11,10 +11,16 @@ partial. Around that:
 * resume: a ``DEST.part`` left by an interrupted call is continued with an
   HTTP ``Range: bytes=N-`` request; a server that answers 200 instead of 206
   (no range support) is read from the start again, truncating the part;
-* retries: connection errors, timeouts, 5xx answers and bodies shorter than
-  their Content-Length are retried ``retries`` times with exponential backoff
-  (``backoff * 2**k`` seconds), each retry resuming what already arrived;
-  other HTTP errors (404, 403, ...) fail at once;
+* retries: timeouts, connection resets, 5xx (and 429) answers and bodies
+  shorter than their Content-Length are retried ``retries`` times with
+  exponential backoff (``backoff * 2**k`` seconds), each retry resuming what
+  already arrived; other HTTP errors (404, 403, ...) and errors that waiting
+  does not cure -- a host name that does not resolve (``socket.gaierror``), a
+  refused connection (``ConnectionRefusedError``), also when wrapped in
+  ``urllib.error.URLError`` -- fail at once, with no retry. Every
+  DownloadError says what became of ``DEST.part``: a failed request never
+  deletes it, so it is either absent or kept with the bytes received (and
+  resumed by the next call when ``resume``);
 * checksum: a payload whose MD5 is wrong is deleted (no ``.part``, no
   ``DEST``) and :class:`~experiments.data.ChecksumError` is raised -- after
   one clean restart when the bad payload had been resumed (the old part may
@@ -33,6 +39,8 @@ import argparse
 import contextlib
 import http.client
 import os
+import re
+import socket
 import sys
 import time
 import urllib.error
@@ -62,6 +70,37 @@ class _Retry(Exception):
 
 
 _TRANSIENT = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)
+_PERMANENT = (socket.gaierror, ConnectionRefusedError)  # no retry: waiting does not make a name resolve
+
+
+def _permanent(err) -> bool:
+    """Whether a network error will not go away by retrying: a name that does
+    not resolve or a refused connection, raised as is or inside a URLError."""
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    return isinstance(reason, _PERMANENT)
+
+
+def _part_note(part: Path, resume: bool) -> str:
+    """What a failed download left in ``part``, truthfully."""
+    if not part.exists():
+        return f"no partial file was left ({part.name} does not exist)"
+    then = "the next call resumes it" if resume else "the next call (resume=False) starts over and overwrites it"
+    return f"{part} keeps the {_size(part)} bytes received so far; {then}"
+
+
+def _check_args(url, md5, retries, backoff, timeout, chunk_size):
+    if not isinstance(url, str) or not re.match(r"https?://", url):
+        raise ValueError(f"download: url must be an http(s):// address, got {url!r}")
+    if not (isinstance(md5, str) and re.fullmatch(r"[0-9a-f]{32}", md5)):
+        raise ValueError(f"download {url}: md5 must be 32 lowercase hex digits, got {md5!r}")
+    for name, value, low in (("retries", retries, 0), ("chunk_size", chunk_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"download {url}: {name} must be an int >= {low}, got {value!r}")
+    for name, value, zero_ok in (("backoff", backoff, True), ("timeout", timeout, False)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 <= value < float("inf") if zero_ok else 0 < value < float("inf")):
+            raise ValueError(f"download {url}: {name} must be a finite number {'>=' if zero_ok else '>'} 0, "
+                             f"got {value!r}")
 
 
 def download(url, dest, md5, *, retries=4, backoff=1.0, timeout=60.0, chunk_size=1 << 16,
@@ -69,6 +108,7 @@ def download(url, dest, md5, *, retries=4, backoff=1.0, timeout=60.0, chunk_size
     """Fetch ``url`` to ``dest`` and verify its MD5 (see the module docstring).
     Returns ``dest``; a ``dest`` that already has the right MD5 is kept as it
     is (no request); one with a wrong MD5 is replaced by a verified copy."""
+    _check_args(url, md5, retries, backoff, timeout, chunk_size)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file():
@@ -86,7 +126,7 @@ def download(url, dest, md5, *, retries=4, backoff=1.0, timeout=60.0, chunk_size
             if failures > retries:
                 raise DownloadError(
                     f"download {url}: failed {failures} times, last: {err.__cause__ or err}; "
-                    f"{part} keeps the {_size(part)} bytes received and the next call resumes it"
+                    f"{_part_note(part, resume)}"
                 ) from err
             sleep(backoff * 2 ** (failures - 1))
             continue
@@ -122,8 +162,13 @@ def _fetch(url, part: Path, *, resume, timeout, chunk_size, progress, label) -> 
             return True
         if err.code >= 500 or err.code == 429:
             raise _Retry(f"HTTP {err.code} {err.reason}") from err
-        raise DownloadError(f"download {url}: HTTP {err.code} {err.reason}") from err
-    except _TRANSIENT as err:
+        raise DownloadError(f"download {url}: HTTP {err.code} {err.reason}; {_part_note(part, resume)}") from err
+    except _TRANSIENT + _PERMANENT as err:
+        if _permanent(err):
+            what = ("the host name does not resolve" if isinstance(getattr(err, "reason", err), socket.gaierror)
+                    else "the connection was refused")
+            raise DownloadError(f"download {url}: {what} ({err}); not retried (waiting does not cure it); "
+                                f"{_part_note(part, resume)}") from err
         raise _Retry(str(err)) from err
     with response:
         ranged = offset and response.status == 206 and _range_start(response) == offset

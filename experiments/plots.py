@@ -14,6 +14,7 @@ imported, so no display is needed.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from experiments.results import EPOCH_INDEX, Run, load_run  # noqa: E402
+from experiments.results import EPOCH_INDEX, Run, load_run, write_atomically  # noqa: E402
 
 LOSS_LINES = (("train_loss", "-", "train"), ("val_loss", "--", "val"))
 ACC_LINES = (("val_acc", "-", "val"), ("test_acc", ":", "test"))
@@ -40,6 +41,8 @@ def plot_runs(runs, out_png, *, title=None, labels=None, size=(10.0, 8.0), dpi=1
     if len(labels) != len(runs):
         raise ValueError(f"plot_runs: {len(labels)} labels for {len(runs)} runs")
     out_png = Path(out_png)
+    if out_png.is_dir():
+        raise IsADirectoryError(f"plot: {out_png} is a folder; give a PNG file name such as {out_png / 'curves.png'}")
     out_png.parent.mkdir(parents=True, exist_ok=True)
 
     fig, axes = plt.subplots(2, 2, figsize=size, dpi=dpi)
@@ -78,7 +81,9 @@ def plot_runs(runs, out_png, *, title=None, labels=None, size=(10.0, 8.0), dpi=1
         if title:
             fig.suptitle(title)
         fig.tight_layout(rect=(0, 0, 0.8, 1))
-        fig.savefig(out_png, dpi=dpi, format="png")
+        image = io.BytesIO()
+        fig.savefig(image, dpi=dpi, format="png")
+        write_atomically(out_png, image.getvalue())  # whole or not at all, like the results files
     finally:
         plt.close(fig)
     return out_png

@@ -21,9 +21,15 @@ a known key gets NaN there. Non-numeric info values (strings, arrays) are not
 stored; their keys are listed in ``skipped_keys``.
 
 Atomicity. The writer keeps the series in memory and never modifies the file
-in place: every :meth:`RunWriter.flush` (and so every checkpoint) writes a
-complete new file to a temp file in the same folder (``.RUN.h5.XXXX.tmp``),
-fsyncs it and ``os.replace``s it onto ``RUN.h5``. The latest checkpoint lives
+in place: every :meth:`RunWriter.flush` (and so every checkpoint) builds a
+complete new file in memory (HDF5 core driver, no backing store: no HDF5 call
+touches the disk, so a full disk is an ordinary :class:`WriteError`), writes its
+bytes to a temp file in the same folder (``.RUN.h5.XXXXXXXX.tmp``, mode
+``0o666 & ~umask``), fsyncs it and ``os.replace``s it onto ``RUN.h5``
+(:func:`write_atomically`; :func:`clean_temp_files` removes the temp files of
+killed writes). Tests only: ``$TINYGRAD2_TEST_CRASH_AT`` = ``mid_write``,
+``before_replace`` or ``after_replace`` ends the process (``os._exit(137)``) at
+that point of the write that records the final parameters. The latest checkpoint lives
 inside that one file and is carried over (HDF5 copy) by flushes that do not
 replace it. So the file on disk is always one consistent snapshot: a crash
 mid-write leaves the previous file untouched (and at worst a stray ``.tmp``),
@@ -55,8 +61,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +183,11 @@ class RunWriter:
         self.status, self.message = status, ""
         self.created = created or _now()
         self.final_metrics = {}
+        self._keep_final = True
+
+    def discard_final(self) -> None:
+        """Stop carrying the file's ``final`` group over (a finished run being extended)."""
+        self._keep_final = False
 
     @classmethod
     def create(cls, path, config: dict, *, overwrite=False) -> "RunWriter":
@@ -245,6 +258,8 @@ class RunWriter:
             if self.status == "running":
                 self.flush()
             return False
+        if isinstance(err, WriteError):  # the disk refused a write: a second write would fail the same way
+            return False
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         try:
             self.flush(status=status, message=f"{type(err).__name__}: {err}")
@@ -259,26 +274,21 @@ class RunWriter:
     # ---- the one write path: a whole new file, then os.replace
 
     def _write(self, checkpoint=None, final=None, fresh=False):
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                self._write_root(f)
-                if checkpoint is not None:
-                    _write_checkpoint(f.create_group("checkpoint"), checkpoint, len(self.steps), len(self.epochs))
-                if final is not None:
-                    _write_final(f.create_group("final"), *final)
-                if not fresh:
-                    _carry_over(self.path, f, [n for n, new in (("checkpoint", checkpoint), ("final", final))
-                                               if new is None])
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with _quiet():
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.path.parent)
+        # the whole file is built in memory (HDF5 core driver, no backing store), so no HDF5 call ever
+        # touches the disk; then its bytes go to a temp file: write, chmod, fsync, os.replace
+        with h5py.File(f"{self.path.name}.{os.getpid()}.{id(self)}", "w", driver="core",
+                       backing_store=False) as f:
+            self._write_root(f)
+            if checkpoint is not None:
+                _write_checkpoint(f.create_group("checkpoint"), checkpoint, len(self.steps), len(self.epochs))
+            if final is not None:
+                _write_final(f.create_group("final"), *final)
+            if not fresh:
+                _carry_over(self.path, f, [n for n, new in (("checkpoint", checkpoint), ("final", final))
+                                           if new is None and (n != "final" or self._keep_final)])
+            f.flush()
+            image = f.id.get_file_image()
+        write_atomically(self.path, image, crash_test=final is not None)
 
     def _write_root(self, f):
         f.attrs["format"] = FORMAT
@@ -440,6 +450,8 @@ class _open:
     def __enter__(self):
         if not self.path.exists():
             raise FileNotFoundError(f"results: {self.path} does not exist")
+        if self.path.is_dir():
+            raise ResultsError(f"results: {self.path} is a folder, not a results file")
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as err:
@@ -467,6 +479,111 @@ def _check_digest(path, group, what, skip=()):
     if expected != actual:
         raise ResultsError(f"results: {path}: {what} is damaged (SHA-256 digest {actual} != recorded {expected}); "
                            f"the file was left as it is: move it aside to run again under this name")
+
+
+# ---------------------------------------------------------------- the disk: temp file, fsync, os.replace
+
+TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what tempfile.mkstemp makes from our prefix/suffix
+CRASH_ENV = "TINYGRAD2_TEST_CRASH_AT"  # tests only: mid_write | before_replace | after_replace (the finish write)
+CRASH_POINTS = ("mid_write", "before_replace", "after_replace")
+_PROCESS_START = time.time()  # when this process imported the module: temp files older than it are orphans
+
+
+class WriteError(OSError):
+    """A results file could not be written (disk full, read-only, ...); the previous file is intact.
+    ``errno`` is the system's; ``reason`` its words ("No space left on device")."""
+
+    def __init__(self, number, message, reason=""):
+        super().__init__(number, message)
+        self.reason = reason
+
+    def __str__(self):
+        return self.strerror
+
+
+def write_atomically(path, data: bytes, *, crash_test=False) -> None:
+    """Put ``data`` at ``path`` whole or not at all: a temp file ``.NAME.XXXXXXXX.tmp``
+    beside it, written, given the umask's ordinary permissions, fsynced and
+    ``os.replace``d onto ``path``. Any OSError on the way is a :class:`WriteError`
+    naming ``path``; the temp file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    crash = os.environ.get(CRASH_ENV) if crash_test else None
+    tmp = None
+    try:
+        fd, tmp = _make_temp(path)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            if crash == "mid_write":
+                _write_bytes(fd, data[: len(data) // 2])
+                os.fsync(fd)
+                os._exit(137)
+            _write_bytes(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if crash == "before_replace":
+            os._exit(137)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        raise WriteError(err.errno, f"could not write {path}: {err.strerror or err}; "
+                                    f"the previous file (if any) is left as it was", err.strerror or str(err)) from err
+    finally:
+        if tmp is not None:
+            with _quiet():
+                os.unlink(tmp)
+    _fsync_dir(path.parent)
+    if crash == "after_replace":
+        os._exit(137)
+
+
+def _make_temp(path: Path):
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def _write_bytes(fd, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(folder) -> None:
+    """Raise :class:`WriteError` unless a results file can be written into ``folder``
+    (it makes and removes one temp file there)."""
+    folder = Path(folder)
+    try:
+        fd, tmp = _make_temp(folder / "probe")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise WriteError(err.errno, f"cannot write into {folder}: {err.strerror or err}",
+                         err.strerror or str(err)) from err
+
+
+def clean_temp_files(folder) -> list[Path]:
+    """Remove the temp files of killed writes in ``folder``: names of our pattern
+    (``.NAME.XXXXXXXX.tmp``) last modified before this process started. Returns them."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not TEMP_PATTERN.match(p.name):
+            continue
+        try:
+            if p.is_file() and not p.is_symlink() and p.stat().st_mtime < _PROCESS_START:
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
 
 
 # ---------------------------------------------------------------- helpers

@@ -24,7 +24,9 @@ optimizers evaluate the model many times per step (line searches, HVPs).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ import optimizers
 from tinygrad2 import Objective, backend as B, losses, no_grad
 
 from . import data as datasets
-from .results import RunWriter, load_run
+from .results import ResultsError, RunWriter, _config_json, clean_temp_files, load_final, load_run
 
 
 @dataclasses.dataclass
@@ -139,16 +141,50 @@ def _finite(x) -> bool:
     return bool(B.xp.isfinite(x).all())
 
 
-def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, progress=None, log=print,
-          on_epoch=None):
+class RunError(Exception):
+    """A run that cannot start as asked (the message is one line naming the file and the setting)."""
+
+
+STEP_CHECKPOINT_SECONDS = 5.0  # a step at least this long is followed by a (mid-epoch) checkpoint
+CHECKPOINT_ENV = "TINYGRAD2_CHECKPOINT_SECONDS"  # overrides STEP_CHECKPOINT_SECONDS (0: after every step)
+NOT_SETTINGS = ("data.verify",)  # config entries that do not change the numbers: ignored by resume's check
+
+
+def train(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False, data_dir=None, splits=None,
+          progress=None, log=print, on_epoch=None, checkpoint_seconds=None):
     """Run ``spec`` and write its results to ``path`` (see the module
     docstring). Returns the loaded :class:`experiments.results.Run`.
+
+    An existing ``path`` needs ``resume`` (continue it: its recorded settings
+    must equal ``spec``'s, else :class:`RunError`; a finished run is left as
+    it is) or ``overwrite`` (start again). ``extend`` (with ``resume``) lets
+    ``spec.epochs`` exceed the recorded epochs, every other setting equal: a
+    finished run continues from its last checkpoint to ``spec.epochs``, with
+    the numbers of an uninterrupted run of that length. Fewer epochs than
+    recorded are refused. A step that takes at least ``checkpoint_seconds``
+    (default ``$TINYGRAD2_CHECKPOINT_SECONDS``, else 5) is followed by a
+    mid-epoch checkpoint, so an interrupted run of long steps loses at most one.
 
     ``on_epoch(epoch, theta, model, objective)``, if given, is called at
     every evaluation (epoch 0 = the initial point, then after each epoch)
     with ``objective`` bound to the first batch of epoch 0; the numbers it
     returns (a dict) are logged in the epoch series beside the metrics."""
     path = Path(path)
+    if checkpoint_seconds is None:
+        checkpoint_seconds = float(os.environ.get(CHECKPOINT_ENV, STEP_CHECKPOINT_SECONDS))
+    removed = clean_temp_files(path.parent)
+    if removed:
+        log(f"{path.parent}: removed {len(removed)} temp file(s) left by killed writes")
+    resuming = resume and path.exists()
+    recorded = check_request(spec, path, resume=resume, extend=extend, overwrite=overwrite)
+    if resuming:
+        writer, checkpoint = RunWriter.resume(path)
+        more = extend and spec.epochs > recorded.config.get("epochs", spec.epochs)
+        if recorded.status in ("finished", "diverged") and not more:
+            log(f"{path}: already {recorded.status}; nothing to resume")
+            return recorded
+        if recorded.status == "diverged":
+            raise RunError(f"resume --extend: {path} diverged ({recorded.message}); it cannot be extended")
     with B.precision(spec.dtype):
         splits = splits if splits is not None else load_splits(spec.data, data_dir, spec.seed)
         model = build_model(spec.model)
@@ -157,14 +193,12 @@ def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, prog
         X0, y0 = next(train_set.batches(spec.batch_size, seed=spec.seed, epoch=0))
         objective = Objective(model.apply, spec.loss, X0, y0, layout=model.layout())
 
-        checkpoint = None
-        if resume and path.exists():
-            writer, checkpoint = RunWriter.resume(path)
-            if load_run(path).status == "finished":
-                log(f"{path}: already finished; nothing to resume")
-                return load_run(path)
+        if resuming:
+            writer.config = spec.config()
+            writer.discard_final()
         else:
-            writer = RunWriter.create(path, spec.config(), overwrite=not resume)
+            writer, checkpoint = RunWriter.create(path, spec.config(), overwrite=overwrite), None
+        batch0, losses0, partial = 0, [], 0.0
         if checkpoint is None:
             theta = model.init_theta(spec.seed, spec.dtype)
             state, epoch0, step, wall = opt.init(theta), 0, 0, 0.0
@@ -173,21 +207,31 @@ def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, prog
             epoch0, step, wall = checkpoint.epoch, checkpoint.step, checkpoint.wall_time
             if checkpoint.buffers:
                 model.load_buffers(checkpoint.buffers)
-            log(f"{path}: resuming after epoch {epoch0} (step {step})")
+            batch0 = int(checkpoint.extra.get("batch", 0))
+            if batch0:  # a mid-epoch checkpoint: the epoch's losses and time so far
+                losses0 = list(B.to_host(checkpoint.extra["losses"]))
+                partial = float(checkpoint.extra["epoch_time"])
+                wall -= partial
+            where = f"epoch {epoch0}" + (f" and {batch0} batches of epoch {epoch0 + 1}" if batch0 else "")
+            log(f"{path}: resuming after {where} (step {step})")
 
         has_buffers = bool(model.named_buffers())
+        metrics = None
         with writer:
-            if epoch0 == 0:
+            if epoch0 == 0 and batch0 == 0:
                 metrics = _metrics(model, theta, splits, spec.loss, math.nan, 0.0)
                 if on_epoch is not None:
                     metrics.update(on_epoch(0, theta, model, objective) or {})
                 writer.log_epoch(0, metrics)
             bar = _progress(progress, spec, train_set, epoch0)
             for epoch in range(epoch0, spec.epochs):
-                losses, start = [], time.perf_counter()
-                batches = train_set.batches(spec.batch_size, seed=spec.seed, epoch=epoch)
+                first = 0
+                losses, before, start = [], 0.0, time.perf_counter()
+                if epoch == epoch0 and batch0:
+                    first, losses, before = batch0, losses0, partial
+                batches = train_set.batches(spec.batch_size, seed=spec.seed, epoch=epoch, start=first)
                 limit = spec.data.get("limit_batches")
-                for b, (X, y) in enumerate(batches):
+                for b, (X, y) in enumerate(batches, start=first):
                     if limit is not None and b >= limit:
                         break
                     t0 = time.perf_counter()
@@ -209,11 +253,17 @@ def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, prog
                         model.update_running_stats(theta, X)
                     step += 1
                     losses.append(loss)
-                    writer.log_step(step, {**info, "epoch": epoch + 1, "step_time": time.perf_counter() - t0})
+                    step_time = time.perf_counter() - t0
+                    writer.log_step(step, {**info, "epoch": epoch + 1, "step_time": step_time})
+                    if step_time >= checkpoint_seconds:  # a long step: do not lose it to a kill
+                        so_far = before + time.perf_counter() - start
+                        writer.checkpoint(theta, state, epoch=epoch, step=step, wall_time=wall + so_far,
+                                          buffers=model.named_buffers(),
+                                          extra={"batch": b + 1, "losses": np.asarray(losses), "epoch_time": so_far})
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
-                epoch_time = time.perf_counter() - start
+                epoch_time = before + time.perf_counter() - start
                 wall += epoch_time
                 metrics = _metrics(model, theta, splits, spec.loss, float(np.mean(losses)) if losses else math.nan,
                                    wall, epoch_time)
@@ -225,9 +275,93 @@ def train(spec: RunSpec, path, *, resume=False, data_dir=None, splits=None, prog
                                   buffers=model.named_buffers())
             if bar is not None:
                 bar.close()
+            if metrics is None:  # killed between the last checkpoint and the end: its epoch row is the last
+                metrics = _last_row(writer.epochs)
             final = dict(metrics, seconds_per_epoch=wall / max(spec.epochs, 1))
             writer.finish(theta, final, buffers=model.named_buffers())
     return load_run(path)
+
+
+def check_request(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False):
+    """What :func:`train` checks before it touches anything: an existing ``path``
+    needs ``resume`` or ``overwrite``; a resumed file must be whole (every
+    digest) and recorded with ``spec``'s settings (``extend``: more epochs
+    allowed). Returns the recorded :class:`~experiments.results.Run` (``None``
+    if there is nothing to resume); raises :class:`RunError` or ResultsError."""
+    path = Path(path)
+    if extend and not resume:
+        raise RunError("run: --extend continues a results file: it needs --resume")
+    if resume and overwrite:
+        raise RunError("run: --resume and --overwrite contradict each other; pass one")
+    if not path.exists():
+        return None
+    if path.is_dir():
+        raise RunError(f"run: {path} is a folder; the results file of {spec.method} cannot be written there")
+    if not (resume or overwrite):
+        raise RunError(f"run: {path} already exists ({_status(path)}); pass --resume to continue it "
+                       f"or --overwrite to start again")
+    if overwrite:
+        return None
+    RunWriter.resume(path)  # reads and checks the whole file (every digest) before judging it
+    recorded = load_run(path)
+    if recorded.status in ("finished", "diverged"):
+        load_final(path)
+    _check_settings(path, recorded.config, json.loads(_config_json(spec.config())), extend)
+    return recorded
+
+
+def _status(path) -> str:
+    try:
+        return f"status {load_run(path).status}"
+    except (ResultsError, OSError):
+        return "not readable"
+
+
+def _flat(tree, prefix="") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else
+                   {f"{prefix}{key}": value})
+    return out
+
+
+def _show(value) -> str:
+    if value is _UNSET:
+        return "unset"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+_UNSET = object()
+
+
+def settings_diff(recorded: dict, requested: dict, skip=()) -> list[tuple[str, str, str]]:
+    """``(setting, recorded, requested)`` for every config entry that differs
+    (nested dicts compared entry by entry, e.g. ``optimizer.kwargs.lr``)."""
+    a, b = _flat(recorded), _flat(requested)
+    keys = list(dict.fromkeys([*a, *b]))
+    return [(k, _show(a.get(k, _UNSET)), _show(b.get(k, _UNSET))) for k in keys
+            if k not in skip and k not in NOT_SETTINGS and a.get(k, _UNSET) != b.get(k, _UNSET)]
+
+
+def _check_settings(path, recorded, requested, extend):
+    diff = settings_diff(recorded, requested, skip=("epochs",) if extend else ())
+    if diff:
+        hint = "pass the recorded settings, or --overwrite to start again"
+        if [k for k, _, _ in diff] == ["epochs"] and requested["epochs"] > recorded.get("epochs", 0):
+            hint = "pass the recorded settings, --extend to add epochs to it, or --overwrite to start again"
+        raise RunError(f"resume: {path.name} was recorded with {', '.join(f'{k} {a}' for k, a, _ in diff)}; "
+                       f"this request has {', '.join(f'{k} {b}' for k, _, b in diff)} ({hint})")
+    if extend and requested["epochs"] < recorded.get("epochs", 0):
+        raise RunError(f"resume --extend: {path.name} already holds {recorded['epochs']} epochs; --epochs "
+                       f"{requested['epochs']} would shorten it (ask for more epochs, or --overwrite to start again)")
+
+
+def _last_row(series) -> dict:
+    """The last row of the epoch series as a metrics dict (NaN entries dropped)."""
+    return {k: v[-1] for k, v in series.columns.items()
+            if k != series.index and len(v) and not math.isnan(v[-1])}
 
 
 def _metrics(model, theta, splits, loss, train_loss, wall, epoch_time=math.nan):

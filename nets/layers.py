@@ -11,7 +11,7 @@ import math
 from tinygrad2 import Tensor
 from tinygrad2.primitives import im2col
 
-from .module import Module, bias_uniform, fan_in, kaiming_uniform
+from .module import Module, bias_uniform, check_size, fan_in, kaiming_uniform
 
 
 def _pair(value, what):
@@ -31,7 +31,9 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        self.in_features, self.out_features, self.has_bias = int(in_features), int(out_features), bool(bias)
+        self.in_features = check_size(in_features, "Linear", "in_features")
+        self.out_features = check_size(out_features, "Linear", "out_features")
+        self.has_bias = bool(bias)
         self.add_param("weight", (self.out_features, self.in_features), "weight", kaiming_uniform)
         if bias:
             self.add_param("bias", (self.out_features,), "bias", bias_uniform(self.in_features))
@@ -89,7 +91,8 @@ class Conv2d(Module):
             if patches not in ("slices", "im2col"):
                 raise ValueError(f"Conv2d: patches must be 'slices' or 'im2col', got {patches!r}")
             self.patches = patches
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = check_size(in_channels, "Conv2d", "in_channels")
+        self.out_channels = check_size(out_channels, "Conv2d", "out_channels")
         self.kernel = _pair(kernel_size, "Conv2d: kernel_size")
         self.stride = _pair(stride, "Conv2d: stride")
         self.padding = _pair(padding, "Conv2d: padding")

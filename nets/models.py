@@ -20,7 +20,7 @@ name by name.
 from __future__ import annotations
 
 from .layers import Conv2d, Flatten, Linear, ReLU, Sequential, WeightNorm, activation
-from .module import Module
+from .module import Module, check_scale, check_size
 from .normalization import BatchNorm2d
 from .pooling import GlobalAvgPool, MaxPool2d
 
@@ -31,7 +31,9 @@ class MLP(Sequential):
     sample (e.g. (N, 1, 28, 28)). Names: "1.weight", "1.bias", "3.weight", ..."""
 
     def __init__(self, sizes=(784, 128, 10), activation="relu"):
-        sizes = tuple(int(s) for s in sizes)
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+            raise TypeError(f"MLP: sizes must be a sequence of positive ints (d0, d1, ...), got {sizes!r}")
+        sizes = tuple(check_size(s, "MLP", f"sizes[{i}]") for i, s in enumerate(sizes))
         if len(sizes) < 2:
             raise ValueError(f"MLP: sizes needs at least an input and an output size, got {sizes}")
         layers = [Flatten()]
@@ -58,8 +60,11 @@ class SmallCNN(Module):
     def __init__(self, widths=(6, 16), hidden=120, in_channels=3, num_classes=10, image_size=32,
                  activation="relu"):
         super().__init__()
-        w1, w2 = (int(w) for w in widths)
-        s = ((int(image_size) - 4) // 2 - 4) // 2
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) != 2:
+            raise TypeError(f"SmallCNN: widths must be a pair of positive ints (w1, w2), got {widths!r}")
+        w1, w2 = (check_size(w, "SmallCNN", f"widths[{i}]") for i, w in enumerate(widths))
+        hidden, num_classes = check_size(hidden, "SmallCNN", "hidden"), check_size(num_classes, "SmallCNN", "num_classes")
+        s = ((check_size(image_size, "SmallCNN", "image_size") - 4) // 2 - 4) // 2
         if s < 1:
             raise ValueError(f"SmallCNN: image_size {image_size} is too small (needs at least 16)")
         self.features = Sequential(
@@ -122,6 +127,8 @@ class ResNet18(Module):
         super().__init__()
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"ResNet18: stem must be 'imagenet' or 'cifar', got {stem!r}")
+        check_size(in_channels, "ResNet18", "in_channels"), check_size(num_classes, "ResNet18", "num_classes")
+        check_scale(width, "ResNet18", "width")
         c = [max(1, int(round(base * width))) for base in (64, 128, 256, 512)]
         self.stem, self.width = stem, width
         if stem == "imagenet":
@@ -179,6 +186,8 @@ class VGG(Module):
             raise ValueError(f"VGG: depth must be one of {sorted(VGG_CONFIGS)}, got {depth!r}")
         if norm not in ("bn", "none", "wn"):
             raise ValueError(f"VGG: norm must be 'bn', 'none' or 'wn', got {norm!r}")
+        check_size(in_channels, "VGG", "in_channels"), check_size(num_classes, "VGG", "num_classes")
+        check_scale(width, "VGG", "width")
         self.depth, self.norm = depth, norm
         layers, channels = [], in_channels
         for item in VGG_CONFIGS[depth]:

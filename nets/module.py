@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import tempfile
 
@@ -300,6 +301,16 @@ class Module:
         backend's default, float32): every module's :meth:`init_params`, in
         layout order, from one NumPy generator seeded with ``seed`` -- drawn
         on the host so that a seed gives the same network on NumPy and CuPy."""
+        me = f"{type(self).__name__}.init_theta"
+        if seed is not None and (isinstance(seed, (bool, numpy.bool_)) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise TypeError(f"{me}: seed must be an int >= 0 or None, got {seed!r} ({type(seed).__name__})")
+        try:
+            floating = dtype is None or numpy.dtype(dtype).kind == "f"
+        except TypeError:
+            floating = False
+        if not floating:
+            raise TypeError(f"{me}: dtype must be a floating dtype (float32, float64), got {dtype!r}")
         layout, _ = self._plan()
         rng = numpy.random.default_rng(seed)
         parts = {}
@@ -320,11 +331,17 @@ class Module:
     def save(self, path, theta):
         """Write θ, the buffers and the layout to HDF5 at ``path``, atomically:
         a temporary file in the same folder, then ``os.replace``."""
-        layout = self.layout()
+        me, layout = f"{type(self).__name__}.save", self.layout()
         theta = B.to_host(theta.data if isinstance(theta, Tensor) else theta)
         if theta.shape != (layout.n,):
-            raise ValueError(f"{type(self).__name__}.save: theta has shape {theta.shape}, expected ({layout.n},)")
+            raise ValueError(f"{me}: theta has shape {theta.shape}, expected ({layout.n},)")
+        if theta.dtype.kind != "f":
+            raise TypeError(f"{me}: theta must be floating, got dtype {theta.dtype}")
         folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{me}: cannot write {path}: the folder {folder} does not exist")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{me}: cannot write {path}: it is a folder")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
         os.close(fd)
         try:
@@ -346,7 +363,11 @@ class Module:
         """Read a file written by :meth:`save`: checks that its layout equals
         this model's, restores the buffers, and returns θ (an ``xp`` array, in
         the dtype it was saved in)."""
-        layout = self.layout()
+        layout, me = self.layout(), f"{type(self).__name__}.load"
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{me}: no file at {path}")
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"{me}: {path} is not an HDF5 file (expected one written by {type(self).__name__}.save)")
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise ValueError(f"{type(self).__name__}.load: {path} is not a {FORMAT} file")
@@ -382,6 +403,27 @@ class Module:
         lines.append(f"{layout.n:,} parameters in {len(layout)} tensors; "
                      f"{sum(a.size for a in self.named_buffers().values()):,} buffer entries")
         return "\n".join(lines)
+
+
+def check_size(value, where, what):
+    """A layer width, channel count or class count: a positive int (NumPy
+    ints too), returned as int. Bools, floats (32.5 is not silently 32) and
+    strings raise TypeError, zero or less ValueError, naming ``where``
+    (the layer or model) and ``what`` (the argument)."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {what} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{where}: {what} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_scale(value, where, what):
+    """A positive finite real factor (a model's ``width``)."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {what} must be a positive number, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: {what} must be a positive finite number, got {value!r}")
+    return value
 
 
 def split(theta, params):

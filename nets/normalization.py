@@ -25,7 +25,7 @@ from __future__ import annotations
 from tinygrad2 import Tensor
 from tinygrad2 import backend as B
 
-from .module import Module, ones, zeros
+from .module import Module, check_size, ones, zeros
 
 
 class _BatchNorm(Module):
@@ -34,7 +34,8 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.num_features = check_size(num_features, type(self).__name__, "num_features")
+        self.eps, self.momentum = float(eps), float(momentum)
         self.add_param("weight", (self.num_features,), "scale", ones)
         self.add_param("bias", (self.num_features,), "shift", zeros)
         self.add_buffer("running_mean", B.xp.zeros((self.num_features,), B.default_dtype))

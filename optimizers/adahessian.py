@@ -61,7 +61,8 @@ from __future__ import annotations
 from tinygrad2 import backend as B
 from tinygrad2 import rademacher
 
-from .base import Optimizer, base_info, check_fraction, check_int, check_positive
+from .base import (HyperparameterError, Optimizer, base_info, check_bool, check_fraction, check_int, check_pair,
+                   check_positive)
 
 SEED_STRIDE = 2**32  # the j-th Rademacher draw of a run seeded s uses the seed s · SEED_STRIDE + j
 SEED_LIMIT = 2**31  # seeds must be below this, so that s · SEED_STRIDE + j stays distinct per run
@@ -75,20 +76,16 @@ class AdaHessian(Optimizer):
     def __init__(self, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0, hessian_power=1.0,
                  update_each=1, spatial_average=True, block_size=None, seed=0):
         self.lr = check_positive("lr", lr)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (check_fraction("betas[0] (beta1)", betas[0]), check_fraction("betas[1] (beta2)", betas[1]))
+        self.betas = check_pair("betas (beta1, beta2)", betas)
         self.eps = check_positive("eps", eps, allow_zero=True)
         self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
         self.hessian_power = check_fraction("hessian_power", hessian_power, closed_high=True)
         self.update_each = check_int("update_each", update_each, minimum=1)
-        if not isinstance(spatial_average, bool):
-            raise ValueError(f"spatial_average must be True or False, got {spatial_average!r}")
-        self.spatial_average = spatial_average
+        self.spatial_average = check_bool("spatial_average", spatial_average)
         self.block_size = None if block_size is None else check_int("block_size", block_size, minimum=1)
         self.seed = check_int("seed", seed, minimum=0)
         if seed >= SEED_LIMIT:
-            raise ValueError(f"seed must be < 2**31, got {seed!r}")
+            raise HyperparameterError(f"seed must be < 2**31, got {seed!r}")
 
     def init(self, theta) -> dict:
         zeros = B.xp.zeros_like(theta)

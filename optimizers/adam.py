@@ -22,7 +22,7 @@ import math
 
 from tinygrad2 import backend as B
 
-from .base import Optimizer, base_info, check_fraction, check_positive
+from .base import Optimizer, base_info, check_bool, check_pair, check_positive
 
 
 class Adam(Optimizer):
@@ -33,12 +33,10 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         self.lr = check_positive("lr", lr, allow_zero=True)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (check_fraction("betas[0]", betas[0]), check_fraction("betas[1]", betas[1]))
+        self.betas = check_pair("betas", betas)
         self.eps = check_positive("eps", eps, allow_zero=True)
         self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
-        self.decoupled = bool(decoupled)
+        self.decoupled = check_bool("decoupled", decoupled)
 
     def init(self, theta):
         zeros = B.xp.zeros_like(theta)

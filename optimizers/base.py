@@ -7,10 +7,11 @@ An optimizer is an object of hyper-parameters with two methods::
     state = opt.init(theta)                                  # a plain dict
     theta, state, info = opt.step(objective, theta, state)   # one update
 
-``theta`` is a flat ``xp`` array; ``objective`` is anything with the
-Objective interface of ``tinygrad2`` (``loss``, ``grad``, ``loss_and_grad``,
-``hvp``, ``ggn_vp``, ``hessian``, ``hessian_diag``, ``block_row_sums``,
-``block_diag``, ``layout``, ``batch_size``, ``counts``); optimizers never
+``theta`` is a flat ``xp`` array; ``objective`` is anything that has
+:class:`tinygrad2.ObjectiveInterface`, the one written list of what an
+optimizer may call (loss, gradients, curvature products, the layout, the
+batch size, the counts; ``tests/optimizers/test_interface_only.py`` runs
+every optimizer on objectives that expose nothing else); optimizers never
 import ``nets``. Per-epoch methods also implement
 ``end_epoch(theta, state, metrics)`` (BB's step size, the Hybrid's switch);
 the run loop calls it after every epoch with metrics such as ``val_loss``.
@@ -122,9 +123,13 @@ key                        meaning [unit] (optimizers)
 """
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 import re
 import time
+
+import numpy  # type checks of hyper-parameters only (NumPy scalars); no array math
 
 from tinygrad2 import backend as B
 
@@ -173,7 +178,27 @@ class OptimizeResult(dict):
 
 class Optimizer:
     """Base class: subclasses implement ``init`` (through :meth:`_new_state`)
-    and ``step`` (which starts with :meth:`_check_state`)."""
+    and ``step`` (which starts with :meth:`_check_state`), and check every
+    constructor argument with the ``check_*`` helpers of this module; a
+    :class:`HyperparameterError` raised there gets the class name in front."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked(self, *args, **kw):
+            try:
+                init(self, *args, **kw)
+            except HyperparameterError as err:
+                me = type(self).__name__
+                if str(err).startswith(f"{me}:"):
+                    raise
+                raise type(err)(f"{me}: {err}") from None
+
+        cls.__init__ = checked
 
     def init(self, theta) -> dict:
         raise NotImplementedError
@@ -239,6 +264,9 @@ class Optimizer:
             if not math.isfinite(info.get("loss", 0.0)):
                 status, message = 3, f"non-finite loss {info['loss']} at iteration {nit}"
                 break
+            if not bool(B.xp.isfinite(theta_next).all()):  # the objective would refuse it
+                status, message = 3, f"non-finite parameters after iteration {nit}"
+                break
             theta = theta_next
             if callback is not None and callback(theta, info):
                 status, message = 2, "stopped by the callback"
@@ -263,35 +291,81 @@ class Optimizer:
 
 
 # ---------------------------------------------------------------- hyper-parameter checks
+#
+# Every constructor validates each argument with one of the helpers below. A
+# wrong type raises HyperparameterTypeError (a TypeError and a ValueError), a
+# value out of range HyperparameterError (a ValueError); Optimizer subclasses
+# prefix the message with the class name ("SGD: lr must be ...").
+
+
+class HyperparameterError(ValueError):
+    """A hyper-parameter with a value out of its range."""
+
+
+class HyperparameterTypeError(TypeError, HyperparameterError):
+    """A hyper-parameter of the wrong type ("0.1" for a number, None for a fraction, ...)."""
+
+
+def _show(value):
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_real(name, value):
+    """A real number (int, float, NumPy scalar), not a bool, not NaN."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real):
+        raise HyperparameterTypeError(f"{name} must be a real number, got {_show(value)}")
+    if math.isnan(value):
+        raise HyperparameterError(f"{name} must be a number, got NaN")
+    return value
 
 
 def check_positive(name, value, allow_zero=False):
-    ok = value >= 0 if allow_zero else value > 0
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
+    """A finite number > 0 (>= 0 with allow_zero)."""
+    check_real(name, value)
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        raise HyperparameterError(f"{name} must be a finite number {bound}, got {value!r}")
     return value
 
 
 def check_fraction(name, value, closed_high=False):
     """value in [0, 1) (or [0, 1] with closed_high)."""
-    ok = 0 <= value <= 1 if closed_high else 0 <= value < 1
-    if not (isinstance(value, (int, float)) and ok):
+    check_real(name, value)
+    if not (0 <= value <= 1 if closed_high else 0 <= value < 1):
         interval = "[0, 1]" if closed_high else "[0, 1)"
-        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+        raise HyperparameterError(f"{name} must lie in {interval}, got {value!r}")
     return value
 
 
 def check_int(name, value, minimum=1):
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    """An integer (Python or NumPy, not a bool) >= minimum, returned as int."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
+        raise HyperparameterTypeError(f"{name} must be an integer >= {minimum}, got {_show(value)}")
+    if value < minimum:
+        raise HyperparameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_bool(name, value):
+    """True or False (a NumPy bool too), returned as bool; 0, 1, "no" are refused."""
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise HyperparameterTypeError(f"{name} must be True or False, got {_show(value)}")
+    return bool(value)
 
 
 def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    """One of ``choices``, compared by type and value (True is not 1, "1" is not 1)."""
+    if not any(isinstance(value, type(c)) and (type(c) is bool) == isinstance(value, bool) and value == c
+               for c in choices):
+        raise HyperparameterError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_pair(name, value, check=check_fraction):
+    """A pair (tuple or list of two), each entry checked by ``check`` as name[0], name[1]."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise HyperparameterTypeError(f"{name} must be a pair (tuple of two), got {_show(value)}")
+    return tuple(check(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
 def norms(g):

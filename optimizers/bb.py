@@ -45,7 +45,7 @@ import math
 
 from tinygrad2 import backend as B
 
-from .base import Optimizer, base_info, check_int, check_positive
+from .base import HyperparameterError, Optimizer, base_info, check_bool, check_int, check_positive, check_real
 
 BETA_STEPS = 10.0  # default β = BETA_STEPS / m (capped at 1), the official code's choice
 CURVATURE_EPS = 1e-12  # default near-zero guard: skip the update if |sᵀy| <= this · ||s|| ||y||
@@ -82,17 +82,17 @@ class BB(Optimizer):
         self.steps_per_epoch = None if steps_per_epoch is None else check_int("steps_per_epoch", steps_per_epoch)
         if beta is None:
             if steps_per_epoch is None:
-                raise ValueError("beta: give beta explicitly when steps_per_epoch is None (its default is 10/m)")
+                raise HyperparameterError("beta: give beta explicitly when steps_per_epoch is None (its default is 10/m)")
             beta = min(1.0, BETA_STEPS / steps_per_epoch)
-        if not (isinstance(beta, (int, float)) and 0 < beta <= 1):
-            raise ValueError(f"beta must lie in (0, 1], got {beta!r}")
+        if not 0 < check_real("beta", beta) <= 1:
+            raise HyperparameterError(f"beta must lie in (0, 1], got {beta!r}")
         self.beta = float(beta)
         self.tau_min = None if tau_min is None else check_positive("tau_min", tau_min, allow_zero=True)
         self.tau_max = None if tau_max is None else check_positive("tau_max", tau_max)
         if tau_min is not None and tau_max is not None and tau_min > tau_max:
-            raise ValueError(f"tau_min must be <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")
+            raise HyperparameterError(f"tau_min must be <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")
         self.tau0 = self.lr if tau0 is None else check_positive("tau0", tau0)
-        self.smoothing = bool(smoothing)
+        self.smoothing = check_bool("smoothing", smoothing)
         self.curvature_eps = check_positive("curvature_eps", curvature_eps, allow_zero=True)
 
     def init(self, theta):

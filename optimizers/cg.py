@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 from tinygrad2 import backend as B
 
-from .base import check_int, check_positive
+from .base import HyperparameterError, check_int, check_positive
 
 CG_MAX_ITER = 250  # Martens' cap on CG iterations per solve
 CG_TOL = 1e-10  # default relative residual tolerance ||r|| <= tol · ||b||
@@ -120,11 +120,14 @@ def cg(matvec, b, x0=None, M=None, max_iter=CG_MAX_ITER, tol=CG_TOL, martens_eps
     max_iter: cap on CG updates; tol: relative residual tolerance;
     martens_eps: ε of Martens' relative-progress test (None disables it);
     martens_min_gap: the 10 in k = max(10, ⌈0.1 i⌉). Returns a CGResult."""
-    check_int("max_iter", max_iter, minimum=1)
-    check_positive("tol", tol, allow_zero=True)
-    if martens_eps is not None:
-        check_positive("martens_eps", martens_eps)
-    check_int("martens_min_gap", martens_min_gap, minimum=1)
+    try:
+        check_int("max_iter", max_iter, minimum=1)
+        check_positive("tol", tol, allow_zero=True)
+        if martens_eps is not None:
+            check_positive("martens_eps", martens_eps)
+        check_int("martens_min_gap", martens_min_gap, minimum=1)
+    except HyperparameterError as err:
+        raise type(err)(f"cg: {err}") from None
     xp = B.xp
     b = B.asarray(b)
     if b.ndim != 1:

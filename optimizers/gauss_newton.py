@@ -13,6 +13,7 @@ argument, the update and the ``info`` fields are those of HessianFree.
 """
 from __future__ import annotations
 
+from .base import HyperparameterError
 from .hessian_free import MARTENS_DAMPING, HessianFree
 
 
@@ -22,6 +23,6 @@ class GaussNewton(HessianFree):
     def __init__(self, lr=1.0, damping=MARTENS_DAMPING, **kwargs):
         curvature = kwargs.pop("curvature", "ggn")  # accepted, so hyperparameters() round-trips
         if curvature != "ggn":
-            raise ValueError(f"curvature is fixed to 'ggn' in GaussNewton, got curvature={curvature!r}; "
+            raise HyperparameterError(f"curvature is fixed to 'ggn' in GaussNewton, got curvature={curvature!r}; "
                              f"use HessianFree(curvature=...) instead")
         super().__init__(lr=lr, damping=damping, curvature="ggn", **kwargs)

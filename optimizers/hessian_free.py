@@ -61,7 +61,8 @@ import math
 
 from tinygrad2 import backend as B
 
-from .base import Optimizer, base_info, check_choice, check_fraction, check_int, check_positive
+from .base import (HyperparameterError, Optimizer, base_info, check_bool, check_choice, check_fraction, check_int,
+                   check_positive)
 from .cg import CG_MAX_ITER, CG_TOL, MARTENS_EPS, cg
 from .newton import LM_BOOST, LM_DROP, MAX_DAMPING, check_adapt, check_lm, lm_update, reduction_ratio
 
@@ -100,17 +101,17 @@ class HessianFree(Optimizer):
         self.cg_tol = check_positive("cg_tol", cg_tol, allow_zero=True)
         self.martens_eps = None if martens_eps is None else check_positive("martens_eps", martens_eps)
         self.warm_start_decay = check_fraction("warm_start_decay", warm_start_decay, closed_high=True)
-        self.backtracking = bool(backtracking)
+        self.backtracking = check_bool("backtracking", backtracking)
         self.preconditioner = check_choice("preconditioner", preconditioner, (None, "martens"))
         self.precond_exponent = check_fraction("precond_exponent", precond_exponent, closed_high=True)
-        self.line_search = bool(line_search)
+        self.line_search = check_bool("line_search", line_search)
         self.line_search_c1 = check_fraction("line_search_c1", line_search_c1)
         self.line_search_shrink = check_fraction("line_search_shrink", line_search_shrink)
         if line_search_shrink == 0:
-            raise ValueError("line_search_shrink must lie in (0, 1), got 0")
+            raise HyperparameterError("line_search_shrink must lie in (0, 1), got 0")
         self.line_search_max = check_int("line_search_max", line_search_max)
         self.boost, self.drop, self.min_damping, self.max_damping = check_lm(boost, drop, min_damping, max_damping)
-        self.reject_increase = bool(reject_increase)
+        self.reject_increase = check_bool("reject_increase", reject_increase)
 
     def init(self, theta):
         theta = B.asarray(theta)
@@ -208,6 +209,9 @@ class HessianFree(Optimizer):
 
 
 def _loss_at(objective, theta):
-    """f(θ), with a non-finite value read as +inf (a failed trial)."""
+    """f(θ), with a non-finite value read as +inf (a failed trial); a
+    non-finite θ is not evaluated (the objective refuses it)."""
+    if not bool(B.xp.isfinite(theta).all()):
+        return math.inf
     value = objective.loss(theta)
     return value if math.isfinite(value) else math.inf

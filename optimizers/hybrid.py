@@ -47,10 +47,8 @@ Info: the phase's own info plus ``phase``, ``switch_step``, ``switch_epoch``.
 """
 from __future__ import annotations
 
-import math
-
 from .adahessian import AdaHessian
-from .base import Optimizer, check_fraction, check_positive
+from .base import HyperparameterError, Optimizer, check_fraction, check_positive, check_real
 from .sgd import SGD
 
 
@@ -59,9 +57,8 @@ class Hybrid(Optimizer):
     **ada_kwargs); the switch, state and info: module docstring."""
 
     def __init__(self, threshold=1.0, sgd_lr=0.005, sgd_momentum=0.9, ada_lr=0.001, **ada_kwargs):
-        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
-                and not math.isnan(threshold) and threshold >= 0):
-            raise ValueError(f"threshold must be a number >= 0 (inf allowed), got {threshold!r}")
+        if not check_real("threshold", threshold) >= 0:
+            raise HyperparameterError(f"threshold must be a number >= 0 (inf allowed), got {threshold!r}")
         self.threshold = threshold
         self.sgd_lr = check_positive("sgd_lr", sgd_lr)
         self.sgd_momentum = check_fraction("sgd_momentum", sgd_momentum)
@@ -69,11 +66,13 @@ class Hybrid(Optimizer):
         self.ada_lr = check_positive("ada_lr", ada_lr)
         self.ada_kwargs = dict(ada_kwargs)
         if "lr" in ada_kwargs:
-            raise ValueError("Hybrid: give AdaHessian's learning rate as ada_lr, not lr")
+            raise HyperparameterError("Hybrid: give AdaHessian's learning rate as ada_lr, not lr")
         try:
             self._ada = AdaHessian(lr=ada_lr, **ada_kwargs)
         except TypeError as err:
-            raise ValueError(f"Hybrid: unknown AdaHessian argument in ada_kwargs: {err}") from None
+            if isinstance(err, HyperparameterError):
+                raise
+            raise HyperparameterError(f"Hybrid: unknown AdaHessian argument in ada_kwargs: {err}") from None
 
     def init(self, theta) -> dict:
         return self._new_state(theta, phase="sgd", epoch=0, switch_step=None, switch_epoch=None,

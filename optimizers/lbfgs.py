@@ -59,7 +59,7 @@ import math
 
 from tinygrad2 import backend as B
 
-from .base import Optimizer, base_info, check_choice, check_fraction, check_int, check_positive
+from .base import HyperparameterError, Optimizer, base_info, check_choice, check_fraction, check_int, check_positive
 
 WOLFE_C1, WOLFE_C2 = 1e-4, 0.9  # default Wolfe constants (N&W p. 62; PyTorch's and SciPy's too)
 MAX_LS = 25  # default cap on loss evaluations per line search (PyTorch's max_ls)
@@ -212,7 +212,7 @@ class LBFGS(Optimizer):
         self.c1 = check_fraction("c1", c1)
         self.c2 = check_fraction("c2", c2)
         if not 0 < self.c1 < self.c2 < 1:
-            raise ValueError(f"c1, c2: the Wolfe constants need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
+            raise HyperparameterError(f"c1, c2: the Wolfe constants need 0 < c1 < c2 < 1, got c1={c1!r}, c2={c2!r}")
         self.skip_threshold = check_fraction("skip_threshold", skip_threshold)
         self.batch_mode = check_choice("batch_mode", batch_mode, ("fixed", "same_batch"))
         self.max_ls = check_int("max_ls", max_ls)
@@ -231,6 +231,8 @@ class LBFGS(Optimizer):
 
         def evaluate(x):
             nfev[0] += 1
+            if not bool(xp.isfinite(x).all()):  # the objective refuses a non-finite point
+                raise NonFinite("non-finite trial point")
             f, g = objective.loss_and_grad(x)
             if not (math.isfinite(f) and bool(xp.isfinite(g).all())):
                 raise NonFinite(f"non-finite loss or gradient (loss {f})")

@@ -19,7 +19,7 @@ import math
 
 from tinygrad2 import backend as B
 
-from .base import Optimizer, base_info, check_choice, check_positive
+from .base import HyperparameterError, HyperparameterTypeError, Optimizer, base_info, check_bool, check_choice, check_positive
 
 _CURVATURES = ("hessian", "ggn")
 
@@ -50,8 +50,12 @@ def quadratic_model(g, d, Md):
 
 
 def new_loss(objective, theta, d, lr):
-    """f(θ + lr·d), with NaN/inf read as +inf (a loss increase)."""
-    value = objective.loss(theta + lr * d)
+    """f(θ + lr·d), with NaN/inf read as +inf (a loss increase); a trial
+    point that is itself non-finite is not evaluated (the objective refuses it)."""
+    trial = theta + lr * d
+    if not bool(B.xp.isfinite(trial).all()):
+        return math.inf
+    value = objective.loss(trial)
     return value if math.isfinite(value) else math.inf
 
 
@@ -72,7 +76,7 @@ def check_adapt(adapt):
     """``adapt`` must be the string "lm" or "fixed" (a bool is refused with a
     TypeError that says which string to use)."""
     if isinstance(adapt, bool):
-        raise TypeError(f"adapt must be the string 'lm' (Levenberg-Marquardt) or 'fixed', got the bool {adapt!r}; "
+        raise HyperparameterTypeError(f"adapt must be the string 'lm' (Levenberg-Marquardt) or 'fixed', got the bool {adapt!r}; "
                         f"use adapt={'lm' if adapt else 'fixed'!r}")
     return check_choice("adapt", adapt, ADAPT_CHOICES)
 
@@ -82,14 +86,14 @@ def check_lm(boost, drop, min_damping, max_damping):
     boost >= 1, 0 < drop <= 1, 0 <= min_damping <= max_damping."""
     check_positive("boost", boost)
     if boost < 1:
-        raise ValueError(f"boost must be >= 1, got {boost!r}")
+        raise HyperparameterError(f"boost must be >= 1, got {boost!r}")
     check_positive("drop", drop)
     if drop > 1:
-        raise ValueError(f"drop must be <= 1, got {drop!r}")
+        raise HyperparameterError(f"drop must be <= 1, got {drop!r}")
     check_positive("min_damping", min_damping, allow_zero=True)
     check_positive("max_damping", max_damping)
     if min_damping > max_damping:
-        raise ValueError(f"min_damping ({min_damping!r}) must not exceed max_damping ({max_damping!r})")
+        raise HyperparameterError(f"min_damping ({min_damping!r}) must not exceed max_damping ({max_damping!r})")
     return boost, drop, min_damping, max_damping
 
 
@@ -266,10 +270,10 @@ class DampedNewton(Optimizer):
         self.lr = check_positive("lr", lr)
         self.damping = check_positive("damping", damping, allow_zero=True)
         self.adapt = check_adapt(adapt)
-        self.saddle_free = bool(saddle_free)
+        self.saddle_free = check_bool("saddle_free", saddle_free)
         self.curvature = check_choice("curvature", curvature, _CURVATURES)
         self.boost, self.drop, self.min_damping, self.max_damping = check_lm(boost, drop, min_damping, max_damping)
-        self.reject_increase = bool(reject_increase)
+        self.reject_increase = check_bool("reject_increase", reject_increase)
 
     def init(self, theta):
         return self._new_state(theta, damping=float(self.damping))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from tinygrad2 import backend as B
 
-from .base import Optimizer, base_info, check_fraction, check_positive
+from .base import HyperparameterError, Optimizer, base_info, check_bool, check_fraction, check_positive
 
 
 class SGD(Optimizer):
@@ -32,11 +32,11 @@ class SGD(Optimizer):
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
         self.lr = check_positive("lr", lr, allow_zero=True)
         self.momentum = check_fraction("momentum", momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool("nesterov", nesterov)
         self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
         self.dampening = check_fraction("dampening", dampening, closed_high=True)
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
-            raise ValueError(
+            raise HyperparameterError(
                 f"nesterov: Nesterov momentum needs momentum > 0 and dampening = 0, "
                 f"got momentum={momentum!r}, dampening={dampening!r}"
             )

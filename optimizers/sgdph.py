@@ -80,7 +80,7 @@ from __future__ import annotations
 
 from tinygrad2 import backend as B
 
-from .base import Optimizer, base_info, check_choice, check_fraction, check_positive
+from .base import Optimizer, base_info, check_bool, check_choice, check_fraction, check_positive
 
 
 class SGDPH(Optimizer):
@@ -100,11 +100,8 @@ class SGDPH(Optimizer):
         self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
         self.diag = check_choice("diag", diag, ("row_sums", "exact"))
         self.schedule = check_choice("schedule", schedule, ("round_robin", "all"))
-        for flag, value in (("bias_correction", bias_correction), ("official_last_1d_sgd", official_last_1d_sgd)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{flag} must be True or False, got {value!r}")
-        self.bias_correction = bias_correction
-        self.official_last_1d_sgd = official_last_1d_sgd
+        self.bias_correction = check_bool("bias_correction", bias_correction)
+        self.official_last_1d_sgd = check_bool("official_last_1d_sgd", official_last_1d_sgd)
 
     def init(self, theta) -> dict:
         zeros = B.xp.zeros_like(theta)

@@ -7,13 +7,13 @@ missing data folder ends a benchmark with one line naming TINYGRAD2_DATA,
 and the benchmarks stay out of the wheel."""
 from __future__ import annotations
 
+import ast
 import gzip
 import importlib.util
 import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +121,10 @@ def test_missing_data_is_one_line_naming_the_variable(tmp_path):
 def test_benchmarks_are_not_packaged():
     from setuptools import find_packages
 
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    # the include list of [tool.setuptools.packages.find] (no tomllib: Python 3.10 is supported)
+    found = re.search(r"^\[tool\.setuptools\.packages\.find\]\s*\ninclude\s*=\s*(\[.*?\])",
+                      (ROOT / "pyproject.toml").read_text(), flags=re.M | re.S)
+    include = ast.literal_eval(found.group(1))
     packages = find_packages(str(ROOT), include=include)
     assert "experiments" in packages and not any(p.split(".")[0] == "benchmarks" for p in packages)
     assert not list((ROOT / "experiments").glob("bench_*.py"))

@@ -9,6 +9,8 @@ from . import losses, memory
 from .layout import Param, Layout
 from .directions import rademacher
 from .memory import CurvatureMemoryError
+from .guard import NonFiniteError
+from .layout import UnknownParameterError
 from .objective import Objective, BaseObjective, ObjectiveInterface
 from .problems import Quadratic, Rosenbrock, LogisticRegression, Function
 
@@ -16,7 +18,7 @@ __all__ = [
     "backend", "check", "to_host", "Tensor", "no_grad", "no_tangent", "primitives", "PRIMITIVES",
     "grad", "value_and_grad", "jvp", "vjp", "hvp", "hvp_reverse_over_reverse", "hessian",
     "losses", "memory", "Param", "Layout", "Objective", "BaseObjective", "ObjectiveInterface", "Quadratic", "Rosenbrock", "LogisticRegression",
-    "Function", "CurvatureMemoryError", "rademacher",
+    "Function", "CurvatureMemoryError", "NonFiniteError", "UnknownParameterError", "rademacher",
 ]
 from .spectrum import (  # noqa: E402
     linear_operator, top_eigenvalues, trace_hutchinson, trace_hutchpp,

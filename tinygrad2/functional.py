@@ -2,7 +2,8 @@
 
 Inputs ``x`` and directions ``v`` are ``xp`` arrays; results are ``xp`` arrays.
 Directions ``v`` may be one vector ``(n,)`` or a batch ``(K, n)``; a batch is
-pushed through the network in one pass (the tangents' leading axis).
+pushed through the network in one pass (the tangents' leading axis). x and v
+must be real and finite: NaN/inf raise :class:`tinygrad2.guard.NonFiniteError`.
 
 * ``hvp`` is forward-over-reverse: H v = d/dε ∇f(x + ε v) at ε = 0, computed by
   seeding tangents V on x, running f and its backward pass; the gradient comes
@@ -17,21 +18,22 @@ from __future__ import annotations
 from . import backend as B
 from . import memory
 from .directions import unit_rows
+from .guard import as_real, check_finite
 from .tensor import Tensor, no_grad
 
 
 def _input(x, op):
-    x = B.asarray(x)
+    x = as_real(x, op, "x")
     if x.ndim != 1:
         raise ValueError(f"{op}: x must be a 1-D array, got shape {x.shape}")
     if x.dtype.kind != "f":
         raise TypeError(f"{op}: x must be floating, got dtype {x.dtype}")
-    return x
+    return check_finite(x, op, "x")
 
 
 def _directions(v, n, dtype, op):
     """(K, n) directions and whether a single (n,) vector was given."""
-    v = B.asarray(v, dtype)
+    v = check_finite(as_real(v, op, "v", dtype), op, "v")
     if v.ndim == 1 and v.shape[0] == n:
         return v[None], True
     if v.ndim == 2 and v.shape[1] == n:

@@ -15,6 +15,14 @@ from . import backend as B
 from .tensor import Tensor
 
 
+class UnknownParameterError(KeyError):
+    """A parameter name that the layout does not have (a KeyError whose
+    message reads as written, without KeyError's quotes)."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter inside flat theta: ``theta[slice].reshape(shape)``.
@@ -74,12 +82,17 @@ class Layout:
         return name in self._by_name
 
     def __getitem__(self, name) -> Param:
+        return self.lookup(name)
+
+    def lookup(self, name, where="Layout") -> Param:
+        """The :class:`Param` called ``name``; :class:`UnknownParameterError`
+        (a KeyError) naming ``where``, the name and the names there are."""
         if isinstance(name, Param):
             name = name.name
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise KeyError(f"Layout: no parameter named {name!r}; have {self.names}") from None
+        if not isinstance(name, str) or name not in self._by_name:
+            raise UnknownParameterError(
+                f"{where}: no parameter named {name!r}; the layout has {self.names}")
+        return self._by_name[name]
 
     names = property(lambda self: [p.name for p in self.params])
     kinds = property(lambda self: sorted({p.kind for p in self.params}))
@@ -121,7 +134,7 @@ class Layout:
 
     def indicator(self, name, dtype=None):
         """The (n,) vector that is 1 on parameter ``name`` and 0 elsewhere."""
-        p = self[name]
+        p = self.lookup(name, "Layout.indicator")
         v = B.xp.zeros((self.n,), dtype or B.default_dtype)
         v[p.slice] = 1
         return v

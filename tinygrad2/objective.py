@@ -35,9 +35,24 @@ exceeds the budget (``memory_budget=`` per objective, else
 
 Evaluation counts are kept in ``objective.counts`` (a plain dict: ``nfev``,
 ``ngev``, ``nhvp``, ``nggnvp``; products count one per direction).
+
+Non-finite policy: inputs are checked, results are not. Every method checks
+theta (and the directions V of ``hvp``/``ggn_vp``) on entry with one
+``xp.isfinite(...).all()`` each, and an :class:`Objective` (or
+``LogisticRegression``, ``Quadratic``) checks its data X, y once, at
+construction and in ``with_batch``; NaN or ±inf there raises
+:class:`tinygrad2.guard.NonFiniteError` (a FloatingPointError and a
+ValueError) naming the operation, the argument, the number of non-finite
+entries and the first one's index, before any work. Arrays that are not
+real (complex, object, strings) raise TypeError, never lose a part; an
+empty batch (X with 0 rows) raises ValueError. A NaN or inf that arises
+inside a computation from finite inputs (overflow) is returned as computed,
+for the optimizers' own non-finite fallbacks to handle. The functional API
+(``tg.grad``, ``tg.hvp``, ...) checks x and v the same way.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Protocol, runtime_checkable
 
 from . import backend as B
@@ -45,13 +60,19 @@ from . import functional
 from . import losses as L
 from . import memory
 from .directions import generator, rademacher, unit_rows
+from .guard import as_real, check_finite
 from .layout import Layout
 from .tensor import Tensor, no_tangent
 
 
 @runtime_checkable
 class ObjectiveInterface(Protocol):
-    """What an optimizer may call on an objective (see the module docstring)."""
+    """What an optimizer may call on an objective (see the module docstring).
+
+    One optional hook lies outside it: an objective may also offer
+    ``per_example_grad_sq(theta)`` (Σ_i ∇f_i² over its examples), which
+    HessianFree's Martens preconditioner uses when present and estimates
+    from ``batch_size`` and the gradient when not."""
 
     layout: Layout
     counts: dict
@@ -105,7 +126,7 @@ class BaseObjective:
     def _theta(self, theta, op):
         if isinstance(theta, Tensor):
             theta = theta.data
-        theta = B.asarray(theta)
+        theta = as_real(theta, f"{self.name}.{op}", "theta")
         if theta.ndim != 1 or theta.shape[0] != self.layout.n:
             raise ValueError(
                 f"{self.name}.{op}: theta has shape {theta.shape}, expected ({self.layout.n},) "
@@ -113,11 +134,12 @@ class BaseObjective:
             )
         if theta.dtype.kind != "f":
             raise TypeError(f"{self.name}.{op}: theta must be floating, got dtype {theta.dtype}")
-        return theta
+        return check_finite(theta, f"{self.name}.{op}", "theta")
 
     def _directions(self, V, theta, op):
         """(K, n) directions in theta's dtype, and whether one (n,) was given."""
-        V = B.asarray(V.data if isinstance(V, Tensor) else V, theta.dtype)
+        where = f"{self.name}.{op}"
+        V = check_finite(as_real(V.data if isinstance(V, Tensor) else V, where, "V", theta.dtype), where, "V")
         n = theta.shape[0]
         if V.ndim == 1 and V.shape[0] == n:
             return V[None], True
@@ -220,9 +242,9 @@ class BaseObjective:
                 d[start:stop] = HE[B.xp.arange(stop - start), B.xp.arange(start, stop)]
             return d
         if method == "hutchinson":
+            if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+                raise ValueError(f"{self.name}.hessian_diag: samples must be an int >= 1, got {samples!r}")
             samples = int(samples)
-            if samples < 1:
-                raise ValueError(f"{self.name}.hessian_diag: samples must be >= 1, got {samples}")
             chunk = self._plan("hessian_diag", theta, n, samples, chunk)
             rng, total = generator(seed), B.xp.zeros((n,), theta.dtype)
             for start in range(0, samples, chunk):
@@ -237,14 +259,14 @@ class BaseObjective:
         SGD-PH's official code computes; it equals diag(H_gg) only when the
         block is diagonal, which it is not in general (see ``block_diag``)."""
         theta = self._theta(theta, "block_row_sums")
-        p = self.layout[name]
+        p = self.layout.lookup(name, f"{self.name}.block_row_sums")
         return self.hvp(theta, self.layout.indicator(p.name, theta.dtype))[p.slice]
 
     def block_diag(self, theta, name, chunk=None):
         """diag(H_gg) for parameter group g = ``name`` (flat, length |g|),
         exact: |g| unit directions in chunks."""
         theta = self._theta(theta, "block_diag")
-        p, n = self.layout[name], theta.shape[0]
+        p, n = self.layout.lookup(name, f"{self.name}.block_diag"), theta.shape[0]
         chunk = self._plan("block_diag", theta, p.size, p.size, chunk)
         d = B.xp.empty((p.size,), theta.dtype)
         for start in range(0, p.size, chunk):
@@ -322,8 +344,8 @@ class Objective(BaseObjective):
         except ValueError as err:
             raise ValueError(f"Objective: {err}") from None
         self.model_fn, self.loss_name = model_fn, loss
-        self.X, self.y = B.asarray(X.data if isinstance(X, Tensor) else X), B.asarray(y.data if isinstance(y, Tensor) else y)
         self._where = f"Objective(loss={self._loss.name!r})" if isinstance(loss, str) else "Objective"
+        self.X, self.y = check_batch(X, y, self._where)
         self._loss.check_targets(self.y, self.X.shape[0] if self.X.ndim else None, self._where)
         self._cast = {}
 
@@ -372,6 +394,7 @@ class Objective(BaseObjective):
     def with_batch(self, X, y) -> "Objective":
         """The same model, loss, layout and budget on another batch; shares
         the evaluation counter (so a run's totals accumulate)."""
+        check_batch(X, y, f"{self._where}.with_batch")
         return Objective(self.model_fn, self.loss_name, X, y, self.layout, self.memory_budget, self.counts)
 
     # ---- Gauss-Newton ------------------------------------------------------
@@ -415,3 +438,13 @@ class Objective(BaseObjective):
         n = "unbound" if self.layout is None else self.layout.n
         return f"Objective(n={n}, loss={self._loss.name}, X {self.X.shape}, y {self.y.shape})"
 
+
+
+def check_batch(X, y, where):
+    """(X, y) as ``xp`` arrays, refused unless both are real and finite and X
+    has at least one row (every batch objective checks its data here once)."""
+    X = as_real(X.data if isinstance(X, Tensor) else X, where, "X", kinds="biuf")
+    y = as_real(y.data if isinstance(y, Tensor) else y, where, "y", kinds="biuf")
+    if X.ndim and X.shape[0] == 0:
+        raise ValueError(f"{where}: X has 0 rows (shape {tuple(X.shape)}); a batch needs at least one example")
+    return check_finite(X, where, "X"), check_finite(y, where, "y")

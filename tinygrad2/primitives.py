@@ -227,6 +227,20 @@ class log:  # d log(x) = dx / x
 
 
 @primitive(broadcasts=True)
+class sin:  # d sin x = cos x dx
+    def forward(x): return B.xp.sin(x)
+    def jvp(primals, tangents, out): return tangents[0] * B.xp.cos(primals[0])
+    def vjp(g, out, x): return (g * x.cos(),)
+
+
+@primitive(broadcasts=True)
+class cos:  # d cos x = -sin x dx
+    def forward(x): return B.xp.cos(x)
+    def jvp(primals, tangents, out): return tangents[0] * -B.xp.sin(primals[0])
+    def vjp(g, out, x): return (-(g * x.sin()),)
+
+
+@primitive(broadcasts=True)
 class tanh:  # d tanh(x) = (1 - tanh²(x)) dx
     def forward(x): return B.xp.tanh(x)
     def jvp(primals, tangents, out): return tangents[0] * (1 - out * out)

@@ -8,9 +8,12 @@ form where one exists.
 """
 from __future__ import annotations
 
+import numbers
+
 from . import backend as B
+from .guard import as_real, check_finite
 from .layout import Layout
-from .objective import BaseObjective
+from .objective import BaseObjective, check_batch
 from .primitives import sigmoid
 from .tensor import Tensor
 
@@ -36,11 +39,11 @@ class Quadratic(BaseObjective):
     through the engine. ``minimizer`` solves A x = b."""
 
     def __init__(self, A, b=None, memory_budget=None):
-        A = B.asarray(A)
+        A = check_finite(as_real(A, "Quadratic", "A"), "Quadratic", "A")
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(f"Quadratic: A must be square (n, n), got shape {A.shape}")
         n = A.shape[0]
-        b = B.xp.zeros((n,), A.dtype) if b is None else B.asarray(b)
+        b = B.xp.zeros((n,), A.dtype) if b is None else check_finite(as_real(b, "Quadratic", "b"), "Quadratic", "b")
         if b.shape != (n,):
             raise ValueError(f"Quadratic: b has shape {b.shape}, expected ({n},) to match A {A.shape}")
         scale = float(B.xp.abs(A).max()) if A.size else 0.0
@@ -77,8 +80,8 @@ class Rosenbrock(BaseObjective):
     Gauss-Newton matrix is G = 2 J_rᵀ J_r (equal to H where r = 0)."""
 
     def __init__(self, n=2, memory_budget=None):
-        if int(n) < 2:
-            raise ValueError(f"Rosenbrock: n must be >= 2, got {n}")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+            raise ValueError(f"Rosenbrock: n must be an int >= 2, got {n!r}")
         super().__init__(Layout.single(int(n), "x"), memory_budget)
 
     def _scalar(self, x):
@@ -121,7 +124,7 @@ class LogisticRegression(BaseObjective):
     No intercept: append a column of ones to X for one."""
 
     def __init__(self, X, y, l2=0.0, memory_budget=None, counts=None):
-        X, y = B.asarray(X), B.asarray(y)
+        X, y = check_batch(X, y, "LogisticRegression")
         if X.ndim != 2:
             raise ValueError(f"LogisticRegression: X must be (B, d), got shape {X.shape}")
         if y.shape != (X.shape[0],):
@@ -160,6 +163,10 @@ class Function(BaseObjective):
     ``ggn_vp`` raises NotImplementedError."""
 
     def __init__(self, f, n, name=None, memory_budget=None):
+        if not callable(f):
+            raise TypeError(f"Function: f must be callable (theta Tensor) -> scalar Tensor, got {type(f).__name__}")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"Function: n must be an int >= 1 (the length of theta), got {n!r}")
         super().__init__(Layout.single(int(n), "x"), memory_budget)
         self.f, self._name = f, name or getattr(f, "__name__", "Function")
 

@@ -127,6 +127,25 @@ class Tensor:
         """Explicit host copy of the data (a NumPy array)."""
         return B.to_host(self.data)
 
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray(t): the plain values, only when no directions would be lost
+        if self.tangent is not None:
+            raise TypeError(
+                f"np.asarray: this tensor carries a tangent of {self.tangent.shape[0]} direction(s), which "
+                f"an array cannot hold; use t.numpy() for the values and t.tangent for the directions"
+            )
+        host = B.to_host(self.data)
+        return host if dtype is None else host.astype(dtype, copy=False)
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(
+            f"np.{func.__name__} was given a Tensor: NumPy functions record no derivatives; use the "
+            f"Tensor's own operation (t.sum(), t.exp(), t.reshape(...), ...) or np.asarray(t) for the values"
+        )
+
     def detach(self) -> "Tensor":
         """The same data with no graph and no tangent."""
         return Tensor._make(self.data, None, None)
@@ -225,6 +244,8 @@ class Tensor:
     __hash__ = object.__hash__
 
     def exp(self): return P.exp(self)
+    def sin(self): return P.sin(self)
+    def cos(self): return P.cos(self)
     def log(self): return P.log(self)
     def tanh(self): return P.tanh(self)
     def sigmoid(self): return P.sigmoid(self)

@@ -1,6 +1,7 @@
 """Paper: "Second-order Optimization Methods in Deep Neural Networks Training".
-Authors, venue and year: as cited in docs/RESULTS.md (the repository records
-the title and the setup, not the authors). The paper's runs: PyTorch on a GPU.
+Bibliographic details (authors, venue, year) are not known to this project:
+it has the title and the setup as the reproduction brief quotes them.
+The paper's runs: PyTorch on a GPU.
 
 Experiment ``cnn-cifar10-quasi-newton``: SmallCNN on CIFAR-10 with SGD,
 SGD-momentum, Adam, AdaHessian, SGD-BB and L-BFGS (the paper's L-BFGS
@@ -16,7 +17,7 @@ from ..results import load_run
 from .common import Experiment, _finite_or_none, _num, _pick, _save_json, _spec, prose, scale_name
 
 CNN = "cnn-cifar10-quasi-newton"
-CNN_BATCH = 64             # ours: the paper does not state its batch size
+CNN_BATCH = 64             # ours: the setup we reproduce from gives no batch size
 CIFAR10_TRAIN = 50000      # training images of CIFAR-10 (the run's steps per epoch when no subset is taken)
 CNN_TORCH_BATCHES = 20     # L-BFGS-torch costs 20 evaluations per batch: at the CPU default, 20 batches per epoch
 
@@ -70,7 +71,7 @@ CNN_DESCRIPTION = prose("""
 CNN_COLUMNS = ("method", "hyper", "test_acc", "train_loss", "seconds_per_epoch")  # the columns of the paper's table
 CNN_NOTES = prose("""
     CPU default: a stratified CIFAR-10 subset (10,000 train, 1,000 validation from the training set,
-    2,000 test), per-channel normalization, batch 64 (the paper does not state its batch size), 5
+    2,000 test), per-channel normalization, batch 64 (the setup we reproduce from gives no batch size), 5
     epochs. --full: all 50,000 / 10,000, 40 epochs. seconds_per_epoch is ours on the subset (the paper's
     is on 50,000 images on a GPU). L-BFGS is ours: the pair (s, y) is formed on one batch (multi-batch
     L-BFGS) with a strong-Wolfe line search. L-BFGS-torch is the paper's setup, torch.optim.LBFGS's

@@ -1,6 +1,7 @@
 """Paper: "Second-order Optimization Made Practical for Deep Learning".
-Authors, venue and year: as cited in docs/RESULTS.md (the repository records
-the title and the setup, not the authors). The paper's runs: JAX on a V100.
+Bibliographic details (authors, venue, year) are not known to this project:
+it has the title and the setup as the reproduction brief quotes them.
+The paper's runs: JAX on a V100.
 
 Experiment ``mlp-mnist-newton``: an MLP on MNIST, SGD against dense Newton,
 damped Newton, Hessian-free Newton and Hessian-free Gauss-Newton (batch 64,
@@ -79,8 +80,8 @@ NEWTON_NOTES = prose("""
     CPU default: MNIST average-pooled 4x4 to 7x7, MLP 49-16-10 (n = 970), 100 batches of 64 per epoch
     (6,400 images, drawn afresh each epoch), 7 epochs; test on all 10,000 test images. A dense Newton
     step costs n HVPs plus an O(n^3) eigen-decomposition and solve; at the paper's MLP on 784 inputs
-    that is minutes per step on a 2-core CPU. --full: 28x28 inputs, MLP 784-16-10 (n = 12,730; the paper
-    does not state its hidden width), all 938 batches x 7 epochs. wall_time: our seconds of training
+    that is minutes per step on a 2-core CPU. --full: 28x28 inputs, MLP 784-16-10 (n = 12,730; the paper's
+    hidden width is not in the setup we reproduce from), all 938 batches x 7 epochs. wall_time: our seconds of training
     (paper: seconds on a V100). DampedNewton-LM is ours (Levenberg-Marquardt λ, uphill steps rejected),
     not in the paper.
 """)

@@ -1,6 +1,7 @@
 """Paper: "Discussion on the viability of a modern second order method".
-Authors, venue and year: as cited in docs/RESULTS.md (the repository records
-the title and the setup, not the authors). The paper's runs: PyTorch on a K80.
+Bibliographic details (authors, venue, year) are not known to this project:
+it has the title and the setup as the reproduction brief quotes them.
+The paper's runs: PyTorch on a K80.
 
 Experiment ``resnet18-mnist-hybrid``: ResNet18 on 2% of MNIST (1,200 / 200 /
 200), 15 epochs, batch 100, mean ± std over repetitions, with the paper's

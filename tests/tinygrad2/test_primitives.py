@@ -414,6 +414,8 @@ TABLE = [
     OpSpec("exp", ("exp",), lambda x: x.exp(), np.exp, filled(one, real)),
     OpSpec("log", ("log",), lambda x: x.log(), np.log, filled(one, positive)),
     OpSpec("tanh", ("tanh",), lambda x: x.tanh(), np.tanh, filled(one, real)),
+    OpSpec("sin", ("sin",), lambda x: x.sin(), np.sin, filled(one, real)),
+    OpSpec("cos", ("cos",), lambda x: x.cos(), np.cos, filled(one, real)),
     OpSpec("tanh_grad", ("tanh_grad",), lambda g, y: P.tanh_grad(g, y), lambda g, y: g * (1 - y * y),
            filled(pair, real, real)),
     OpSpec("sigmoid", ("sigmoid",), lambda x: x.sigmoid(), _sigmoid, filled(one, real)),

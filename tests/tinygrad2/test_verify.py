@@ -15,3 +15,12 @@ def test_a_failing_row_fails_the_report(monkeypatch, capsys):
     monkeypatch.setattr(verify, "report", lambda: [("a check that is off", 1.0, 1e-12)])
     assert verify.main([]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_help_prints_help_and_runs_nothing(monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.setattr(verify, "report", lambda: pytest.fail("--help ran the report"))
+    with pytest.raises(SystemExit) as stop:
+        verify.main(["--help"])
+    assert stop.value.code == 0 and "exactness report" in capsys.readouterr().out

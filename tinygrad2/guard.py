@@ -1,0 +1,57 @@
+"""Argument checks at the API boundary: real dtypes and finite values.
+
+The engine's non-finite policy (see :mod:`tinygrad2.objective`): inputs are
+checked, results are not. Every public entry point -- the Objective's
+methods and the functional transforms (``grad``, ``hvp``, ...) -- refuses
+a parameter vector, a direction or a data array that holds NaN or ±inf
+with :class:`NonFiniteError` before doing any work, and an array whose
+dtype is not real (complex, object, strings) with a TypeError. One
+``xp.isfinite(a).all()`` per array and call: the first index and the count
+of bad entries are looked up only when the check fails.
+"""
+from __future__ import annotations
+
+from . import backend as B
+
+REAL_KINDS = "fiu"  # floating, signed and unsigned integers
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """An input array holds NaN or ±inf (a FloatingPointError and a ValueError)."""
+
+
+def check_real(a, where, what, kinds=REAL_KINDS):
+    """Refuse arrays (or array-likes) whose dtype kind is not in ``kinds``."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is not None and B.xp.dtype(dtype).kind not in kinds:
+        shape = tuple(getattr(a, "shape", ()))
+        raise TypeError(f"{where}: {what} must hold real numbers, got dtype {dtype} (shape {shape})"
+                        + ("; pass the real and imaginary parts separately" if dtype.kind == "c" else ""))
+    return a
+
+
+def as_real(a, where, what, dtype=None, kinds=REAL_KINDS):
+    """``backend.asarray(a, dtype)`` after :func:`check_real` on ``a`` as given
+    (so a complex array is refused instead of losing its imaginary part)."""
+    check_real(a, where, what, kinds)
+    try:
+        out = B.asarray(a, dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{where}: {what} must be a real array, got {type(a).__name__} ({err})") from None
+    return check_real(out, where, what, kinds)
+
+
+def check_finite(a, where, what):
+    """Raise :class:`NonFiniteError` when ``a`` holds NaN or ±inf, naming
+    ``where`` (the operation), ``what`` (the argument), the count and the
+    first bad index."""
+    if a.dtype.kind != "f" or bool(B.xp.isfinite(a).all()):
+        return a
+    bad = ~B.xp.isfinite(a)
+    count = int(bad.sum())
+    first = tuple(int(i) for i in B.xp.argwhere(bad)[0])
+    index = first[0] if len(first) == 1 else first
+    raise NonFiniteError(
+        f"{where}: {what} has {count} non-finite entr{'y' if count == 1 else 'ies'} (NaN or inf) "
+        f"of {a.size}, shape {tuple(a.shape)}; the first at index {index} is {B.to_host(a[first]).item()!r}"
+    )
