@@ -1,27 +1,31 @@
-"""Command line: ``python -m experiments {list, run, report, plot, verify}``.
+"""Command line: python -m experiments {list, run, report, plot, verify}.
 
     python -m experiments list
-    python -m experiments run digits [--optimizers SGD Adam ...] [--epochs N] [--seed S]
+    python -m experiments run digits [--optimizers sgd adam ...] [--epochs N] [--seed S] [--blas-threads N]
                                      [--out DIR] [--resume [--extend] | --overwrite] [--data-dir DIR]
                                      [--no-verify] [--device cpu|gpu] [--quick | --full] [--debug]
     python -m experiments report runs/digits__*.h5
-    python -m experiments plot runs/digits__*.h5 [--png curves.png]
+    python -m experiments plot runs/digits__*.h5 [--out DIR | --png FILE]
     python -m experiments verify
 
 A mistake (a missing or damaged file, a bad value, a folder that cannot be
 written) is one line on stderr and exit status 2, never a traceback
-(``--debug`` shows it); Ctrl-C prints the command that resumes and exits 130.
+(--debug shows it); Ctrl-C prints the command that resumes and exits 130.
+The help text of every command is plain text (what a terminal shows).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import shlex
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from . import catalog
+from .papers.common import plural, scale_label, scale_name
 
 PROG = "python -m experiments"
 
@@ -35,6 +39,42 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: {message}\n")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written (line breaks kept); every option that takes a value and has a
+    default says it, "(default: ...)", unless its help already does."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and action.nargs != 0 and default is not None and default is not argparse.SUPPRESS
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _para(text, width=79) -> str:
+    """A description as the terminal shows it: wrapped here, since the formatter keeps line breaks as written."""
+    return textwrap.fill(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+TOP_DESCRIPTION = "Run the experiments of tinygrad2 (second-order optimizers), print their tables and plot them."
+TOP_EPILOG = """\
+examples:
+  python -m experiments list
+  python -m experiments run digits --optimizers sgd adam hf-newton --epochs 2 --out runs
+  python -m experiments run mlp-mnist-newton --quick
+  python -m experiments report runs/digits__*.h5
+  python -m experiments plot runs/digits__*.h5 --out figures
+
+A mistake is one line on stderr and exit status 2 (--debug shows the traceback);
+Ctrl-C prints the command that resumes the run and exits 130."""
+RUN_EPILOG = """\
+Without a terminal on stdout (a log file, nohup) a progress line is printed every
+$TINYGRAD2_PROGRESS_SECONDS seconds (default 10); on a terminal, tqdm bars on stderr.
+--blas-threads is recorded in each results file; --resume does not compare it
+(the thread count changes the speed, not the computation)."""
 
 
 def _count(minimum):
@@ -78,20 +118,32 @@ def _one_line(err) -> str:
     return f"{PROG}: {type(err).__name__}: {text} (--debug shows the traceback)"
 
 
-def _main(argv) -> int:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (every subcommand and option, with its help)."""
+    from .runner import DEFAULT_BLAS_THREADS
+
+    parser = _Parser(prog=PROG, description=_para(TOP_DESCRIPTION), epilog=TOP_EPILOG, formatter_class=_Help)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    sub.add_parser("list", help="the experiments that `run` knows", parents=[common])
+    command = functools.partial(sub.add_parser, parents=[common], formatter_class=_Help)
 
-    run = sub.add_parser("run", help="run an experiment: one results file per method, a table and a PNG",
-                         parents=[common])
-    run.add_argument("name")
-    run.add_argument("--optimizers", nargs="+", metavar="METHOD", help="run only these methods")
-    run.add_argument("--epochs", type=_count(1))
-    run.add_argument("--seed", type=_count(0), default=0)
+    command("list", help="the experiments that run knows, with their methods",
+            description=_para("The experiments that run knows, with their methods."))
+
+    run = command("run", help="run an experiment: one results file per method, a table and a PNG",
+                  description=_para("Run an experiment: one results file per method, the table (with the "
+                                    "paper's numbers beside ours where there are some), its notes and a "
+                                    "learning-curve PNG."),
+                  epilog=RUN_EPILOG)
+    run.add_argument("name", help="the experiment (python -m experiments list shows them)")
+    run.add_argument("--optimizers", nargs="+", metavar="METHOD",
+                     help="run only these methods, in any letter case (default: all of the experiment's methods)")
+    run.add_argument("--epochs", type=_count(1),
+                     help="epochs of every method (default: the experiment's own at the chosen scale; the notes "
+                          "after the table say them)")
+    run.add_argument("--seed", type=_count(0), default=0, help="the seed of initialization and batch order")
     run.add_argument("--out", default="runs", help="results folder (default: runs/)")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -99,25 +151,38 @@ def _main(argv) -> int:
     again.add_argument("--overwrite", action="store_true", help="start again over existing results files")
     run.add_argument("--extend", action="store_true",
                      help="with --resume: continue finished runs to a larger --epochs (other settings equal)")
-    run.add_argument("--data-dir", help="where the data sets are (else $TINYGRAD2_DATA, else a user cache)")
+    run.add_argument("--data-dir", help="where the data sets are (default: $TINYGRAD2_DATA, else a user cache)")
     run.add_argument("--no-verify", action="store_true",
                      help="skip the MD5 checks of the data files (generated or re-encoded copies)")
-    run.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    run.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the arrays live")
+    run.add_argument("--blas-threads", type=_count(1), default=DEFAULT_BLAS_THREADS, metavar="N",
+                     help="BLAS threads (OpenBLAS, MKL) of the runs and the analysis; recorded, not compared by "
+                          "--resume")
     scale = run.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help="a few batches per method: a smoke test")
     scale.add_argument("--full", action="store_true", help="the paper's full scale instead of the CPU-sized default")
 
-    report = sub.add_parser("report", help="print the table of results files", parents=[common])
-    report.add_argument("files", nargs="+")
-    plot = sub.add_parser("plot", help="learning curves of results files as one PNG", parents=[common])
-    plot.add_argument("files", nargs="+")
-    plot.add_argument("--png", default=None, help="output file (default: beside the first results file)")
-    sub.add_parser("verify", help="the curvature exactness report (python -m tinygrad2.verify)", parents=[common])
+    report = command("report", help="print the table of results files",
+                     description=_para("Print the table of results files: runs that differ only in the seed "
+                                       "make one row of mean ± std."))
+    report.add_argument("files", nargs="+", help="results files (.h5)")
+    plot = command("plot", help="learning curves of results files as one PNG",
+                   description=_para("Learning curves of results files as one PNG."))
+    plot.add_argument("files", nargs="+", help="results files (.h5)")
+    where = plot.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR",
+                       help="the folder of the PNG, named after the experiment, as run names it "
+                            "(default: beside the first results file)")
+    where.add_argument("--png", metavar="FILE", help="the PNG's file name (default: beside the first results file)")
+    command("verify", help="the curvature exactness report (python -m tinygrad2.verify)",
+            description=_para("The curvature exactness report (python -m tinygrad2.verify)."))
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "list":
-        for exp in catalog.EXPERIMENTS.values():
-            print(f"{exp.name:<26} {exp.description}")
+        print(list_text())
         return 0
     if args.command == "verify":
         from tinygrad2.verify import main as verify_main
@@ -126,8 +191,57 @@ def _main(argv) -> int:
         print(table([Path(f) for f in args.files]))
         return 0
     if args.command == "plot":
-        return _plot([Path(f) for f in args.files], args.png)
+        return _plot([Path(f) for f in args.files], args.png, out=args.out)
     return _run(args)
+
+
+def methods_of(experiment) -> list:
+    """The methods of an experiment, by base name (repetitions "SGD#1", "SGD#2" are one), in its order."""
+    return list(dict.fromkeys(catalog.base_method(s.method) for s in experiment.specs(quick=True)))
+
+
+def list_text(width=100) -> str:
+    """Every experiment: its name and description, and its methods."""
+    blocks = []
+    for exp in catalog.EXPERIMENTS.values():
+        methods = methods_of(exp)
+        blocks.append("\n".join([
+            *textwrap.wrap(exp.description, width, initial_indent=f"{exp.name:<26} ", subsequent_indent=" " * 27,
+                           break_on_hyphens=False),
+            *textwrap.wrap(f"{plural(len(methods), 'method')}: {', '.join(methods)}", width,
+                           initial_indent=" " * 27, subsequent_indent=" " * 29, break_on_hyphens=False)]))
+    return "\n".join(blocks)
+
+
+def canonical_methods(experiment, names) -> list | None:
+    """The experiment's methods named in ``names``, in any letter case, as the experiment spells them (None: all).
+    An unknown name is a :class:`CliError` that lists the choices."""
+    if not names:
+        return None
+    known = methods_of(experiment)
+    by_folded = {m.casefold(): m for m in known}
+    unknown = sorted({n for n in names if n.casefold() not in by_folded})
+    if unknown:
+        raise CliError(f"run {experiment.name}: unknown method(s) {unknown}; choose from {known} (any letter case)")
+    return list(dict.fromkeys(by_folded[n.casefold()] for n in names))
+
+
+def run_summary(specs, scale, threads=None) -> str:
+    """What this run is, from its specs (so it follows the flags): methods, repetitions, seeds, epochs, scale."""
+    methods = list(dict.fromkeys(catalog.base_method(s.method) for s in specs))
+    seeds = sorted({s.seed for s in specs})
+    epochs = sorted({s.epochs for s in specs})
+    parts = [f"{plural(len(methods), 'method')} ({', '.join(methods)})"]
+    if len(seeds) > 1:
+        parts.append(f"{plural(len(seeds), 'repetition')} of each (seeds {seeds[0]}..{seeds[-1]})")
+    else:
+        parts.append(f"seed {seeds[0]}")
+    parts.append(plural(epochs[0], "epoch") if len(epochs) == 1 else
+                 f"{epochs[0]} to {epochs[-1]} epochs by method (the notes after the table say which)")
+    parts.append(f"scale: {scale_label(scale)}")
+    if threads is not None:
+        parts.append(plural(threads, "BLAS thread"))
+    return ", ".join(parts)
 
 
 def _resume_hint(argv) -> str:
@@ -154,19 +268,19 @@ def _check_gpu():
         raise CliError("run: --device gpu: CuPy sees no CUDA GPU; use --device cpu")
 
 
-def _out_folder(out: Path) -> Path:
+def _out_folder(out: Path, command="run") -> Path:
     from .results import WriteError, check_writable
 
     if out.exists() and not out.is_dir():
-        raise CliError(f"run: --out {out} is a file, not a folder")
+        raise CliError(f"{command}: --out {out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CliError(f"run: --out {out}: cannot create the folder ({err.strerror or err})") from err
+        raise CliError(f"{command}: --out {out}: cannot create the folder ({err.strerror or err})") from err
     try:
         check_writable(out)
     except WriteError as err:
-        raise CliError(f"run: --out {out} is not writable ({err.reason})") from err
+        raise CliError(f"{command}: --out {out} is not writable ({err.reason})") from err
     return out
 
 
@@ -175,19 +289,15 @@ def _run(args) -> int:
         experiment = catalog.get(args.name)
     except KeyError as err:
         raise CliError(f"run: {err.args[0]}") from err
-    specs = experiment.specs(epochs=args.epochs, seed=args.seed, quick=args.quick, methods=args.optimizers,
-                             full=args.full)
-    if args.no_verify:
-        for spec in specs:
+    methods = canonical_methods(experiment, args.optimizers)
+    specs = experiment.specs(epochs=args.epochs, seed=args.seed, quick=args.quick, methods=methods, full=args.full)
+    for spec in specs:
+        spec.blas_threads = args.blas_threads
+        if args.no_verify:
             spec.data = dict(spec.data, verify=False)
-    if args.optimizers:
-        unknown = set(args.optimizers) - {catalog.base_method(s.method) for s in specs}
-        if unknown:
-            known = list(dict.fromkeys(catalog.base_method(s.method) for s in experiment.specs(quick=True)))
-            raise CliError(f"run {args.name}: unknown method(s) {sorted(unknown)}; choose from {known}")
     if args.extend and not args.resume:
         raise CliError("run: --extend continues finished results files: it needs --resume")
-    from .runner import check_request, load_splits, train
+    from .runner import blas_threads, check_request, load_splits, train
 
     if args.device == "gpu":
         _check_gpu()
@@ -197,8 +307,11 @@ def _run(args) -> int:
     if args.device == "gpu":
         from tinygrad2 import backend
         backend.use("cupy")
+    say = functools.partial(print, flush=True)  # a log file sees each line when it is printed
+    scale = scale_name(args.quick, args.full)
     paths, cache, start = [], {}, time.perf_counter()
-    print(f"{experiment.name}: {experiment.description}")
+    say(f"{experiment.name}: {experiment.description}")
+    say(f"this run: {run_summary(specs, scale, args.blas_threads)}")
 
     def splits_of(spec):
         key = repr(sorted(spec.data.items())) + str(spec.seed)
@@ -206,24 +319,27 @@ def _run(args) -> int:
             cache[key] = load_splits(spec.data, args.data_dir, spec.seed)
         return cache[key]
 
-    for spec in specs:
-        splits = splits_of(spec)
-        path = out / spec.filename
-        t0 = time.perf_counter()
-        hook = experiment.epoch_hook(spec) if experiment.epoch_hook else None
-        run = train(spec, path, resume=args.resume, extend=args.extend, overwrite=args.overwrite, splits=splits,
-                    on_epoch=hook)
-        print(f"  {spec.method:<22} {run.status:<9} {time.perf_counter() - t0:6.1f} s  -> {path}")
-        paths.append(path)
-    print(f"\n{table(paths, experiment)}")
-    if experiment.notes:
-        print(f"\n{experiment.notes}")
-    if experiment.analysis:
-        print(f"\n{experiment.analysis(specs, paths, splits_of, out)}")
-    # one curve per method: the first repetition of a repeated method
-    first = [p for p, s in zip(paths, specs) if "#" not in s.method or s.method.endswith("#1")]
-    _plot(first or paths, out / f"{experiment.name}.png")
-    print(f"total {time.perf_counter() - start:.1f} s")
+    with blas_threads(args.blas_threads):  # the analysis too
+        for spec in specs:
+            splits = splits_of(spec)
+            path = out / spec.filename
+            t0 = time.perf_counter()
+            hook = experiment.epoch_hook(spec) if experiment.epoch_hook else None
+            run = train(spec, path, resume=args.resume, extend=args.extend, overwrite=args.overwrite,
+                        splits=splits, on_epoch=hook, log=say)
+            say(f"  {spec.method:<22} {run.status:<9} {time.perf_counter() - t0:6.1f} s  -> {path}")
+            paths.append(path)
+        say(f"\n{table(paths, experiment)}")
+        notes = experiment.notes(specs, scale) if callable(experiment.notes) else experiment.notes
+        if notes:
+            say(f"\n{notes}")
+        if experiment.analysis:
+            say(f"\n{experiment.analysis(specs, paths, splits_of, out)}")
+    # every results file of this experiment in the folder (first repetitions), not only this run's
+    from .plots import plot_folder
+
+    say(f"learning curves: {plot_folder(out, experiment.name)}")
+    say(f"total {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -291,7 +407,7 @@ def _group_key(run) -> str:
     """Everything recorded but the seed (and the repetition number of the method)."""
     import json
 
-    config = {k: v for k, v in run.config.items() if k != "seed"}
+    config = {k: v for k, v in run.config.items() if k not in ("seed", "blas_threads")}  # threads: speed only
     config["method"] = _method(run)
     data = config.get("data")
     if isinstance(data, dict):
@@ -317,21 +433,31 @@ def _aggregate(values):
     return (mean, std)
 
 
-def _plot(paths, png) -> int:
+def _plot(paths, png=None, out=None) -> int:
+    """One PNG of the runs' learning curves: ``png`` (a file name), else ``out``/<experiment>.png (a folder,
+    created if needed), else beside the first results file."""
     from .plots import plot_runs
     from .results import load_run
 
     if not paths:
         return 1
-    png = Path(png) if png else paths[0].with_suffix(".png")
-    if png.is_dir():
-        raise CliError(f"plot: --png {png} is a folder; give a PNG file name such as {png / 'curves.png'}")
-    blocking = next((p for p in [png.parent, *png.parent.parents] if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise CliError(f"plot: --png {png}: {blocking} is a file, not a folder")
     runs = [load_run(p) for p in paths]
+    if png:
+        png = Path(png)
+        if png.is_dir():
+            raise CliError(f"plot: --png {png} is a folder; give a PNG file name such as {png / 'curves.png'}, "
+                           f"or use --out {png}")
+        blocking = next((p for p in [png.parent, *png.parent.parents] if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise CliError(f"plot: --png {png}: {blocking} is a file, not a folder")
+    elif out:
+        names = {r.config.get("experiment") for r in runs}
+        name = names.pop() if len(names) == 1 and None not in names else "curves"
+        png = _out_folder(Path(out), "plot") / f"{name}.png"
+    else:
+        png = paths[0].with_suffix(".png")
     plot_runs(runs, png, labels=[r.config.get("method", r.path.stem) for r in runs])
-    print(f"learning curves: {png}")
+    print(f"learning curves: {png}", flush=True)
     return 0
 
 

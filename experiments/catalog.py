@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from .papers import paper_experiments
-from .papers.common import Experiment, _spec, base_method  # noqa: F401  (re-exported: catalog.Experiment, ...)
+from .papers.common import Experiment, _spec, base_method, plural  # noqa: F401  (re-exported: catalog.Experiment, ...)
 
 QUICK_BATCHES = 2      # batches per epoch of a --quick run, and of the dense Newton methods in the main job
 LOSS_FIXED_MAX = 1e5   # a loss at least this large prints in %.3g instead of %.4f
@@ -63,14 +63,35 @@ def digits_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
     return specs
 
 
+def digits_notes(specs, scale):
+    """The footnotes of this run: per group of methods, the epochs, batches and batch size that ran (as
+    --quick, --epochs and --optimizers made them), and why the dense Newton methods take a few steps."""
+    groups = {}
+    for spec in specs:
+        limit = spec.data.get("limit_batches")
+        groups.setdefault((spec.epochs, limit, spec.batch_size), []).append(spec.method)
+    sizes = DIGITS_MODEL["kwargs"]["sizes"]
+    n = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    parts = []
+    if any(s.method in DIGITS_DENSE for s in specs):
+        parts.append(f"Dense Newton and damped Newton take O(n^3) per step (n = {n:,}): they run "
+                     f"{QUICK_BATCHES} batches per epoch.")
+    for (epochs, limit, batch), methods in groups.items():
+        length = (f"{plural(epochs, 'epoch')} x {limit} batches of {batch} = {plural(epochs * limit, 'step')}"
+                  if limit else f"{plural(epochs, 'epoch')} of batch {batch} (every batch)")
+        parts.append(f"{', '.join(methods)}: {length}.")
+    if scale == "quick":
+        parts.append(f"--quick: a smoke test of {QUICK_BATCHES} batches per epoch for every method.")
+    return " ".join(parts)
+
+
 EXPERIMENTS = {
     "digits": Experiment(
         "digits",
-        "the main job: 12 optimizers on an MLP 64-32-10 (ReLU) on scikit-learn's digits "
+        "the main job: first- and second-order optimizers on an MLP 64-32-10 (ReLU) on scikit-learn's digits "
         "(1,257 train / 270 val / 270 test), float32",
         digits_specs,
-        notes="Dense Newton and damped Newton take O(n^3) per step (n = 2,410): they take 2 steps of "
-              "batch 256; the others 10 epochs (batch 64, or 256 for the Hessian-free methods and L-BFGS).",
+        notes=digits_notes,
     ),
 }
 

@@ -15,7 +15,13 @@ file's config). :func:`train` executes it:
 * a non-finite loss or parameter vector stops the run with a clear message;
   the file keeps the last good checkpoint and its parameters as the final ones;
 * ``resume=True`` continues a killed run from its last checkpoint and ends
-  with exactly the results an uninterrupted run would have (wall times aside).
+  with exactly the results an uninterrupted run would have (wall times aside);
+* progress: a tqdm bar on a terminal's stderr, and, when stdout is not a
+  terminal (a log file, nohup), a line every ``$TINYGRAD2_PROGRESS_SECONDS``
+  (default 10) seconds with the method, epoch, step, loss and ETA;
+* the run's BLAS threads (``RunSpec.blas_threads``, via threadpoolctl) are
+  recorded in its config but not compared by ``resume``: the thread count
+  does not change what is computed, only how fast.
 
 BatchNorm running statistics are updated once per step by an explicit extra
 forward pass on the step's batch (``Module.update_running_stats``), because
@@ -23,6 +29,7 @@ optimizers evaluate the model many times per step (line searches, HVPs).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -41,6 +48,24 @@ from . import data as datasets
 from .results import ResultsError, RunWriter, _config_json, clean_temp_files, load_final, load_run
 
 
+# BLAS threads of a run unless asked otherwise. On a 2-core machine with one core kept busy by another process, a
+# two-thread OpenBLAS was 3x to 6x slower than one thread: eigvalsh of 970x970 0.16-0.19 s with 1 thread against
+# 0.46-1.4 s with 2; one digits Newton step 7.5-8.0 s against 29-47 s (medians; the README has the table).
+DEFAULT_BLAS_THREADS = 1
+
+
+@contextlib.contextmanager
+def blas_threads(threads):
+    """Limit the BLAS thread pools (OpenBLAS, MKL, ...) to ``threads`` inside the block; None: leave them."""
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(threads), user_api="blas"):
+        yield
+
+
 @dataclasses.dataclass
 class RunSpec:
     """Everything that defines a run. ``model`` and ``optimizer`` are
@@ -48,7 +73,9 @@ class RunSpec:
     is ``{"name": data set, "reshape": sample shape or None, "normalize": bool,
     "subset": [n_train, n_val, n_test] or None, "pool": k (k x k average
     pooling of the images, e.g. 4: MNIST 28x28 -> 7x7) or None, "limit_batches":
-    int or None, "verify": bool (checksums; default True)}``."""
+    int or None, "verify": bool (checksums; default True)}``. ``blas_threads``:
+    the BLAS threads of the run (None: the library's own choice); recorded,
+    but not a setting that ``resume`` compares."""
 
     experiment: str
     method: str
@@ -60,6 +87,7 @@ class RunSpec:
     seed: int = 0
     dtype: str = "float32"
     loss: str = "cross_entropy"
+    blas_threads: int | None = DEFAULT_BLAS_THREADS
 
     def config(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,7 +175,10 @@ class RunError(Exception):
 
 STEP_CHECKPOINT_SECONDS = 5.0  # a step at least this long is followed by a (mid-epoch) checkpoint
 CHECKPOINT_ENV = "TINYGRAD2_CHECKPOINT_SECONDS"  # overrides STEP_CHECKPOINT_SECONDS (0: after every step)
-NOT_SETTINGS = ("data.verify",)  # config entries that do not change the numbers: ignored by resume's check
+# config entries that do not change the numbers: ignored by resume's check (and by the report's grouping)
+NOT_SETTINGS = ("data.verify", "blas_threads")
+PROGRESS_SECONDS = 10.0  # without a terminal on stdout, a progress line at most this often
+PROGRESS_ENV = "TINYGRAD2_PROGRESS_SECONDS"  # overrides PROGRESS_SECONDS
 
 
 def train(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False, data_dir=None, splits=None,
@@ -168,7 +199,18 @@ def train(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False, d
     ``on_epoch(epoch, theta, model, objective)``, if given, is called at
     every evaluation (epoch 0 = the initial point, then after each epoch)
     with ``objective`` bound to the first batch of epoch 0; the numbers it
-    returns (a dict) are logged in the epoch series beside the metrics."""
+    returns (a dict) are logged in the epoch series beside the metrics.
+
+    ``progress``: None shows a tqdm bar when stderr is a terminal and logs a
+    line (``log``) every ``$TINYGRAD2_PROGRESS_SECONDS`` (default 10) seconds
+    when stdout is not one; False shows nothing; True the bar; a number, the
+    lines at that interval. The BLAS threads are ``spec.blas_threads``."""
+    with blas_threads(spec.blas_threads):
+        return _train(spec, path, resume=resume, extend=extend, overwrite=overwrite, data_dir=data_dir, splits=splits,
+                      progress=progress, log=log, on_epoch=on_epoch, checkpoint_seconds=checkpoint_seconds)
+
+
+def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress, log, on_epoch, checkpoint_seconds):
     path = Path(path)
     if checkpoint_seconds is None:
         checkpoint_seconds = float(os.environ.get(CHECKPOINT_ENV, STEP_CHECKPOINT_SECONDS))
@@ -223,7 +265,7 @@ def train(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False, d
                 if on_epoch is not None:
                     metrics.update(on_epoch(0, theta, model, objective) or {})
                 writer.log_epoch(0, metrics)
-            bar = _progress(progress, spec, train_set, epoch0)
+            bar = _progress(progress, spec, train_set, epoch0, batch0, log)
             for epoch in range(epoch0, spec.epochs):
                 first = 0
                 losses, before, start = [], 0.0, time.perf_counter()
@@ -261,8 +303,7 @@ def train(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False, d
                                           buffers=model.named_buffers(),
                                           extra={"batch": b + 1, "losses": np.asarray(losses), "epoch_time": so_far})
                     if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
+                        bar.advance(epoch, b, step, loss)
                 epoch_time = before + time.perf_counter() - start
                 wall += epoch_time
                 metrics = _metrics(model, theta, splits, spec.loss, float(np.mean(losses)) if losses else math.nan,
@@ -371,15 +412,102 @@ def _metrics(model, theta, splits, loss, train_loss, wall, epoch_time=math.nan):
             "test_acc": test_acc, "wall_time": wall, "epoch_time": epoch_time}
 
 
-def _progress(progress, spec, train_set, epoch0):
-    if progress is False or (progress is None and not sys.stderr.isatty()):
-        return None
+def _isatty(stream) -> bool:
     try:
-        from tqdm import tqdm
-    except ImportError:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _progress(progress, spec, train_set, epoch0, batch0, log):
+    """The progress reporters of one run (see :func:`train`), as one :class:`_Progress`, or None."""
+    if progress is False:
         return None
     per_epoch = train_set.num_batches(spec.batch_size)
     limit = spec.data.get("limit_batches")
     if limit is not None:
         per_epoch = min(per_epoch, limit)
-    return tqdm(total=per_epoch * (spec.epochs - epoch0), desc=spec.method, leave=False)
+    total = per_epoch * (spec.epochs - epoch0) - batch0
+    reporters = []
+    if progress is True or (progress is None and _isatty(sys.stderr)):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            reporters.append(_Bar(tqdm(total=total, desc=spec.method, leave=False)))
+    every = None
+    if isinstance(progress, (int, float)) and not isinstance(progress, bool):
+        every = float(progress)
+    elif progress is None and not _isatty(sys.stdout):
+        every = float(os.environ.get(PROGRESS_ENV, PROGRESS_SECONDS))
+    if every is not None:
+        reporters.append(_Lines(spec, per_epoch, total, every, log))
+    return _Progress(reporters) if reporters else None
+
+
+class _Progress:
+    """Every reporter of a run: ``advance(epoch, batch, step, loss)`` after each step, ``close()`` at the end."""
+
+    def __init__(self, reporters):
+        self.reporters = reporters
+
+    def advance(self, epoch, batch, step, loss):
+        for r in self.reporters:
+            r.advance(epoch, batch, step, loss)
+
+    def close(self):
+        for r in self.reporters:
+            r.close()
+
+
+class _Bar:
+    """tqdm, for a terminal."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def advance(self, epoch, batch, step, loss):
+        self.bar.update(1)
+        self.bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
+
+    def close(self):
+        self.bar.close()
+
+
+class _Lines:
+    """A plain line after the first step (the log shows what runs and its ETA at once), then at most every
+    ``every`` seconds, for a log file: method, epoch, batch, step, loss, elapsed time, ETA."""
+
+    def __init__(self, spec, per_epoch, total, every, log):
+        self.spec, self.per_epoch, self.total, self.every, self.log = spec, per_epoch, total, every, log
+        self.start = time.monotonic()
+        self.last = -math.inf
+        self.done = 0
+
+    def advance(self, epoch, batch, step, loss):
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / self.done * max(self.total - self.done, 0)
+        self.log(f"  progress {self.spec.method}: epoch {epoch + 1}/{self.spec.epochs}, batch {batch + 1}/"
+                 f"{self.per_epoch}, step {step}, loss {loss:.4g}, {_duration(elapsed)} elapsed, "
+                 f"ETA {_duration(eta)}")
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            sys.stdout.flush()  # a log file is block-buffered: the line is there now, not at exit
+
+    def close(self):
+        pass
+
+
+def _duration(seconds) -> str:
+    """0.4 s, 12.0 s, 3m 05s, 2h 10m."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"

@@ -14,7 +14,8 @@ import dataclasses
 import numpy as np  # host-side only: summaries of the logged step series
 
 from ..results import load_run
-from .common import Experiment, _finite_or_none, _num, _pick, _save_json, _spec, prose, scale_name
+from .common import (CIFAR10_TEST, Experiment, _finite_or_none, _num, _pick, _save_json, _spec, plural, prose,
+                     scale_label, scale_name)
 
 CNN = "cnn-cifar10-quasi-newton"
 CNN_BATCH = 64             # ours: the setup we reproduce from gives no batch size
@@ -69,17 +70,51 @@ CNN_DESCRIPTION = prose("""
     SGD-momentum / Adam / AdaHessian / SGD-BB / L-BFGS
 """)
 CNN_COLUMNS = ("method", "hyper", "test_acc", "train_loss", "seconds_per_epoch")  # the columns of the paper's table
-CNN_NOTES = prose("""
-    CPU default: a stratified CIFAR-10 subset (10,000 train, 1,000 validation from the training set,
-    2,000 test), per-channel normalization, batch 64 (the setup we reproduce from gives no batch size), 5
-    epochs. --full: all 50,000 / 10,000, 40 epochs. seconds_per_epoch is ours on the subset (the paper's
-    is on 50,000 images on a GPU). L-BFGS is ours: the pair (s, y) is formed on one batch (multi-batch
-    L-BFGS) with a strong-Wolfe line search. L-BFGS-torch is the paper's setup, torch.optim.LBFGS's
-    defaults called on each mini-batch (lr 1, history 100, 20 iterations per batch, no line search; at
-    the CPU default it runs 20 batches per epoch: 20 evaluations each); L-BFGS-naive is the same with
-    one iteration per batch. Our LBFGS keeps the last finite point when a trial point is non-finite (a
-    'NaN revert'): the analysis counts them.
-""")
+
+
+def _cnn_scale_text(scale, epochs):
+    """The data and length of one scale, e.g. "a stratified CIFAR-10 subset (...), per-channel normalization,
+    batch 64 (...), 5 epochs"."""
+    if scale.subset:
+        train, val, test = scale.subset
+        data = (f"a stratified CIFAR-10 subset ({train:,} train, {val:,} validation from the training set, "
+                f"{test:,} test)")
+    else:
+        data = f"all {CIFAR10_TRAIN:,} / {CIFAR10_TEST:,}"
+    limit = f", {plural(scale.batches_per_epoch, 'batch', 'batches')} per epoch" if scale.batches_per_epoch else ""
+    return (f"{data}, per-channel normalization, batch {CNN_BATCH} (the setup we reproduce from gives no batch "
+            f"size), {plural(epochs, 'epoch')}{limit}")
+
+
+def cnn_notes(specs, scale):
+    """The footnotes of this run: its scale (as --quick / --full / --epochs made it), the other scales, what
+    seconds_per_epoch measures, and the L-BFGS variants among the methods run."""
+    here = CNN_SCALES[scale]
+    methods = {s.method: s for s in specs}
+    parts = [f"{scale_label(scale)}: {_cnn_scale_text(here, specs[0].epochs)}."]
+    if scale != "full":
+        full = CNN_SCALES["full"]
+        parts.append(f"--full: all {CIFAR10_TRAIN:,} / {CIFAR10_TEST:,}, {full.epochs} epochs.")
+    if here.subset:
+        parts.append(f"seconds_per_epoch is ours on the subset (the paper's is on {CIFAR10_TRAIN:,} images on a GPU).")
+    else:
+        parts.append("seconds_per_epoch is ours (the paper's is on a GPU).")
+    if "L-BFGS" in methods:
+        parts.append("L-BFGS is ours: the pair (s, y) is formed on one batch (multi-batch L-BFGS) with a strong-Wolfe "
+                     "line search.")
+    torch = methods.get("L-BFGS-torch")
+    if torch is not None:
+        limit = torch.data.get("limit_batches")
+        runs = (f"; here it runs {plural(limit, 'batch', 'batches')} per epoch: 20 evaluations each"
+                if limit and limit != here.batches_per_epoch else "")
+        parts.append("L-BFGS-torch is the paper's setup, torch.optim.LBFGS's defaults called on each mini-batch "
+                     f"(lr 1, history 100, 20 iterations per batch, no line search{runs}).")
+    if "L-BFGS-naive" in methods:
+        parts.append("L-BFGS-naive is torch.optim.LBFGS's defaults with one iteration per batch.")
+    if any(s.optimizer["name"] == "LBFGS" for s in specs):
+        parts.append("Our LBFGS keeps the last finite point when a trial point is non-finite (a 'NaN revert'): the "
+                     "analysis counts them.")
+    return " ".join(parts)
 
 
 def cnn_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
@@ -152,5 +187,5 @@ def cnn_analysis(specs, paths, splits_of, out):
     return "\n".join(lines)
 
 
-EXPERIMENT = Experiment(CNN, CNN_DESCRIPTION, cnn_specs, columns=CNN_COLUMNS, reported=CNN_REPORTED, notes=CNN_NOTES,
+EXPERIMENT = Experiment(CNN, CNN_DESCRIPTION, cnn_specs, columns=CNN_COLUMNS, reported=CNN_REPORTED, notes=cnn_notes,
                         analysis=cnn_analysis)

@@ -21,6 +21,7 @@ from ..runner import RunSpec
 NORM_FLOOR = 1e-300  # the smallest denominator of a ratio of norms (a zero norm is not a division error)
 MNIST_SIDE = 28      # MNIST images are 28 x 28
 N_CLASSES = 10       # MNIST and CIFAR-10 both have ten classes
+CIFAR10_TEST = 10000 # test images of CIFAR-10
 
 
 @dataclasses.dataclass
@@ -30,7 +31,9 @@ class Experiment:
     specs: Callable[..., list]  # (epochs=None, seed=0, quick=False, methods=None, full=False) -> [RunSpec]
     columns: tuple = ("method", "lr", "train_loss", "test_acc", "seconds_per_epoch")
     reported: dict = dataclasses.field(default_factory=dict)  # method -> {column: paper's value}
-    notes: str = ""
+    # printed after the table: a text, or (specs, scale) -> the text of this run (scale: "quick", "cpu" or "full"),
+    # so that the footnotes follow the flags (--quick, --full, --epochs, --optimizers)
+    notes: str | Callable[[list, str], str] = ""
     # spec -> None or on_epoch(epoch, theta, model, objective) -> {extra epoch series} (see runner.train)
     epoch_hook: Callable | None = None
     # (specs, paths, splits_of, out_dir) -> printable text: measurements made after the runs
@@ -53,6 +56,19 @@ def _spec(experiment, method, optimizer, kwargs, *, model, data, epochs, batch_s
 def scale_name(quick: bool, full: bool) -> str:
     """The scale a run asks for: "quick" (smoke test), "full" (the paper's) or "cpu" (the default)."""
     return "quick" if quick else "full" if full else "cpu"
+
+
+SCALE_LABELS = {"quick": "--quick (a smoke test)", "cpu": "CPU default", "full": "--full (the paper's scale)"}
+
+
+def scale_label(scale: str) -> str:
+    """How the footnotes name a scale: "CPU default", "--quick (a smoke test)", "--full (the paper's scale)"."""
+    return SCALE_LABELS[scale]
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """"1 epoch", "3 epochs"; ``many`` for an irregular plural: plural(2, "batch", "batches")."""
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
 
 
 def _pick(methods, wanted):

@@ -20,8 +20,8 @@ from tinygrad2 import Objective, backend as B
 
 from ..results import load_final, load_run
 from ..runner import build_model
-from .common import (MNIST_SIDE, N_CLASSES, Experiment, _finite_or_none, _num, _pick, _save_json, _spec, prose,
-                     scale_name)
+from .common import (MNIST_SIDE, N_CLASSES, Experiment, _finite_or_none, _num, _pick, _save_json, _spec, plural,
+                     prose, scale_label, scale_name)
 from .newton_probes import (Spectrum, dead_relu_fraction, logit_spread, newton_direction, sign_counts, step_shares,
                             symmetric_hessian)
 
@@ -73,18 +73,45 @@ NEWTON_SCALES = {
 }
 NEWTON_DESCRIPTION = prose("""
     'Second-order Optimization Made Practical for Deep Learning': MLP on MNIST, SGD vs dense (damped)
-    Newton and Hessian-free Newton / Gauss-Newton, batch 64, 7 epochs
+    Newton and Hessian-free Newton / Gauss-Newton (the paper: batch 64, 7 epochs)
 """)
 NEWTON_COLUMNS = ("method", "hyper", "wall_time", "train_loss", "test_acc")  # the columns of the paper's table
-NEWTON_NOTES = prose("""
-    CPU default: MNIST average-pooled 4x4 to 7x7, MLP 49-16-10 (n = 970), 100 batches of 64 per epoch
-    (6,400 images, drawn afresh each epoch), 7 epochs; test on all 10,000 test images. A dense Newton
-    step costs n HVPs plus an O(n^3) eigen-decomposition and solve; at the paper's MLP on 784 inputs
-    that is minutes per step on a 2-core CPU. --full: 28x28 inputs, MLP 784-16-10 (n = 12,730; the paper's
-    hidden width is not in the setup we reproduce from), all 938 batches x 7 epochs. wall_time: our seconds of training
-    (paper: seconds on a V100). DampedNewton-LM is ours (Levenberg-Marquardt λ, uphill steps rejected),
-    not in the paper.
-""")
+MNIST_TRAIN_BATCHES = 938      # batches of 64 in MNIST's 60,000 training images
+
+
+def _newton_scale_text(sizes, pool, batches, epochs):
+    """The data, model and length of one scale, e.g. "MNIST average-pooled 4x4 to 7x7, MLP 49-16-10 (n = 970),
+    100 batches of 64 per epoch (...), 7 epochs"."""
+    n = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    side = MNIST_SIDE // (pool or 1)
+    inputs = f"MNIST average-pooled {pool}x{pool} to {side}x{side}" if pool else f"{side}x{side} inputs"
+    per_epoch = (f"{batches} batches of {NEWTON_BATCH} per epoch ({batches * NEWTON_BATCH:,} images, drawn afresh "
+                 f"each epoch)" if batches else f"all {MNIST_TRAIN_BATCHES} batches of {NEWTON_BATCH} per epoch")
+    return f"{inputs}, MLP {'-'.join(map(str, sizes))} (n = {n:,}), {per_epoch}, {plural(epochs, 'epoch')}"
+
+
+def newton_notes(specs, scale):
+    """The footnotes of this run: its scale (as --quick / --full / --epochs made it), the cost of dense Newton,
+    the other scales, and which rows are ours."""
+    spec = specs[0]
+    sizes = spec.model["kwargs"]["sizes"]
+    here = _newton_scale_text(sizes, spec.data.get("pool"), spec.data.get("limit_batches"), spec.epochs)
+    parts = [f"{scale_label(scale)}: {here}; test on all 10,000 test images."]
+    if sizes[0] != MNIST_SIDE * MNIST_SIDE and any(s.optimizer["name"] in ("Newton", "DampedNewton") for s in specs):
+        parts.append("A dense Newton step costs n HVPs plus an O(n^3) eigen-decomposition and solve; at the paper's "
+                     "MLP on 784 inputs that is minutes per step on a 2-core CPU.")
+    full = NEWTON_SCALES["full"]
+    width = "the paper's hidden width is not in the setup we reproduce from"
+    if scale == "full":
+        parts.append(f"(Hidden width {full.width}: {width}.)")
+    else:
+        n_full = (MNIST_SIDE * MNIST_SIDE + 1) * full.width + (full.width + 1) * N_CLASSES
+        parts.append(f"--full: 28x28 inputs, MLP {MNIST_SIDE * MNIST_SIDE}-{full.width}-{N_CLASSES} (n = {n_full:,}; "
+                     f"{width}), all {MNIST_TRAIN_BATCHES} batches x {full.epochs} epochs.")
+    parts.append("wall_time: our seconds of training (paper: seconds on a V100).")
+    if any(s.method == "DampedNewton-LM" for s in specs):
+        parts.append("DampedNewton-LM is ours (Levenberg-Marquardt λ, uphill steps rejected), not in the paper.")
+    return " ".join(parts)
 
 
 def newton_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
@@ -240,4 +267,4 @@ def newton_analysis(specs, paths, splits_of, out):
 
 
 EXPERIMENT = Experiment(NEWTON, NEWTON_DESCRIPTION, newton_specs, columns=NEWTON_COLUMNS, reported=NEWTON_REPORTED,
-                        notes=NEWTON_NOTES, analysis=newton_analysis)
+                        notes=newton_notes, analysis=newton_analysis)

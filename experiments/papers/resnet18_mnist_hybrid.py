@@ -17,7 +17,8 @@ import numpy as np  # host-side only: the logged switch epochs
 
 from ..results import load_run
 from ..runner import build_model
-from .common import MNIST_SIDE, N_CLASSES, Experiment, _pick, _save_json, _spec, prose, scale_name
+from .common import (MNIST_SIDE, N_CLASSES, Experiment, _pick, _save_json, _spec, plural, prose, scale_label,
+                     scale_name)
 
 RESNET = "resnet18-mnist-hybrid"
 RESNET_BATCH = 100   # the paper's batch size
@@ -54,14 +55,31 @@ RESNET_SCALES = {
 }
 RESNET_DESCRIPTION = prose("""
     'Discussion on the viability of a modern second order method': ResNet18 on 2% MNIST (1,200 / 200 /
-    200), 15 epochs, batch 100, mean ± std over repetitions
+    200), mean ± std over repetitions (the paper: 15 epochs, batch 100, 10 repetitions)
 """)
 RESNET_COLUMNS = ("method", "hyper", "test_acc", "test_loss", "wall_time")  # the columns of the paper's table
-RESNET_NOTES = prose("""
-    CPU default: ResNet18 at width 0.25 (channels 16-32-64-128, 701,818 parameters; the paper's width 1
-    has 11,175,370) and 3 repetitions (the paper: 10). --full: width 1, 10 repetitions. wall_time: our
-    seconds of training per run (paper: K80 GPU).
-""")
+RESNET_PAPER_PARAMETERS = 11_175_370   # ResNet18 at width 1 with our stem and ten classes
+RESNET_BASE_CHANNELS = (64, 128, 256, 512)
+
+
+def resnet_notes(specs, scale):
+    """The footnotes of this run: its width, length and repetitions (as --quick / --full / --epochs made
+    them), the other scales, and what wall_time measures."""
+    spec = specs[0]
+    width = spec.model["kwargs"]["width"]
+    channels = "-".join(str(int(c * width)) for c in RESNET_BASE_CHANNELS)
+    n = build_model(spec.model).num_parameters()
+    reps = len({s.seed for s in specs})
+    paper = "" if width == 1 else f"; the paper's width 1 has {RESNET_PAPER_PARAMETERS:,}"
+    limit = spec.data.get("limit_batches")
+    length = plural(spec.epochs, "epoch") + (f" of {plural(limit, 'batch', 'batches')}" if limit else "")
+    parts = [f"{scale_label(scale)}: ResNet18 at width {width:g} (channels {channels}, {n:,} parameters{paper}), "
+             f"batch {spec.batch_size}, {length}, {plural(reps, 'repetition')} per method (the paper: 10)."]
+    if scale != "full":
+        full = RESNET_SCALES["full"]
+        parts.append(f"--full: width {full.width:g}, {full.repetitions} repetitions, {full.epochs} epochs.")
+    parts.append("wall_time: our seconds of training per run (paper: K80 GPU).")
+    return " ".join(parts)
 
 
 def resnet_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
@@ -114,4 +132,4 @@ def resnet_analysis(specs, paths, splits_of, out):
 
 
 EXPERIMENT = Experiment(RESNET, RESNET_DESCRIPTION, resnet_specs, columns=RESNET_COLUMNS, reported=RESNET_REPORTED,
-                        notes=RESNET_NOTES, analysis=resnet_analysis)
+                        notes=resnet_notes, analysis=resnet_analysis)

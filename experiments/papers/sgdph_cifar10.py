@@ -16,7 +16,8 @@ import numpy as np  # host-side only: the dense γ blocks and their summaries
 from tinygrad2 import backend as B
 
 from ..results import load_run
-from .common import NORM_FLOOR, Experiment, _pick, _save_json, _spec, prose, scale_name
+from .common import (CIFAR10_TEST, NORM_FLOOR, Experiment, _pick, _save_json, _spec, plural, prose, scale_label,
+                     scale_name)
 
 SGDPH = "sgdph-cifar10"
 VGG_DEPTH = 11       # the paper's VGG11
@@ -62,13 +63,33 @@ SGDPH_DESCRIPTION = prose("""
     paper) vs the exact block diagonal, and the off-diagonal mass of the BN γ blocks
 """)
 SGDPH_COLUMNS = ("method", "hyper", "test_acc", "train_loss", "seconds_per_epoch")  # the columns of the paper's table
-SGDPH_NOTES = prose("""
-    CPU default: VGG11 at width 0.125 (channels 8..64), a stratified CIFAR-10 subset (2,560 train, 1,000
-    validation, 2,000 test), batch 64, 3 epochs, no learning-rate schedule. --full: width 1, 45,000 /
-    5,000 / 10,000, batch 128, 200 epochs. We have none of this paper's numbers, so no paper column is
-    printed. BN/SGD-PH-exact is ours: SGD-PH with the exact diagonal of each 1-D block (|g| HVPs per
-    visit) instead of the row sums H_gg·1.
-""")
+VGG_BASE_CHANNELS = (64, 512)   # the first and the last convolution's channels of VGG11 at width 1
+
+
+def _sgdph_scale_text(scale, epochs):
+    """Width, data, batch and length of one scale."""
+    low, high = (int(c * scale.width) for c in VGG_BASE_CHANNELS)
+    train, val, test = scale.subset
+    limit = f" of {plural(scale.batches_per_epoch, 'batch', 'batches')}" if scale.batches_per_epoch else ""
+    return (f"VGG11 at width {scale.width:g} (channels {low}..{high}), a stratified CIFAR-10 subset ({train:,} train, "
+            f"{val:,} validation, {f'{test:,}' if test else f'all {CIFAR10_TEST:,}'} test), batch {scale.batch_size}, "
+            f"{plural(epochs, 'epoch')}{limit}, no learning-rate schedule")
+
+
+def sgdph_notes(specs, scale):
+    """The footnotes of this run: its scale (as --quick / --full / --epochs made it), the other scales, and
+    which rows are ours."""
+    parts = [f"{scale_label(scale)}: {_sgdph_scale_text(SGDPH_SCALES[scale], specs[0].epochs)}."]
+    if scale != "full":
+        full = SGDPH_SCALES["full"]
+        train, val, test = full.subset
+        parts.append(f"--full: width {full.width:g}, {train:,} / {val:,} / {test or CIFAR10_TEST:,}, batch "
+                     f"{full.batch_size}, {full.epochs} epochs.")
+    parts.append("We have none of this paper's numbers, so no paper column is printed.")
+    if any(s.method == "BN/SGD-PH-exact" for s in specs):
+        parts.append("BN/SGD-PH-exact is ours: SGD-PH with the exact diagonal of each 1-D block (|g| HVPs per "
+                     "visit) instead of the row sums H_gg·1.")
+    return " ".join(parts)
 
 
 def sgdph_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
@@ -211,4 +232,4 @@ def sgdph_analysis(specs, paths, splits_of, out):
 
 
 EXPERIMENT = Experiment(SGDPH, SGDPH_DESCRIPTION, sgdph_specs, columns=SGDPH_COLUMNS, reported=SGDPH_REPORTED,
-                        notes=SGDPH_NOTES, epoch_hook=sgdph_epoch_hook, analysis=sgdph_analysis)
+                        notes=sgdph_notes, epoch_hook=sgdph_epoch_hook, analysis=sgdph_analysis)
