@@ -22,7 +22,7 @@ What the figure promises a reader:
   draw training loss solid and validation loss dashed; accuracy panels draw
   test accuracy solid and validation accuracy dashed;
 * losses on a log axis (when all are positive), clipped at
-  :data:`CLIP_FACTOR` x the largest finite initial loss: a value above the
+  :data:`CLIP_FACTOR` x the median first finite loss of the runs: a value above the
   clip is drawn at the clip with an arrow marker, so one diverging run (a loss
   of 1e32) does not flatten the others, and the notes name it and its largest
   value; a NaN or infinite value is marked ("NaN", "inf") at the top of its
@@ -71,7 +71,7 @@ PALETTE = ("#1f5fd1", "#f0801a", "#1e9e3a", "#d81e3c", "#8a2cc2", "#8a8a00",
            "#2bc3e8", "#e33fc8", "#222222", "#8fd14f", "#7a0f1e", "#8f8f8f")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "X", "h", "p")
 CLIP_MARKER = r"$\uparrow$"  # a value above the clip, drawn at the clip
-CLIP_FACTOR = 10.0           # losses above CLIP_FACTOR x the largest finite initial loss are clipped
+CLIP_FACTOR = 10.0           # losses above CLIP_FACTOR x the median first finite loss are clipped
 SLOW_RATIO = 10.0            # wall-clock axes go symlog when the slowest run took this many times the fastest
 MARKS_PER_CURVE = 6          # about this many method markers on a curve
 SIZE, DPI, FONT_SIZE = (12.0, 8.5), 100, 11.0
@@ -304,11 +304,13 @@ def _loss_axis(ax, values, clip, log_loss):
 
 
 def _loss_clip(runs):
-    """CLIP_FACTOR x the largest finite initial loss (None without one)."""
+    """CLIP_FACTOR x the median of the runs' first finite losses (None without
+    one): the median, so that a run that diverged before its first record (a
+    Newton step can take the loss to 1e5 at once) does not set the scale."""
     initial = [v for run in runs for v in [_initial_loss(run)] if v is not None]
-    if not initial or max(initial) <= 0:
+    if not initial or float(np.median(initial)) <= 0:
         return None
-    return CLIP_FACTOR * max(initial)
+    return CLIP_FACTOR * float(np.median(initial))
 
 
 def _initial_loss(run):
@@ -335,7 +337,7 @@ def _clip_notes(runs, labels, clip):
         if worst:
             out.append(f"\u2191 {label}: {worst[1]} "
                        f"loss up to {worst[0]:.3g}, drawn at the clip {clip:.3g} "
-                       f"({CLIP_FACTOR:g}x the largest initial loss)")
+                       f"({CLIP_FACTOR:g}x the median first loss)")
     return out
 
 

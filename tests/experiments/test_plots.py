@@ -112,7 +112,7 @@ def test_a_diverging_run_is_clipped_and_marked_while_the_others_keep_their_scale
                     status="diverged", acc=[0.1, 0.2, 0.1, math.nan, 0.1])
     fig = figure(paths + [bad])
     ax, before = panel(fig, "loss-epoch"), panel(calm, "loss-epoch")
-    clip = plots.CLIP_FACTOR * INITIAL_LOSS * 1.05  # the largest initial loss: validation at epoch 0
+    clip = plots.CLIP_FACTOR * INITIAL_LOSS * 1.05  # the median first loss: validation at epoch 0, the same in every run
     assert ax.get_yscale() == "log" and before.get_yscale() == "log"
     low, high = ax.get_ylim()
     assert low == pytest.approx(before.get_ylim()[0])  # the other curves' floor is where it was
