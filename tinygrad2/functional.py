@@ -52,16 +52,18 @@ def _scalar(out, op):
 def value_and_grad(f):
     """``value_and_grad(f)(x) -> (float, array (n,))``, by reverse mode."""
 
-    def run(x):
-        x = _input(x, "value_and_grad")
-        xt = Tensor(x, requires_grad=True)
-        out = _scalar(f(xt), "value_and_grad")
-        if not out.requires_grad:  # f does not depend on x
-            return float(out.item()), B.xp.zeros_like(x)
-        out.backward()
-        return float(out.item()), xt.grad.data
+    return lambda x: checked_value_and_grad(f, _input(x, "value_and_grad"))
 
-    return run
+
+def checked_value_and_grad(f, x):
+    """value_and_grad on an ``x`` its caller has already checked (the
+    Objective checks theta once, in its own words)."""
+    xt = Tensor(x, requires_grad=True)
+    out = _scalar(f(xt), "value_and_grad")
+    if not out.requires_grad:  # f does not depend on x
+        return float(out.item()), B.xp.zeros_like(x)
+    out.backward()
+    return float(out.item()), xt.grad.data
 
 
 def grad(f):
@@ -112,6 +114,13 @@ def hvp(f, x, v):
     v (K, n) -> (K, n) with row k equal to H v_k."""
     x = _input(x, "hvp")
     V, single = _directions(v, x.shape[0], x.dtype, "hvp")
+    HV = checked_hvp(f, x, V)
+    return HV[0] if single else HV
+
+
+def checked_hvp(f, x, V):
+    """H V for checked ``x`` (n,) and directions ``V`` (K, n): the
+    forward-over-reverse pass itself, without :func:`hvp`'s argument checks."""
     xt = Tensor(x, requires_grad=True, tangent=V)
     out = _scalar(f(xt), "hvp")
     HV = None
@@ -121,7 +130,7 @@ def hvp(f, x, v):
             HV = xt.grad.tangent
     if HV is None:  # the gradient does not depend on x along V
         HV = B.xp.zeros_like(V)
-    return HV[0] if single else HV
+    return HV
 
 
 def hvp_reverse_over_reverse(f, x, v):

@@ -176,11 +176,12 @@ class BaseObjective:
     def _value_and_grad(self, theta, op):
         theta = self._theta(theta, op)
         self.counts["ngev"] += 1
-        return functional.value_and_grad(self._scalar_of(op))(theta)
+        return functional.checked_value_and_grad(self._scalar_of(op), theta)
 
     # ---- second order ------------------------------------------------------
     def hvp(self, theta, V):
-        """H V by forward-over-reverse (:func:`tinygrad2.functional.hvp`): seed
+        """H V by forward-over-reverse (:func:`tinygrad2.functional.checked_hvp`,
+        after the Objective's own argument checks): seed
         θ with the tangent V (K directions), run the loss and its backward
         pass; the gradient comes out carrying
 
@@ -190,7 +191,7 @@ class BaseObjective:
         theta = self._theta(theta, "hvp")
         V, single = self._directions(V, theta, "hvp")
         self.counts["nhvp"] += V.shape[0]
-        HV = functional.hvp(self._scalar_of("hvp"), theta, V)
+        HV = functional.checked_hvp(self._scalar_of("hvp"), theta, V)
         return HV[0] if single else HV
 
     def ggn_vp(self, theta, V):

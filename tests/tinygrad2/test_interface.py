@@ -63,15 +63,32 @@ def test_objective_hvp_and_grad_go_through_functional(monkeypatch):
     from tinygrad2 import functional
 
     calls = []
-    for name in ("hvp", "value_and_grad"):
+    for name in ("checked_hvp", "checked_value_and_grad"):
         original = getattr(functional, name)
         monkeypatch.setattr(functional, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     obj = objectives()["Objective"]
     theta, V = np.linspace(-1, 1, 9), np.random.default_rng(1).standard_normal((4, 9))
     HV = obj.hvp(theta, V)
     obj.grad(theta)
-    assert calls == ["hvp", "value_and_grad"]
+    assert calls == ["checked_hvp", "checked_value_and_grad"]
     np.testing.assert_array_equal(HV, tg.hvp(obj._scalar, theta, V))
+
+
+def test_objective_checks_its_arguments_once(monkeypatch):
+    # the Objective checks theta and V itself; functional's public checks must not run again
+    from tinygrad2 import functional
+
+    def second_check(*args):
+        raise AssertionError("functional's argument checks ran again inside the Objective")
+
+    monkeypatch.setattr(functional, "_input", second_check)
+    monkeypatch.setattr(functional, "_directions", second_check)
+    obj = objectives()["Objective"]
+    theta = np.linspace(-1, 1, 9)
+    obj.hvp(theta, np.ones((2, 9)))
+    obj.loss_and_grad(theta)
+    with pytest.raises(AssertionError, match="ran again"):
+        tg.hvp(obj._scalar, theta, np.ones(9))  # the public function still checks
 
 
 def f_tanh(t):
