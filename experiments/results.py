@@ -204,11 +204,12 @@ class RunWriter:
         return writer
 
     @classmethod
-    def resume(cls, path) -> tuple["RunWriter", Checkpoint | None]:
+    def resume(cls, path, run=None) -> tuple["RunWriter", Checkpoint | None]:
         """Reopen a run: its config, its series up to the latest checkpoint and
         that checkpoint (``None`` if there is none: the series then start
-        empty). A damaged file raises :class:`ResultsError` and is left alone."""
-        run = load_run(path)
+        empty). A damaged file raises :class:`ResultsError` and is left alone.
+        ``run``: the file's :func:`load_run`, if the caller has already read it."""
+        run = load_run(path) if run is None else run
         checkpoint = load_checkpoint(path) if run.checkpoint_info is not None else None
         steps = _Series(STEP_INDEX, {k: v.tolist() for k, v in run.steps.items()})
         epochs = _Series(EPOCH_INDEX, {k: v.tolist() for k, v in run.epochs.items()})

@@ -218,9 +218,9 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
     if removed:
         log(f"{path.parent}: removed {len(removed)} temp file(s) left by killed writes")
     resuming = resume and path.exists()
-    recorded = check_request(spec, path, resume=resume, extend=extend, overwrite=overwrite)
+    recorded, reopened = _check_request(spec, path, resume=resume, extend=extend, overwrite=overwrite)
     if resuming:
-        writer, checkpoint = RunWriter.resume(path)
+        writer, checkpoint = reopened
         more = extend and spec.epochs > recorded.config.get("epochs", spec.epochs)
         if recorded.status in ("finished", "diverged") and not more:
             log(f"{path}: already {recorded.status}; nothing to resume")
@@ -329,26 +329,33 @@ def check_request(spec: RunSpec, path, *, resume=False, extend=False, overwrite=
     digest) and recorded with ``spec``'s settings (``extend``: more epochs
     allowed). Returns the recorded :class:`~experiments.results.Run` (``None``
     if there is nothing to resume); raises :class:`RunError` or ResultsError."""
+    return _check_request(spec, path, resume=resume, extend=extend, overwrite=overwrite)[0]
+
+
+def _check_request(spec, path, *, resume, extend, overwrite):
+    """:func:`check_request`, also returning the file reopened for writing,
+    ``(writer, checkpoint)`` (None when nothing is resumed): the file is read
+    and its digests checked once."""
     path = Path(path)
     if extend and not resume:
         raise RunError("run: --extend continues a results file: it needs --resume")
     if resume and overwrite:
         raise RunError("run: --resume and --overwrite contradict each other; pass one")
     if not path.exists():
-        return None
+        return None, None
     if path.is_dir():
         raise RunError(f"run: {path} is a folder; the results file of {spec.method} cannot be written there")
     if not (resume or overwrite):
         raise RunError(f"run: {path} already exists ({_status(path)}); pass --resume to continue it "
                        f"or --overwrite to start again")
     if overwrite:
-        return None
-    RunWriter.resume(path)  # reads and checks the whole file (every digest) before judging it
+        return None, None
     recorded = load_run(path)
+    reopened = RunWriter.resume(path, run=recorded)  # the checkpoint's digest too, before judging the file
     if recorded.status in ("finished", "diverged"):
         load_final(path)
     _check_settings(path, recorded.config, json.loads(_config_json(spec.config())), extend)
-    return recorded
+    return recorded, reopened
 
 
 def _status(path) -> str:
