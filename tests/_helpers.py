@@ -1,14 +1,20 @@
 """Test helpers that do not go through ``tinygrad2.check``: an independent
 finite-difference stencil, the three derivative routes on functions of several
 Tensors, one comparison with an explicit tolerance, a small MLP loss of a flat
-theta, and the HDF5 round trip of an optimizer state."""
+theta, the HDF5 round trip of an optimizer state, and the optimizer contract
+table (rows, problems and the run loop's protocol)."""
 from __future__ import annotations
+
+import math
 
 import h5py
 import numpy as np
 
-from optimizers import load_state, save_state, states_equal
-from tinygrad2 import Tensor, no_grad
+from optimizers import (
+    BB, LBFGS, SGD, SGDPH, AdaHessian, Adam, AdamW, DampedNewton, GaussNewton, HessianFree, Hybrid, Newton,
+    load_state, save_state, states_equal,
+)
+from tinygrad2 import Quadratic, Rosenbrock, Tensor, no_grad
 
 # Fourth-order central stencil: truncation error O(h^4), rounding ~ eps |F| / h.
 _STENCIL = ((-2, 1.0), (-1, -8.0), (1, 8.0), (2, -1.0))
@@ -142,3 +148,58 @@ def hdf5_round_trip(state, path):
         loaded = load_state(f["opt"])
     assert states_equal(state, loaded)
     return loaded
+
+
+# ---------------------------------------------------------------- the optimizer contract table
+# One row per optimizer, with hyper-parameters that suit both problems, run with
+# the run loop's protocol (tests/optimizers/test_contract.py and
+# test_interface_only.py use them).
+
+EPOCHS, STEPS_PER_EPOCH = 4, 3
+STEPS = EPOCHS * STEPS_PER_EPOCH
+
+ROWS = {
+    "SGD": lambda: SGD(lr=1e-3),
+    "SGD-momentum": lambda: SGD(lr=3e-4, momentum=0.9),
+    "Adam": lambda: Adam(lr=0.02),
+    "AdamW": lambda: AdamW(lr=0.02, weight_decay=1e-3),
+    "BB": lambda: BB(lr=1e-3, beta=0.5),
+    "LBFGS": lambda: LBFGS(history_size=5, line_search="strong_wolfe"),
+    "Newton": lambda: Newton(),
+    "DampedNewton": lambda: DampedNewton(damping=1.0),
+    "HessianFree": lambda: HessianFree(damping=1.0),
+    "GaussNewton": lambda: GaussNewton(damping=1.0),
+    "AdaHessian": lambda: AdaHessian(lr=0.05, seed=3),
+    "SGDPH": lambda: SGDPH(lr=0.1, second_order_lr=0.1, diag="exact", official_last_1d_sgd=False),
+    "Hybrid": lambda: Hybrid(threshold=math.inf, sgd_lr=3e-4, ada_lr=0.05, seed=3),  # switches after epoch 1
+}
+PROBLEMS = ("quadratic", "rosenbrock")
+
+
+def problem(name):
+    """(objective, theta0, f*) of a named problem."""
+    if name == "quadratic":
+        rng = np.random.default_rng(42)
+        n = 6
+        basis, _ = np.linalg.qr(rng.normal(size=(n, n)))
+        A = basis @ np.diag(np.geomspace(100.0, 1000.0, n)) @ basis.T
+        objective = Quadratic((A + A.T) / 2, rng.normal(size=n))
+        x_star = np.linalg.solve(objective.A, objective.b)
+        return objective, rng.normal(size=n), objective.loss(x_star)
+    objective = Rosenbrock(2)
+    return objective, np.asarray(objective.x0, dtype=np.float64), 0.0
+
+
+def train(opt, objective, theta):
+    """The run loop's protocol: (thetas, states, infos) of every step, states[0] from init."""
+    states, thetas, infos = [opt.init(theta)], [theta], []
+    state = states[0]
+    for _ in range(EPOCHS):
+        for _ in range(STEPS_PER_EPOCH):
+            theta, state, info = opt.step(objective, theta, state)
+            thetas.append(theta)
+            states.append(state)
+            infos.append(info)
+        state = opt.end_epoch(theta, state, {"val_loss": objective.loss(theta)})
+        states[-1] = state
+    return thetas, states, infos

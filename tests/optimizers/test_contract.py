@@ -1,6 +1,7 @@
 """The contract every optimizer keeps, checked over one table of all of them.
 
-Each row of ``ROWS`` is one optimizer with hyper-parameters that suit both
+Each row of ``ROWS`` (in ``tests/_helpers.py``, shared with
+``test_interface_only.py``) is one optimizer with hyper-parameters that suit both
 problems: a convex quadratic (``tinygrad2.Quadratic``, eigenvalues in
 [100, 1000]) and the 2-D Rosenbrock function from its classic start. Every
 row is run with the run loop's protocol (epochs of ``STEPS_PER_EPOCH`` steps,
@@ -27,66 +28,14 @@ import numpy as np
 import pytest
 
 import optimizers
-from optimizers import (
-    BB, LBFGS, SGD, SGDPH, AdaHessian, Adam, AdamW, DampedNewton, GaussNewton, HessianFree, Hybrid, Newton,
-    Optimizer, states_equal,
-)
+from optimizers import SGD, Adam, DampedNewton, GaussNewton, HessianFree, Optimizer, states_equal
 from optimizers.base import INFO_KEYS, STATE_KEYS
-from tinygrad2 import Quadratic, Rosenbrock
 
-from _helpers import hdf5_round_trip
+from _helpers import PROBLEMS, ROWS, STEPS, hdf5_round_trip, problem, train
 
 pytestmark = pytest.mark.usefixtures("float64")
 
-EPOCHS, STEPS_PER_EPOCH = 4, 3
-STEPS = EPOCHS * STEPS_PER_EPOCH
 GAP_FACTOR = 0.9  # every row must shrink f - f* by at least 10% over the run
-
-ROWS = {
-    "SGD": lambda: SGD(lr=1e-3),
-    "SGD-momentum": lambda: SGD(lr=3e-4, momentum=0.9),
-    "Adam": lambda: Adam(lr=0.02),
-    "AdamW": lambda: AdamW(lr=0.02, weight_decay=1e-3),
-    "BB": lambda: BB(lr=1e-3, beta=0.5),
-    "LBFGS": lambda: LBFGS(history_size=5, line_search="strong_wolfe"),
-    "Newton": lambda: Newton(),
-    "DampedNewton": lambda: DampedNewton(damping=1.0),
-    "HessianFree": lambda: HessianFree(damping=1.0),
-    "GaussNewton": lambda: GaussNewton(damping=1.0),
-    "AdaHessian": lambda: AdaHessian(lr=0.05, seed=3),
-    "SGDPH": lambda: SGDPH(lr=0.1, second_order_lr=0.1, diag="exact", official_last_1d_sgd=False),
-    "Hybrid": lambda: Hybrid(threshold=math.inf, sgd_lr=3e-4, ada_lr=0.05, seed=3),  # switches after epoch 1
-}
-PROBLEMS = ("quadratic", "rosenbrock")
-
-
-def problem(name):
-    """(objective, theta0, f*) of a named problem."""
-    if name == "quadratic":
-        rng = np.random.default_rng(42)
-        n = 6
-        basis, _ = np.linalg.qr(rng.normal(size=(n, n)))
-        A = basis @ np.diag(np.geomspace(100.0, 1000.0, n)) @ basis.T
-        objective = Quadratic((A + A.T) / 2, rng.normal(size=n))
-        x_star = np.linalg.solve(objective.A, objective.b)
-        return objective, rng.normal(size=n), objective.loss(x_star)
-    objective = Rosenbrock(2)
-    return objective, np.asarray(objective.x0, dtype=np.float64), 0.0
-
-
-def train(opt, objective, theta):
-    """The run loop's protocol: (thetas, states, infos) of every step, states[0] from init."""
-    states, thetas, infos = [opt.init(theta)], [theta], []
-    state = states[0]
-    for _ in range(EPOCHS):
-        for _ in range(STEPS_PER_EPOCH):
-            theta, state, info = opt.step(objective, theta, state)
-            thetas.append(theta)
-            states.append(state)
-            infos.append(info)
-        state = opt.end_epoch(theta, state, {"val_loss": objective.loss(theta)})
-        states[-1] = state
-    return thetas, states, infos
 
 
 @pytest.fixture(params=[(row, p) for row in ROWS for p in PROBLEMS], ids=lambda rp: f"{rp[0]}-{rp[1]}")

@@ -10,7 +10,7 @@ import pytest
 
 from tinygrad2 import ObjectiveInterface
 
-from test_contract import PROBLEMS, ROWS, problem, train
+from _helpers import PROBLEMS, ROWS, problem, train
 
 pytestmark = pytest.mark.usefixtures("float64")
 
