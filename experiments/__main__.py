@@ -407,11 +407,10 @@ def _group_key(run) -> str:
     """Everything recorded but the seed (and the repetition number of the method)."""
     import json
 
-    config = {k: v for k, v in run.config.items() if k not in ("seed", "blas_threads")}  # threads: speed only
+    from .runner import comparable_settings
+
+    config = {k: v for k, v in comparable_settings(run.config).items() if k != "seed"}
     config["method"] = _method(run)
-    data = config.get("data")
-    if isinstance(data, dict):
-        config["data"] = {k: v for k, v in data.items() if k != "verify"}
     return json.dumps(config, sort_keys=True, default=str)
 
 

@@ -365,6 +365,13 @@ def _status(path) -> str:
         return "not readable"
 
 
+def comparable_settings(config) -> dict:
+    """A run's recorded settings as ``{dotted key: value}``, without those that
+    do not change its results (:data:`NOT_SETTINGS`): what a resume compares
+    and what ``report`` groups runs by (there also without the seed)."""
+    return {k: v for k, v in _flat(config).items() if k not in NOT_SETTINGS}
+
+
 def _flat(tree, prefix="") -> dict:
     if not isinstance(tree, dict):
         return {prefix: tree}
@@ -387,10 +394,10 @@ _UNSET = object()
 def settings_diff(recorded: dict, requested: dict, skip=()) -> list[tuple[str, str, str]]:
     """``(setting, recorded, requested)`` for every config entry that differs
     (nested dicts compared entry by entry, e.g. ``optimizer.kwargs.lr``)."""
-    a, b = _flat(recorded), _flat(requested)
+    a, b = comparable_settings(recorded), comparable_settings(requested)
     keys = list(dict.fromkeys([*a, *b]))
     return [(k, _show(a.get(k, _UNSET)), _show(b.get(k, _UNSET))) for k in keys
-            if k not in skip and k not in NOT_SETTINGS and a.get(k, _UNSET) != b.get(k, _UNSET)]
+            if k not in skip and a.get(k, _UNSET) != b.get(k, _UNSET)]
 
 
 def _check_settings(path, recorded, requested, extend):
