@@ -34,7 +34,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -259,7 +261,7 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
 
         has_buffers = bool(model.named_buffers())
         metrics = None
-        with writer:
+        with writer, _interrupt_at_safe_points() as interrupt_if_asked:
             if epoch0 == 0 and batch0 == 0:
                 metrics = _metrics(model, theta, splits, spec.loss, math.nan, 0.0)
                 if on_epoch is not None:
@@ -304,6 +306,7 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                                           extra={"batch": b + 1, "losses": np.asarray(losses), "epoch_time": so_far})
                     if bar is not None:
                         bar.advance(epoch, b, step, loss)
+                    interrupt_if_asked()
                 epoch_time = before + time.perf_counter() - start
                 wall += epoch_time
                 metrics = _metrics(model, theta, splits, spec.loss, float(np.mean(losses)) if losses else math.nan,
@@ -314,6 +317,7 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                 writer.log_epoch(epoch + 1, metrics)
                 writer.checkpoint(theta, state, epoch=epoch + 1, step=step, wall_time=wall,
                                   buffers=model.named_buffers())
+                interrupt_if_asked()
             if bar is not None:
                 bar.close()
             if metrics is None:  # killed between the last checkpoint and the end: its epoch row is the last
@@ -321,6 +325,35 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
             final = dict(metrics, seconds_per_epoch=wall / max(spec.epochs, 1))
             writer.finish(theta, final, buffers=model.named_buffers())
     return load_run(path)
+
+
+@contextlib.contextmanager
+def _interrupt_at_safe_points():
+    """While training, Ctrl-C (SIGINT) only sets a flag; the loop turns it into
+    KeyboardInterrupt after the current step (``interrupt_if_asked``), never
+    inside a write. Raised asynchronously, the interrupt could land in h5py's
+    C code or in a finalizer, where Python prints and drops it, and the run
+    went on. A second Ctrl-C interrupts at once (a long step need not finish).
+    Only in the main thread and over Python's default handler."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: None
+        return
+    asked = []
+
+    def handler(signum, frame):
+        asked.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def interrupt_if_asked():
+        if asked:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupt_if_asked
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def check_request(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False):

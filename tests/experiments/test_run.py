@@ -296,6 +296,23 @@ def test_temp_files_of_killed_writes_are_removed_by_the_next_run(tmp_path):
     assert any("removed 2 temp file(s)" in line for line in logged)
 
 
+def test_ctrl_c_during_training_lands_at_the_next_safe_point(tmp_path):
+    # SIGINT inside the loop (here: from the epoch hook, before the epoch row is written)
+    # takes effect only after that epoch is logged and checkpointed, never inside a write
+    def hook(epoch, theta, model, objective):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return {}
+
+    path = tmp_path / "test__SGD.h5"
+    with pytest.raises(KeyboardInterrupt):
+        train(small_spec(epochs=3), path, progress=False, log=lambda line: None, on_epoch=hook)
+    run = load_run(path)
+    assert run.status == "interrupted"
+    assert list(run.epochs["epoch"]) == [0, 1] and run.checkpoint_info is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "experiments", "run", "digits", "--optimizers", "SGD", "--epochs", "400",
