@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from tinygrad2 import Tensor
+from tinygrad2 import Tensor, capture
 from tinygrad2.primitives import im2col
 
 from .module import Module, bias_uniform, check_size, fan_in, kaiming_uniform
@@ -42,7 +42,8 @@ class Linear(Module):
         return f"{self.in_features}->{self.out_features}" + ("" if self.has_bias else ", no bias")
 
     def forward(self, x):
-        return self.affine(x, self.weight, self.bias if self.has_bias else None)
+        y = self.affine(x, self.weight, self.bias if self.has_bias else None)
+        return _recorded(self, x.data, y) if capture.active() else y
 
     def affine(self, x, weight, bias):
         """x Wᵀ + b for a given weight (WeightNorm passes g·v/||v||)."""
@@ -121,7 +122,11 @@ class Conv2d(Module):
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
     def forward(self, x):
-        return self.affine(x, self.weight, self.bias if self.has_bias else None)
+        y = self.affine(x, self.weight, self.bias if self.has_bias else None)
+        if not capture.active():
+            return y
+        patches = im2col.forward(x.data, kernel=self.kernel, stride=self.stride, padding=self.padding)
+        return _recorded(self, patches.reshape(-1, self.in_channels * self.kernel[0] * self.kernel[1]), y)
 
     def affine(self, x, weight, bias):
         """The convolution with a given weight (WeightNorm passes g·v/||v||)."""
@@ -146,6 +151,15 @@ class Conv2d(Module):
         if bias is not None:
             y = y + bias.reshape(o, 1)
         return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+
+
+def _recorded(layer, inputs, y):
+    """y, registered with :func:`tinygrad2.capture.record` (K-FAC's layer
+    capture): ``inputs`` (rows = examples × locations, columns in the order of
+    ``weight.reshape(out, -1)``: (in,) for Linear, (C, kh, kw) for Conv2d)."""
+    name = layer.param_name("weight").rpartition(".")[0]
+    bias = layer.param_name("bias") if layer.has_bias else None
+    return capture.record(name, layer.param_name("weight"), bias, inputs, y)
 
 
 def channels_first(x):

@@ -281,6 +281,12 @@ class Module:
         bound = _bound.get(id(self))
         return f"{self!r} at '{bound[0]}'" if bound and bound[0] else repr(self)
 
+    def param_name(self, local) -> str:
+        """The θ name ("features.0.weight") of this module's parameter ``local``
+        while ``apply`` runs."""
+        path = _bound[id(self)][0] if id(self) in _bound else ""
+        return f"{path}.{local}" if path else local
+
     def fail(self, x, message):
         """Raise ValueError: '<layer>: input of shape <shape> <message>'."""
         raise ValueError(f"{self.where()}: input of shape {tuple(x.shape)} {message}")

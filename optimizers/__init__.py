@@ -17,3 +17,6 @@ from .adahessian import AdaHessian  # noqa: E402
 from .sgdph import SGDPH  # noqa: E402
 from .hybrid import Hybrid  # noqa: E402
 __all__ += ["AdaHessian", "SGDPH", "Hybrid"]
+from .kfac import KFAC  # noqa: E402
+from .sophia import Sophia  # noqa: E402
+__all__ += ["KFAC", "Sophia"]

@@ -67,19 +67,21 @@ key                        meaning [unit] (optimizers)
 ``loss_change``            f(θ_new) - f(θ) on this step's objective, 0 when rejected [f] (LBFGS,
                            Newton, DampedNewton, HessianFree)
 ``predicted``              q(lr·d) = lr gᵀd + ½ lr² dᵀBd, the undamped model's change [f]
-                           (Newton, DampedNewton, HessianFree)
+                           (Newton, DampedNewton, HessianFree; KFAC on its adaptation steps, else
+                           None)
 ``actual``                 f(θ + lr·d) - f(θ) of the trial step, also when rejected [f] (Newton,
-                           DampedNewton, HessianFree)
+                           DampedNewton, HessianFree; KFAC on its adaptation steps, else None)
 ``rho``                    actual / predicted; -inf if the loss rose, NaN if the model predicts
-                           no decrease [1] (Newton, DampedNewton, HessianFree)
-``damping``                λ used in this step [f/θ²] (DampedNewton, HessianFree)
+                           no decrease [1] (Newton, DampedNewton, HessianFree; KFAC on its
+                           adaptation steps, else None)
+``damping``                λ used in this step [f/θ²] (DampedNewton, HessianFree, KFAC)
 ``curvature``              curvature along the step: dᵀBd of the direction d (undamped B = H or
                            G), or the secant sᵀy of the last pair (L-BFGS) or epoch (BB) [f]
                            (Newton, DampedNewton, HessianFree, LBFGS, BB; None before BB's first
                            update)
 ``fallback``               None, or what replaced the plain step: "lstsq", "gradient",
                            "rejected", "steepest_descent", "line_search_failed", "non_finite"
-                           (Newton, DampedNewton, HessianFree)
+                           (Newton, DampedNewton, HessianFree, KFAC)
 ``min_eig``                smallest eigenvalue of H [f/θ²] (Newton; DampedNewton with
                            saddle_free)
 ``max_eig``                largest eigenvalue of H [f/θ²] (Newton; DampedNewton with
@@ -109,12 +111,23 @@ key                        meaning [unit] (optimizers)
 ``inner``                  steps taken so far in this epoch, this one included [n] (BB)
 ``bb_skipped``             step-size updates skipped so far (zero curvature) [n] (BB)
 ``bb_fallbacks``           BB step sizes replaced by τ_0/(k+1) so far [n] (BB)
-``nhvp``                   Hessian-vector products in this step [n] (AdaHessian, SGDPH, Hybrid)
+``nhvp``                   Hessian-vector products in this step [n] (AdaHessian, SGDPH, Hybrid,
+                           Sophia)
 ``hessian_diag_mean``      mean of the latest Hessian-diagonal estimate (AdaHessian: averaged
-                           |z ⊙ Hz|; SGD-PH: h of the tensors visited) [f/θ²] (AdaHessian, SGDPH)
-``hessian_refreshed``      whether the Hessian estimate was recomputed this step (AdaHessian)
+                           |z ⊙ Hz|; SGD-PH: h of the tensors visited; Sophia: ĥ of the latest
+                           refresh) [f/θ²] (AdaHessian, SGDPH, Sophia)
+``hessian_refreshed``      whether the Hessian estimate was recomputed this step (AdaHessian,
+                           Sophia)
+``clipped_fraction``       fraction of coordinates whose ratio |m / max(γh, ε)| exceeded the clip
+                           this step [1] (Sophia)
 ``hessian_groups``         names of the 1-D tensors visited this step (SGDPH)
 ``hessian_momentum_mean``  mean of the Hessian momentum d over the 1-D tensors [f/θ²] (SGDPH)
+``mu``                     momentum coefficient μ of δ = lr·Δ + μ·δ_prev, chosen with lr by the
+                           quadratic model (0 on the first step or without momentum) [1] (KFAC)
+``inverses_refreshed``     whether the damped Kronecker-factor inverses were recomputed this step
+                           (KFAC)
+``kfac_layers``            layers with a Kronecker-factored block (the rest use the diagonal
+                           fallback) [n] (KFAC)
 ``phase``                  "sgd" or "adahessian" (Hybrid)
 ``switch_step``            steps taken before the first AdaHessian step, or None [n] (Hybrid)
 ``switch_epoch``           the epoch whose validation loss crossed the threshold, or None [n]

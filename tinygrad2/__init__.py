@@ -5,7 +5,7 @@ from .tensor import Tensor, no_grad, no_tangent
 from . import check, primitives
 from .primitives import REGISTRY as PRIMITIVES
 from .functional import grad, value_and_grad, jvp, vjp, hvp, hvp_reverse_over_reverse, hessian
-from . import losses, memory
+from . import capture, losses, memory
 from .layout import Param, Layout
 from .directions import rademacher
 from .memory import CurvatureMemoryError
@@ -17,7 +17,7 @@ from .problems import Quadratic, Rosenbrock, LogisticRegression, Function
 __all__ = [
     "backend", "check", "to_host", "Tensor", "no_grad", "no_tangent", "primitives", "PRIMITIVES",
     "grad", "value_and_grad", "jvp", "vjp", "hvp", "hvp_reverse_over_reverse", "hessian",
-    "losses", "memory", "Param", "Layout", "Objective", "BaseObjective", "ObjectiveInterface", "Quadratic", "Rosenbrock", "LogisticRegression",
+    "capture", "losses", "memory", "Param", "Layout", "Objective", "BaseObjective", "ObjectiveInterface", "Quadratic", "Rosenbrock", "LogisticRegression",
     "Function", "CurvatureMemoryError", "NonFiniteError", "UnknownParameterError", "rademacher",
 ]
 from .spectrum import (  # noqa: E402

@@ -10,6 +10,15 @@
   against the batch, a ValueError naming ``where`` otherwise;
 * ``check_outputs(outputs_shape, targets, where, name)``: outputs against
   targets, once the outputs exist;
+* ``hessian_factor(z, targets)``: U (K, *z.shape) with Σ_k u_k[i] u_k[i]ᵀ = H_i
+  for every example i, H_i the i-th diagonal block of H_z (which is
+  block-diagonal over examples): backpropagated, the K seeds give per-example
+  factors of the Gauss-Newton matrix (K-FAC's exact factor; the cross-example
+  products of u_k u_kᵀ are not part of H_z and must not be summed); None
+  where no closed form is known;
+* ``hessian_sample(z, targets, rng)``: one random r (1, *z.shape) with
+  E[r rᵀ] = H_z, examples independent (the Monte-Carlo Fisher sample of
+  K-FAC, Sophia's Gauss-Newton-Bartlett); None where unknown;
 * ``classification``: whether accuracy (argmax of the outputs against
   integer labels) is defined;
 * ``one_primitive``: the value is a single primitive, so a pass that only
@@ -25,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import backend as B
-from .primitives import softmax_hessian_vp
+from .primitives import cross_entropy_grad, log_softmax, softmax_hessian_vp
 from .tensor import Tensor
 
 
@@ -36,6 +45,8 @@ class Loss:
     hessian_vp: Callable
     check_targets: Callable
     check_outputs: Callable
+    hessian_factor: Callable | None = None
+    hessian_sample: Callable | None = None
     classification: bool = False
     one_primitive: bool = False
 
@@ -59,6 +70,27 @@ def _ce_hessian_vp(z, labels, T):
     if z.ndim != 2:
         raise ValueError(f"cross_entropy: outputs must be (B, C), got {z.shape}")
     return softmax_hessian_vp(z, T)
+
+
+def _ce_hessian_factor(z, labels):
+    # diag(p) - p pᵀ = Q Qᵀ, column c of Q = √p_c (e_c - p)  (uses Σ_c p_c = 1)
+    p = _softmax(z)
+    batch, classes = p.shape
+    eye = B.xp.eye(classes, dtype=z.dtype)
+    return (eye[:, None, :] - p[None]) * B.xp.sqrt(p).T[:, :, None] / (batch ** 0.5)
+
+
+def _ce_hessian_sample(z, labels, rng):
+    # ŷ_i ~ softmax(z_i), r_i = (p_i - e_ŷ) / √B: E[r_i r_iᵀ] = (diag(p_i) - p_i p_iᵀ) / B
+    p = _softmax(z)
+    batch, classes = p.shape
+    u = rng.random((batch, 1)).astype(p.dtype)
+    sampled = B.xp.minimum((B.xp.cumsum(p, axis=1) < u).sum(axis=1), classes - 1)
+    return cross_entropy_grad.forward(z, sampled)[None] * (batch ** 0.5)  # (p - e_ŷ) / B · √B
+
+
+def _softmax(z):
+    return B.xp.exp(log_softmax.forward(z, axis=-1))
 
 
 def _ce_check_targets(y, batch, where):
@@ -88,6 +120,18 @@ def _mse_hessian_vp(z, targets, T):
     return T * (2.0 / z.size)
 
 
+def _mse_hessian_factor(z, targets):
+    # each example's block (2/m) I = Σ_k u_k u_kᵀ, u_k = √(2/m) e_k for its output element k
+    per_example = z.size // z.shape[0]
+    U = B.xp.zeros((per_example, z.shape[0], per_example), z.dtype)
+    U[B.xp.arange(per_example), :, B.xp.arange(per_example)] = (2.0 / z.size) ** 0.5
+    return U.reshape((per_example,) + z.shape)
+
+
+def _mse_hessian_sample(z, targets, rng):
+    return rng.standard_normal((1,) + z.shape).astype(z.dtype) * (2.0 / z.size) ** 0.5
+
+
 def _first_dim_matches(y, batch, where):
     if y.ndim == 0 or y.shape[0] != batch:
         raise ValueError(
@@ -104,8 +148,9 @@ def _mse_check_outputs(shape, t, where, name="targets"):
 
 LOSSES = {
     "cross_entropy": Loss("cross_entropy", _ce_value, _ce_hessian_vp, _ce_check_targets, _ce_check_outputs,
-                          classification=True, one_primitive=True),
-    "mse": Loss("mse", _mse_value, _mse_hessian_vp, _first_dim_matches, _mse_check_outputs),
+                          _ce_hessian_factor, _ce_hessian_sample, classification=True, one_primitive=True),
+    "mse": Loss("mse", _mse_value, _mse_hessian_vp, _first_dim_matches, _mse_check_outputs,
+                _mse_hessian_factor, _mse_hessian_sample),
 }
 
 

@@ -19,6 +19,8 @@ once; optimizers call nothing else:
 ``batch_size``         examples the loss averages over (1: no batch)
 ``with_batch(X, y)``   the same objective on another batch
 ``counts``             evaluation counts: nfev, ngev, nhvp, nggnvp
+``capture(theta, …)``  loss, gradient and per-layer inputs/cotangents
+                       (:mod:`tinygrad2.capture`; K-FAC, Sophia-G)
 =====================  ====================================================
 
 :class:`BaseObjective` derives all of it from a scalar Tensor function of
@@ -56,11 +58,13 @@ import numbers
 from typing import Protocol, runtime_checkable
 
 from . import backend as B
+from . import capture as _capture
 from . import functional
 from . import losses as L
 from . import memory
 from .directions import generator, rademacher, unit_rows
 from .guard import as_real, check_finite
+from .capture import Capture
 from .layout import Layout
 from .tensor import Tensor, no_tangent
 
@@ -89,6 +93,7 @@ class ObjectiveInterface(Protocol):
     def block_row_sums(self, theta, name): ...
     def block_diag(self, theta, name, chunk=None): ...
     def with_batch(self, X, y) -> "ObjectiveInterface": ...
+    def capture(self, theta, factor=None, seed=None) -> Capture: ...
 
 
 class BaseObjective:
@@ -172,6 +177,24 @@ class BaseObjective:
     def grad(self, theta):
         """∇f(θ), shape (n,)."""
         return self._value_and_grad(theta, "grad")[1]
+
+    def capture(self, theta, factor=None, seed=None) -> Capture:
+        """Loss and gradient with the per-layer records of :mod:`tinygrad2.capture`.
+        A closed-form problem has no layers and no model/loss split: ``layers``
+        is empty (so ``factor="exact"`` has nothing to factor), and
+        ``factor="sample"``, whose ``sample_grad`` needs the loss's output
+        Hessian, raises NotImplementedError. :meth:`Objective.capture` has the
+        full story."""
+        theta = self._theta(theta, "capture")
+        _check_factor(factor, f"{self.name}.capture")
+        if factor == "sample":
+            raise NotImplementedError(
+                f"{self.name}.capture: factor={factor!r} needs a model and a loss on its outputs; {self.name} "
+                f"has no such split (write it as an Objective(model_fn, loss, X, y))"
+            )
+        self.counts["nfev"] += 1
+        loss, grad = self._value_and_grad(theta, "capture")
+        return Capture(loss, grad, [], factor)
 
     def _value_and_grad(self, theta, op):
         theta = self._theta(theta, op)
@@ -430,6 +453,59 @@ class Objective(BaseObjective):
             GV = B.xp.zeros_like(V)
         return GV[0] if single else GV
 
+    def capture(self, theta, factor=None, seed=None) -> Capture:
+        """One forward and one backward pass that also records, for every layer
+        of the model that supports capture (``nets``' Linear and Conv2d), its
+        inputs and output cotangents (:class:`tinygrad2.capture.LayerCapture`).
+
+        The backward pass is seeded at the outputs z with the loss gradient
+        ∂ℓ/∂z and, as tangents, K extra seeds U (K, *z.shape). With no
+        tangents in the forward pass the backward pass is linear in its seed,
+        so each tangent arrives at a layer's output as the backpropagated
+        seed Jᵀu_k, exactly (no second-order terms):
+
+        * ``factor=None``: no extra seeds;
+        * ``"exact"``: U = the loss table's ``hessian_factor``, Σ_k u_k[i] u_k[i]ᵀ = H_i per example
+          (cross-entropy: K = C classes, u_k = √p_k (e_k - p)/√B per example);
+          per layer, Σ_k Σ_rows g gᵀ of ``seed_outputs`` is then the exact
+          output-side factor of the Gauss-Newton block;
+        * ``"sample"``: U = one draw r with E[r rᵀ] = H_z (cross-entropy: labels
+          sampled from the model's softmax), ``seed`` an int, None or a generator;
+          ``Capture.sample_grad`` = Jᵀ r (1, n), with E[(Jᵀr)(Jᵀr)ᵀ] = G.
+
+        Counts one loss and one gradient evaluation. BN running statistics are not touched."""
+        theta = self._theta(theta, "capture")
+        where = f"{self._where}.capture"
+        _check_factor(factor, where)
+        X, y = self._data(theta.dtype)
+        th = Tensor(theta, requires_grad=True)
+        with _capture.recording() as records:
+            out = self._model(th)
+        z = Tensor(out.data, requires_grad=True)
+        loss = self._loss_of(z, y)
+        loss.backward()
+        dz = z.grad.data if z.grad is not None else B.xp.zeros_like(out.data)
+        U = None
+        if factor is not None:
+            make = self._loss.hessian_factor if factor == "exact" else self._loss.hessian_sample
+            if make is None:
+                raise NotImplementedError(f"{where}: the loss {self._loss.name!r} has no closed-form "
+                                          f"{'Hessian factor' if factor == 'exact' else 'Hessian sample'}; "
+                                          f"use a loss from tinygrad2.losses.LOSSES ({', '.join(sorted(L.LOSSES))})")
+            U = make(out.data, y) if factor == "exact" else make(out.data, y, generator(seed))
+        self.counts["nfev"] += 1
+        self.counts["ngev"] += 1
+        grad, sample_grad = B.xp.zeros_like(theta), None
+        if out.requires_grad:
+            out.backward(grad=Tensor(dz, tangent=U))
+            if th.grad is not None:
+                grad = th.grad.data
+                if factor == "sample":
+                    sample_grad = th.grad.tangent
+        if factor == "sample" and sample_grad is None:
+            sample_grad = B.xp.zeros((1,) + theta.shape, theta.dtype)
+        return Capture(float(loss.item()), grad, _capture.finish(records), factor, sample_grad)
+
     def _loss_hessian_times(self, out: Tensor, T):
         """H_z T for tangents T (K, *z.shape) of the outputs z (the loss table's
         closed form; a callable loss by forward-over-reverse)."""
@@ -439,6 +515,10 @@ class Objective(BaseObjective):
         n = "unbound" if self.layout is None else self.layout.n
         return f"Objective(n={n}, loss={self._loss.name}, X {self.X.shape}, y {self.y.shape})"
 
+
+def _check_factor(factor, where):
+    if factor not in (None, "exact", "sample"):
+        raise ValueError(f"{where}: factor must be None, 'exact' or 'sample', got {factor!r}")
 
 
 def check_batch(X, y, where):

@@ -33,7 +33,7 @@ class InterfaceOnly:
 
 def test_the_interface_names_what_the_docs_list():
     assert {"loss", "grad", "loss_and_grad", "hvp", "ggn_vp", "hessian", "ggn", "hessian_diag",
-            "block_row_sums", "block_diag", "with_batch", "layout", "counts", "batch_size"} == INTERFACE
+            "block_row_sums", "block_diag", "with_batch", "layout", "counts", "batch_size", "capture"} == INTERFACE
 
 
 @pytest.mark.parametrize("problem_name", PROBLEMS)
