@@ -333,8 +333,9 @@ def _run(args) -> int:
         notes = experiment.notes(specs, scale) if callable(experiment.notes) else experiment.notes
         if notes:
             say(f"\n{notes}")
-        if experiment.analysis:
-            say(f"\n{experiment.analysis(specs, paths, splits_of, out)}")
+        analysis = experiment.analysis(specs, paths, splits_of, out) if experiment.analysis else ""
+        if analysis:
+            say(f"\n{analysis}")
     # every results file of this experiment in the folder (first repetitions), not only this run's
     from .plots import plot_folder
 

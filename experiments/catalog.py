@@ -45,6 +45,9 @@ DIGITS_METHODS = {
     "AdaHessian": ("AdaHessian", {"lr": 0.05}, 64, 10),
     "SGD-PH": ("SGDPH", {"lr": 0.05}, 64, 10),
     "Hybrid": ("Hybrid", {"threshold": 1.0, "sgd_lr": 0.05, "sgd_momentum": 0.9, "ada_lr": 0.01}, 64, 10),
+    "K-FAC": ("KFAC", {"damping": 0.01}, 64, 10),
+    "Shampoo": ("Shampoo", {"lr": 0.03}, 64, 10),
+    "Sophia-G": ("Sophia", {"lr": 0.01, "gamma": 1.0, "estimator": "gnb", "update_each": 10}, 64, 10),
 }
 
 

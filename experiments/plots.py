@@ -66,10 +66,12 @@ LOSS_LINES = (("train_loss", "-", "train"), ("val_loss", "--", "validation"))
 ACC_LINES = (("test_acc", "-", "test"), ("val_acc", "--", "validation"))
 TIME_KEY = "wall_time"
 
-# 12 hues for lines on white, ordered so that neighbours in a method table differ most
+# 15 hues for lines on white, ordered so that neighbours in a method table differ most (any two at least
+# 0.33 apart in RGB)
 PALETTE = ("#1f5fd1", "#f0801a", "#1e9e3a", "#d81e3c", "#8a2cc2", "#8a8a00",
-           "#2bc3e8", "#e33fc8", "#222222", "#8fd14f", "#7a0f1e", "#8f8f8f")
-MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "X", "h", "p")
+           "#2bc3e8", "#e33fc8", "#222222", "#8fd14f", "#7a0f1e", "#8f8f8f",
+           "#ff9db0", "#004080", "#4b0082")
+MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "X", "h", "p", "8", "H", "d")
 CLIP_MARKER = r"$\uparrow$"  # a value above the clip, drawn at the clip
 CLIP_FACTOR = 10.0           # losses above CLIP_FACTOR x the median first finite loss are clipped
 SLOW_RATIO = 10.0            # wall-clock axes go symlog when the slowest run took this many times the fastest
@@ -82,7 +84,7 @@ PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # tick labels 0.1, 1, 10, 1e+32: n
 
 def method_styles(n: int) -> list[tuple[str, str]]:
     """(colour, marker) of the first ``n`` methods; all pairs distinct for
-    n <= 144 (past 12 the markers shift against the colours)."""
+    n <= 225 (past 15 the markers shift against the colours)."""
     k = len(PALETTE)
     return [(PALETTE[i % k], MARKERS[(i + i // k) % len(MARKERS)]) for i in range(n)]
 

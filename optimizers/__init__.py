@@ -18,5 +18,6 @@ from .sgdph import SGDPH  # noqa: E402
 from .hybrid import Hybrid  # noqa: E402
 __all__ += ["AdaHessian", "SGDPH", "Hybrid"]
 from .kfac import KFAC  # noqa: E402
+from .shampoo import Shampoo  # noqa: E402
 from .sophia import Sophia  # noqa: E402
-__all__ += ["KFAC", "Sophia"]
+__all__ += ["KFAC", "Shampoo", "Sophia"]

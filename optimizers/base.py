@@ -67,13 +67,12 @@ key                        meaning [unit] (optimizers)
 ``loss_change``            f(θ_new) - f(θ) on this step's objective, 0 when rejected [f] (LBFGS,
                            Newton, DampedNewton, HessianFree)
 ``predicted``              q(lr·d) = lr gᵀd + ½ lr² dᵀBd, the undamped model's change [f]
-                           (Newton, DampedNewton, HessianFree; KFAC on its adaptation steps, else
-                           None)
+                           (Newton, DampedNewton, HessianFree; KFAC when known, else None)
 ``actual``                 f(θ + lr·d) - f(θ) of the trial step, also when rejected [f] (Newton,
-                           DampedNewton, HessianFree; KFAC on its adaptation steps, else None)
+                           DampedNewton, HessianFree; KFAC when measured, else None)
 ``rho``                    actual / predicted; -inf if the loss rose, NaN if the model predicts
-                           no decrease [1] (Newton, DampedNewton, HessianFree; KFAC on its
-                           adaptation steps, else None)
+                           no decrease [1] (Newton, DampedNewton, HessianFree; KFAC when both are
+                           known, else None)
 ``damping``                λ used in this step [f/θ²] (DampedNewton, HessianFree, KFAC)
 ``curvature``              curvature along the step: dᵀBd of the direction d (undamped B = H or
                            G), or the secant sᵀy of the last pair (L-BFGS) or epoch (BB) [f]
@@ -128,6 +127,16 @@ key                        meaning [unit] (optimizers)
                            (KFAC)
 ``kfac_layers``            layers with a Kronecker-factored block (the rest use the diagonal
                            fallback) [n] (KFAC)
+``preconditioner_refreshed``  whether Shampoo's eigh inverse 4th roots were recomputed this step
+                           (Shampoo)
+``matrix_tensors``         tensors preconditioned as matrices, L^{-1/4} G R^{-1/4} (2-D, and 3-D
+                           or more reshaped to (d₀, rest)) [n] (Shampoo)
+``diagonal_tensors``       1-D tensors on diagonal AdaGrad [n] (Shampoo)
+``diagonal_sides``         matrix sides longer than ``max_preconditioner_dim``, which use the
+                           diagonal of their preconditioner [n] (Shampoo)
+``graft_scale_mean``       mean over tensors of ||D_graft|| / ||D||, the rescaling grafting applied;
+                           None without grafting [1 for the Adam graft, f/θ for the SGD graft]
+                           (Shampoo)
 ``phase``                  "sgd" or "adahessian" (Hybrid)
 ``switch_step``            steps taken before the first AdaHessian step, or None [n] (Hybrid)
 ``switch_epoch``           the epoch whose validation loss crossed the threshold, or None [n]

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from optimizers import (
-    BB, LBFGS, SGD, SGDPH, AdaHessian, Adam, AdamW, DampedNewton, GaussNewton, HessianFree, Hybrid, KFAC, Newton, Sophia,
+    BB, LBFGS, SGD, SGDPH, AdaHessian, Adam, AdamW, DampedNewton, GaussNewton, HessianFree, Hybrid, KFAC, Newton, Shampoo, Sophia,
     load_state, save_state, states_equal,
 )
 from tinygrad2 import Quadratic, Rosenbrock, Tensor, no_grad
@@ -174,6 +174,7 @@ ROWS = {
     "Hybrid": lambda: Hybrid(threshold=math.inf, sgd_lr=3e-4, ada_lr=0.05, seed=3),  # switches after epoch 1
     "KFAC": lambda: KFAC(damping=1.0),
     "Sophia": lambda: Sophia(lr=0.1, gamma=0.1, update_each=2, seed=3),
+    "Shampoo": lambda: Shampoo(lr=0.02),
 }
 PROBLEMS = ("quadratic", "rosenbrock")
 

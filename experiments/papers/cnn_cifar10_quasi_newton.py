@@ -37,7 +37,12 @@ CNN_METHODS = {
     # line search, the first pair of every call across two batches
     "L-BFGS-torch": ("LBFGS", {"lr": 1.0, "history_size": 100, "max_iter": 20, "line_search": None,
                                "batch_mode": "fixed"}),
+    # beyond the paper: methods that define the field today (no paper numbers)
+    "K-FAC": ("KFAC", {"damping": 0.01, "factor": "sample"}),
+    "Shampoo": ("Shampoo", {"lr": 0.003}),
+    "Sophia-G": ("Sophia", {"lr": 0.01, "gamma": 1.0, "estimator": "gnb", "update_each": 10}),
 }
+BEYOND_THE_PAPER = ("K-FAC", "Shampoo", "Sophia-G")
 # the paper's table: test accuracy and seconds per epoch (50,000 images on a GPU)
 CNN_REPORTED = {
     "SGD-0.1": {"test_acc": 0.64, "seconds_per_epoch": 7.67},
@@ -99,6 +104,11 @@ def cnn_notes(specs, scale):
         parts.append(f"seconds_per_epoch is ours on the subset (the paper's is on {CIFAR10_TRAIN:,} images on a GPU).")
     else:
         parts.append("seconds_per_epoch is ours (the paper's is on a GPU).")
+    beyond = [m for m in BEYOND_THE_PAPER if m in methods]
+    if beyond:
+        parts.append(f"{', '.join(beyond)}: beyond the paper, which did not run them (K-FAC with the Monte-Carlo "
+                     f"Fisher factor, Shampoo grafted to Adam's step norm, Sophia with the Gauss-Newton-Bartlett "
+                     f"estimator).")
     if "L-BFGS" in methods:
         parts.append("L-BFGS is ours: the pair (s, y) is formed on one batch (multi-batch L-BFGS) with a strong-Wolfe "
                      "line search.")
@@ -182,8 +192,9 @@ def cnn_analysis(specs, paths, splits_of, out):
             continue
         report[s.method] = entry = lbfgs_run_summary(load_run(p))
         lines.append(_lbfgs_line(s.method, entry))
-    if report:
-        lines.append(f"  saved: {_save_json(out, CNN, report)}")
+    if not report:  # no L-BFGS method ran (e.g. --optimizers K-FAC)
+        return ""
+    lines.append(f"  saved: {_save_json(out, CNN, report)}")
     return "\n".join(lines)
 
 

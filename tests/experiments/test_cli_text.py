@@ -94,7 +94,7 @@ def test_list_shows_every_experiments_methods(capsys):
     for exp in catalog.EXPERIMENTS.values():
         methods = methods_of(exp)
         assert f"{exp.name} " in out and f"{len(methods)} methods: {', '.join(methods)}" in out
-    assert "12 methods: SGD, SGD-momentum, Adam, Newton," in out
+    assert "15 methods: SGD, SGD-momentum, Adam, Newton," in out
     assert "5 methods: SGD, SGD-momentum, Adam, AdaHessian, Hybrid" in out  # repetitions are one method
 
 
@@ -146,7 +146,8 @@ def test_digits_footnotes_follow_the_flags():
     digits = catalog.get("digits")
     default = digits.notes(digits.specs(), "cpu")
     assert "Newton, DampedNewton: 1 epoch x 2 batches of 256 = 2 steps." in default
-    assert "SGD, SGD-momentum, Adam, BB, AdaHessian, SGD-PH, Hybrid: 10 epochs of batch 64" in default
+    assert ("SGD, SGD-momentum, Adam, BB, AdaHessian, SGD-PH, Hybrid, K-FAC, Shampoo, Sophia-G: 10 epochs of batch 64"
+            in default)
     longer = digits.notes(digits.specs(epochs=3), "cpu")
     assert "Newton, DampedNewton: 3 epochs x 2 batches of 256 = 6 steps." in longer and "10 epochs" not in longer
 

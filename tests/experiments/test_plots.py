@@ -1,5 +1,5 @@
 """experiments.plots: a figure a researcher can read. The title names the
-experiment, data, model and epochs; twelve methods get twelve colours and
+experiment, data, model and epochs; every main-job method gets its own colour and
 markers; a diverging run is clipped and marked without flattening the other
 curves; a 30x slower method puts the wall-clock axes on a log scale; the
 folder PNG keeps every method of the experiment after a one-method rerun."""
@@ -80,14 +80,14 @@ def test_title_names_the_experiment_data_model_and_epochs(tmp_path, figure):
     text = fig._suptitle.get_text() + "\n" + "\n".join(t.get_text() for t in fig.texts)
     assert fig._suptitle.get_text() == "digits"
     for part in ("data digits", "model MLP 64-32-10 (relu)", "10 epochs (Newton, DampedNewton: 1 epoch of 2 batches)",
-                 "seed 0", "12 methods"):
+                 "seed 0", "15 methods"):
         assert part in " ".join(text.split()), part
     out = plots.plot_runs(digits_folder(tmp_path), tmp_path / "c.png", title="the main job")
     meta = png_text(out)
     assert meta["Title"] == "the main job" and "MLP 64-32-10" in meta["Description"]
 
 
-def test_twelve_methods_get_twelve_distinct_colours_and_markers(tmp_path, figure):
+def test_every_main_job_method_gets_its_own_colour_and_marker(tmp_path, figure):
     fig = figure(digits_folder(tmp_path))
     for name in ("loss-epoch", "accuracy-time"):
         lines = curves(panel(fig, name), "train" if name.startswith("loss") else "test")
@@ -95,7 +95,7 @@ def test_twelve_methods_get_twelve_distinct_colours_and_markers(tmp_path, figure
         colours = [mcolors.to_rgb(line.get_color()) for line in lines.values()]
         closest = min(np.linalg.norm(np.subtract(a, b)) for a, b in itertools.combinations(colours, 2))
         assert closest > MIN_RGB_DISTANCE, f"two methods have colours {closest:.2f} apart"
-        assert len({line.get_marker() for line in lines.values()}) == 12
+        assert len({line.get_marker() for line in lines.values()}) == len(METHODS) == 15
         step = lines["SGD"].get_markevery()[1]
         assert 1 < step < len(lines["SGD"].get_xdata())  # a marker every few points, not on every one
     # the method legend and the line-style keys are apart: methods in the figure legend, splits per panel

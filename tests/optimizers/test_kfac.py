@@ -172,15 +172,44 @@ def test_levenberg_marquardt_uses_omega_to_the_t1(rng):
     obj, theta = mlp_problem(rng)
     opt = KFAC(damping=0.5, adapt_every=2)
     state = opt.init(theta)
-    dampings, rhos = [], []
+    infos = []
     for _ in range(6):
         theta, state, info = opt.step(obj, theta, state)
-        dampings.append(info["damping"]), rhos.append(info["rho"])
-    assert rhos[0] is None and rhos[2] is None and rhos[1] is not None
-    for k in (1, 3):
-        factor = (19 / 20) ** 2 if rhos[k] > 0.75 else (20 / 19) ** 2 if rhos[k] < 0.25 else 1.0
-        assert dampings[k + 1] == pytest.approx(dampings[k] * factor, rel=1e-14)
-        assert dampings[k] == dampings[k - 1]
+        infos.append(info)
+    assert all(i["fallback"] is None for i in infos)  # no rejection here: λ moves only on steps 2, 4, 6
+    for k, info in enumerate(infos[:-1]):
+        rho = info["rho"]
+        assert rho == pytest.approx(info["actual"] / info["predicted"], rel=1e-14)
+        factor = (19 / 20) ** 2 if rho > 0.75 else (20 / 19) ** 2 if rho < 0.25 else 1.0
+        want = info["damping"] * (factor if (k + 1) % 2 == 0 else 1.0)
+        assert infos[k + 1]["damping"] == pytest.approx(want, rel=1e-14)
+
+
+def test_damping_never_falls_below_its_floor():
+    """On a quadratic the model is exact (ρ = 1), so λ falls by 19/20 per step (T₁ = 1) to the floor."""
+    q = Quadratic(np.diag([1.0, 4.0, 9.0]), np.array([1.0, -2.0, 3.0]))
+    theta = np.array([3.0, 3.0, 3.0])
+    opt = KFAC(damping=0.02, min_damping=0.0175, adapt_every=1)
+    state = opt.init(theta)
+    dampings, rhos = [], []
+    for _ in range(3):  # then θ is at the minimum to round-off, where ρ is noise
+        theta, state, info = opt.step(q, theta, state)
+        dampings.append(state["damping"]), rhos.append(info["rho"])
+    assert rhos == pytest.approx([1.0] * 3, rel=1e-6)
+    assert dampings == pytest.approx([0.019, 0.01805, 0.0175], rel=1e-12)
+
+
+def test_a_step_that_raises_the_loss_is_rejected():
+    q = Quadratic(np.diag([1.0, 4.0]), np.array([1.0, -2.0]))
+    theta = np.array([3.0, 3.0])
+    opt = KFAC(lr=10.0, damping=0.01)  # ten times the damped Newton step: overshoots
+    new, state, info = opt.step(q, theta, opt.init(theta))
+    assert info["fallback"] == "rejected" and info["actual"] > 0 and info["lr"] == 0.0
+    assert np.array_equal(new, theta) and not state["delta"].any()
+    assert state["damping"] == pytest.approx(0.01 * (20 / 19) ** 5, rel=1e-14)
+    paper = KFAC(lr=10.0, damping=0.01, reject=False)
+    new, _, info = paper.step(q, theta, paper.init(theta))
+    assert info["fallback"] is None and q.loss(new) > q.loss(theta)
 
 
 def test_parameters_outside_the_layers_take_the_diagonal_fallback():
@@ -232,7 +261,8 @@ def test_trains_a_small_mlp(rng):
 @pytest.mark.parametrize("kwargs, message", [
     ({"damping": 0}, "damping"), ({"factor": "fisher"}, "factor"), ({"factor_decay": 1.0}, "factor_decay"),
     ({"inverse_every": 0}, "inverse_every"), ({"adapt": True}, "adapt"), ({"lr": -1.0}, "lr"),
-    ({"momentum": "yes"}, "momentum"), ({"seed": -1}, "seed"),
+    ({"momentum": "yes"}, "momentum"), ({"reject": 1}, "reject"), ({"seed": -1}, "seed"),
+    ({"damping": 0.01, "min_damping": 0.1}, r"min_damping \(0.1\) must not exceed damping"),
 ])
 def test_bad_hyperparameters_are_named(kwargs, message):
     with pytest.raises((HyperparameterError, TypeError), match=rf"KFAC: {message}"):
