@@ -7,7 +7,11 @@ Layout of ``RUN.h5``::
     /steps/<key>       one row per optimizer step: "step" (int64) and every numeric info key
     /epochs/<key>      one row per evaluation: "epoch" (int64) and the metrics
                        (train_loss, val_loss, val_acc, test_acc, wall_time, ...)
-    /checkpoint        attrs: epoch, step, wall_time, n_step_rows, n_epoch_rows, written, digest
+    /probes/<key>      (runs with probes) one row per probed step: "step" (int64) and one
+                       column per probe value (experiments.probes); attrs: batch_indices
+                       (JSON: the probe batch's indices in the training set)
+    /checkpoint        attrs: epoch, step, wall_time, n_step_rows, n_epoch_rows, n_probe_rows, written,
+                              digest
         theta          the flat parameters (dtype kept)
         optimizer/     the optimizer state (optimizers.state.save_state: bit-exact)
         rng/           {"state": RNG state tree}            (when given)
@@ -176,10 +180,12 @@ class RunWriter:
     Nothing reaches the disk between flushes (``checkpoint``, ``flush``,
     ``finish`` and leaving the ``with`` block flush)."""
 
-    def __init__(self, path, config, steps, epochs, status="running", created=None):
+    def __init__(self, path, config, steps, epochs, status="running", created=None, probes=None):
         self.path = Path(path)
         self.config = config
         self.steps, self.epochs = steps, epochs
+        self.probes = probes if probes is not None else _Series(STEP_INDEX)
+        self.probe_batch = None  # the probe batch's indices (a list), when the run has probes
         self.status, self.message = status, ""
         self.created = created or _now()
         self.final_metrics = {}
@@ -214,10 +220,13 @@ class RunWriter:
         steps = _Series(STEP_INDEX, {k: v.tolist() for k, v in run.steps.items()})
         epochs = _Series(EPOCH_INDEX, {k: v.tolist() for k, v in run.epochs.items()})
         info = run.checkpoint_info or {"n_step_rows": 0, "n_epoch_rows": 0}
+        probes = _Series(STEP_INDEX, {k: v.tolist() for k, v in run.probes.items()} or None)
         steps.truncate(info["n_step_rows"])
         epochs.truncate(info["n_epoch_rows"])
-        writer = cls(path, run.config, steps, epochs, status="running", created=run.created)
+        probes.truncate(info.get("n_probe_rows", 0))
+        writer = cls(path, run.config, steps, epochs, status="running", created=run.created, probes=probes)
         writer.steps.skipped = set(run.skipped_keys)
+        writer.probe_batch = run.probe_batch
         return writer, checkpoint
 
     def log_step(self, step: int, info: dict) -> None:
@@ -227,6 +236,10 @@ class RunWriter:
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         """One row of the per-epoch series."""
         self.epochs.append(epoch, metrics)
+
+    def log_probes(self, step: int, values: dict) -> None:
+        """One row of the probe series (:mod:`experiments.probes`)."""
+        self.probes.append(step, values)
 
     def checkpoint(self, theta, opt_state: dict, *, epoch: int, step: int, wall_time=0.0, rng_state=None,
                    buffers=None, extra=None) -> None:
@@ -281,7 +294,8 @@ class RunWriter:
                        backing_store=False) as f:
             self._write_root(f)
             if checkpoint is not None:
-                _write_checkpoint(f.create_group("checkpoint"), checkpoint, len(self.steps), len(self.epochs))
+                _write_checkpoint(f.create_group("checkpoint"), checkpoint, len(self.steps), len(self.epochs),
+                                  len(self.probes))
             if final is not None:
                 _write_final(f.create_group("final"), *final)
             if not fresh:
@@ -301,16 +315,21 @@ class RunWriter:
         f.attrs["versions"] = json.dumps(_versions())
         f.attrs["final_metrics"] = json.dumps(self.final_metrics, default=_json_default)
         f.attrs["skipped_keys"] = json.dumps(sorted(self.steps.skipped | self.epochs.skipped))
-        for name, series in (("steps", self.steps), ("epochs", self.epochs)):
-            group = f.create_group(name)
+        for name, series in (("steps", self.steps), ("epochs", self.epochs), ("probes", self.probes)):
+            if name == "probes" and self.probe_batch is None and not len(series):
+                continue
+            group = f.create_group(name, track_order=name == "probes")  # probe columns keep their order
             for key, column in series.arrays().items():
                 group.create_dataset(key, data=column, maxshape=(None,), chunks=(max(1024, min(len(column), 1 << 16)),))
+            if name == "probes":
+                group.attrs["batch_indices"] = json.dumps(self.probe_batch)
         f.attrs["digest"] = _digest(f, skip=("checkpoint", "final"))
 
 
-def _write_checkpoint(group, ckpt: Checkpoint, n_step_rows, n_epoch_rows):
+def _write_checkpoint(group, ckpt: Checkpoint, n_step_rows, n_epoch_rows, n_probe_rows=0):
     group.attrs.update({"epoch": ckpt.epoch, "step": ckpt.step, "wall_time": ckpt.wall_time,
-                        "n_step_rows": n_step_rows, "n_epoch_rows": n_epoch_rows, "written": _now()})
+                        "n_step_rows": n_step_rows, "n_epoch_rows": n_epoch_rows, "n_probe_rows": n_probe_rows,
+                        "written": _now()})
     group.create_dataset("theta", data=B.to_host(ckpt.theta))
     save_state(group.create_group("optimizer"), ckpt.opt_state)
     if ckpt.rng_state is not None:
@@ -356,6 +375,21 @@ class Run:
     created: str = ""
     updated: str = ""
     skipped_keys: list = field(default_factory=list)
+    probes: dict = field(default_factory=dict)   # "step" and one column per probe value (may be empty)
+    probe_batch: list | None = None              # the probe batch's indices in the training set
+
+    def probe(self, name):
+        """(steps (P,), values (P, k), labels) of one probe: its columns ``name`` and
+        ``name:label`` (label "" for the plain ``name``), in the order first logged."""
+        columns = [k for k in self.probes if k == name or k.startswith(name + ":")]
+        if not columns:
+            raise KeyError(f"{self.path}: no probe {name!r} (recorded: {sorted(self.probe_names)})")
+        return (self.probes[STEP_INDEX], np.stack([self.probes[k] for k in columns], axis=1),
+                [k.partition(":")[2] for k in columns])
+
+    @property
+    def probe_names(self) -> set:
+        return {k.partition(":")[0] for k in self.probes if k != STEP_INDEX}
 
     @property
     def label(self) -> str:
@@ -389,14 +423,19 @@ def load_run(path) -> Run:
         try:
             steps = {k: v[()] for k, v in f["steps"].items()}
             epochs = {k: v[()] for k, v in f["epochs"].items()}
+            probes, batch = {}, None
+            if "probes" in f:
+                probes = {k: v[()] for k, v in f["probes"].items()}
+                batch = json.loads(f["probes"].attrs["batch_indices"])
             info = None
             if "checkpoint" in f:
-                info = {k: f["checkpoint"].attrs[k].item() for k in
-                        ("epoch", "step", "wall_time", "n_step_rows", "n_epoch_rows")}
+                a = f["checkpoint"].attrs
+                info = {k: a[k].item() for k in ("epoch", "step", "wall_time", "n_step_rows", "n_epoch_rows")}
+                info["n_probe_rows"] = a["n_probe_rows"].item() if "n_probe_rows" in a else 0
             attrs = f.attrs
             return Run(path, json.loads(attrs["config"]), str(attrs["status"]), str(attrs["message"]), steps,
                        epochs, json.loads(attrs["final_metrics"]), info, str(attrs["created"]),
-                       str(attrs["updated"]), json.loads(attrs["skipped_keys"]))
+                       str(attrs["updated"]), json.loads(attrs["skipped_keys"]), probes, batch)
         except (KeyError, ValueError, OSError) as err:
             raise ResultsError(f"results: {path}: damaged or incomplete ({type(err).__name__}: {err}); "
                                f"it was left as it is") from err

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -77,7 +78,12 @@ class RunSpec:
     pooling of the images, e.g. 4: MNIST 28x28 -> 7x7) or None, "limit_batches":
     int or None, "verify": bool (checksums; default True)}``. ``blas_threads``:
     the BLAS threads of the run (None: the library's own choice); recorded,
-    but not a setting that ``resume`` compares."""
+    but not a setting that ``resume`` compares. ``probes``: None, or
+    ``{"names": [...], "every": steps, "batch": examples}`` (curvature
+    telemetry, :mod:`experiments.probes`: measured on a fixed probe batch
+    every ``every`` steps, at step 0 and at the last step; recorded, and not
+    a setting either: probes use their own random streams and never change
+    the training)."""
 
     experiment: str
     method: str
@@ -90,9 +96,13 @@ class RunSpec:
     dtype: str = "float32"
     loss: str = "cross_entropy"
     blas_threads: int | None = DEFAULT_BLAS_THREADS
+    probes: dict | None = None
 
     def config(self) -> dict:
-        return dataclasses.asdict(self)
+        config = dataclasses.asdict(self)
+        if config["probes"] is None:  # runs without probes keep the config they always had
+            del config["probes"]
+        return config
 
     @property
     def filename(self) -> str:
@@ -179,6 +189,7 @@ STEP_CHECKPOINT_SECONDS = 5.0  # a step at least this long is followed by a (mid
 CHECKPOINT_ENV = "TINYGRAD2_CHECKPOINT_SECONDS"  # overrides STEP_CHECKPOINT_SECONDS (0: after every step)
 # config entries that do not change the numbers: ignored by resume's check (and by the report's grouping)
 NOT_SETTINGS = ("data.verify", "blas_threads")
+PROBE_EVERY, PROBE_BATCH = 50, 256  # default probe interval (steps) and probe batch (examples)
 PROGRESS_SECONDS = 10.0  # without a terminal on stdout, a progress line at most this often
 PROGRESS_ENV = "TINYGRAD2_PROGRESS_SECONDS"  # overrides PROGRESS_SECONDS
 
@@ -260,9 +271,13 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
             log(f"{path}: resuming after {where} (step {step})")
 
         has_buffers = bool(model.named_buffers())
+        prober = _prober(spec, model, train_set, writer, log)
+        prev_theta, info = None, {}
         metrics = None
         with writer, _interrupt_at_safe_points() as interrupt_if_asked:
             if epoch0 == 0 and batch0 == 0:
+                if prober is not None:
+                    writer.log_probes(0, prober(0, theta, optimizer=opt, state=state))
                 metrics = _metrics(model, theta, splits, spec.loss, math.nan, 0.0)
                 if on_epoch is not None:
                     metrics.update(on_epoch(0, theta, model, objective) or {})
@@ -292,13 +307,17 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                         if bar is not None:
                             bar.close()
                         return load_run(path)
-                    theta, state = new_theta, new_state
+                    prev_theta, theta, state = theta, new_theta, new_state
                     if has_buffers:
                         model.update_running_stats(theta, X)
                     step += 1
                     losses.append(loss)
                     step_time = time.perf_counter() - t0
                     writer.log_step(step, {**info, "epoch": epoch + 1, "step_time": step_time})
+                    if prober is not None and prober.due(step):  # not counted in the epoch's time
+                        t1 = time.perf_counter()
+                        writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
+                        before -= time.perf_counter() - t1
                     if step_time >= checkpoint_seconds:  # a long step: do not lose it to a kill
                         so_far = before + time.perf_counter() - start
                         writer.checkpoint(theta, state, epoch=epoch, step=step, wall_time=wall + so_far,
@@ -322,9 +341,29 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                 bar.close()
             if metrics is None:  # killed between the last checkpoint and the end: its epoch row is the last
                 metrics = _last_row(writer.epochs)
+            probed = writer.probes.columns["step"]
+            if prober is not None and (not len(probed) or probed[-1] != step):  # the final step, always
+                writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
             final = dict(metrics, seconds_per_epoch=wall / max(spec.epochs, 1))
             writer.finish(theta, final, buffers=model.named_buffers())
     return load_run(path)
+
+
+def _prober(spec, model, train_set, writer, log):
+    """The run's :class:`experiments.probes.Prober` (None without probes); records the probe batch."""
+    if not spec.probes:
+        return None
+    from .probes import Prober, probe_indices
+
+    indices = probe_indices(len(train_set), spec.probes.get("batch", PROBE_BATCH), spec.seed)
+    objective = Objective(model.apply, spec.loss, train_set.X[indices], train_set.y[indices], layout=model.layout())
+
+    def batches(count, seed):
+        return list(itertools.islice(train_set.batches(spec.batch_size, seed=seed, epoch=0), count))
+
+    writer.probe_batch = indices.tolist()
+    return Prober(spec.probes["names"], objective, spec.probes.get("every", PROBE_EVERY), seed=spec.seed,
+                  batches=batches, log=log)
 
 
 @contextlib.contextmanager
@@ -402,7 +441,7 @@ def comparable_settings(config) -> dict:
     """A run's recorded settings as ``{dotted key: value}``, without those that
     do not change its results (:data:`NOT_SETTINGS`): what a resume compares
     and what ``report`` groups runs by (there also without the seed)."""
-    return {k: v for k, v in _flat(config).items() if k not in NOT_SETTINGS}
+    return {k: v for k, v in _flat(config).items() if k not in NOT_SETTINGS and not k.startswith("probes")}
 
 
 def _flat(tree, prefix="") -> dict:

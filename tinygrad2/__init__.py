@@ -12,12 +12,13 @@ from .memory import CurvatureMemoryError
 from .guard import NonFiniteError
 from .layout import UnknownParameterError
 from .objective import Objective, BaseObjective, ObjectiveInterface
+from .dataset_objective import DatasetObjective
 from .problems import Quadratic, Rosenbrock, LogisticRegression, Function
 
 __all__ = [
     "backend", "check", "to_host", "Tensor", "no_grad", "no_tangent", "primitives", "PRIMITIVES",
     "grad", "value_and_grad", "jvp", "vjp", "hvp", "hvp_reverse_over_reverse", "hessian",
-    "capture", "losses", "memory", "Param", "Layout", "Objective", "BaseObjective", "ObjectiveInterface", "Quadratic", "Rosenbrock", "LogisticRegression",
+    "capture", "losses", "memory", "Param", "Layout", "Objective", "BaseObjective", "ObjectiveInterface", "DatasetObjective", "Quadratic", "Rosenbrock", "LogisticRegression",
     "Function", "CurvatureMemoryError", "NonFiniteError", "UnknownParameterError", "rademacher",
 ]
 from .spectrum import (  # noqa: E402

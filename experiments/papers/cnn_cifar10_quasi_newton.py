@@ -38,9 +38,9 @@ CNN_METHODS = {
     "L-BFGS-torch": ("LBFGS", {"lr": 1.0, "history_size": 100, "max_iter": 20, "line_search": None,
                                "batch_mode": "fixed"}),
     # beyond the paper: methods that define the field today (no paper numbers)
-    "K-FAC": ("KFAC", {"damping": 0.01, "factor": "sample"}),
+    "K-FAC": ("KFAC", {"damping": 1.0, "min_damping": 0.1, "factor": "sample"}),
     "Shampoo": ("Shampoo", {"lr": 0.003}),
-    "Sophia-G": ("Sophia", {"lr": 0.01, "gamma": 1.0, "estimator": "gnb", "update_each": 10}),
+    "Sophia-G": ("Sophia", {"lr": 0.001, "gamma": 1.0, "estimator": "gnb", "update_each": 10}),
 }
 BEYOND_THE_PAPER = ("K-FAC", "Shampoo", "Sophia-G")
 # the paper's table: test accuracy and seconds per epoch (50,000 images on a GPU)

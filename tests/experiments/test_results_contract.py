@@ -232,7 +232,7 @@ def test_checkpoint_defaults_and_attributes(tmp_path):
     assert type(ckpt.epoch) is int and type(ckpt.step) is int and ckpt.wall_time == 0.0
     assert ckpt.extra == {} and ckpt.rng_state is None and ckpt.buffers is None
     assert R.load_run(path).checkpoint_info == {"epoch": 1, "step": 2, "wall_time": 0.0, "n_step_rows": 2,
-                                                "n_epoch_rows": 1}
+                                                "n_epoch_rows": 1, "n_probe_rows": 0}
     assert groups(path) == ["checkpoint", "epochs", "steps"]
     import h5py
     with h5py.File(path, "r") as f:
