@@ -1,10 +1,13 @@
-"""Command line: python -m experiments {list, run, report, plot, verify}.
+"""Command line: python -m experiments {list, run, sweep, report, plot, verify}.
 
     python -m experiments list
     python -m experiments run digits [--optimizers sgd adam ...] [--epochs N] [--seed S] [--blas-threads N]
                                      [--out DIR] [--resume [--extend] | --overwrite] [--data-dir DIR]
                                      [--no-verify] [--device cpu|gpu] [--quick | --full] [--debug]
-    python -m experiments report runs/digits__*.h5
+    python -m experiments sweep digits [--seeds 0-9 | 0,3,5] [--optimizers ...] [--set KEY=V1,V2 ...]
+                                       [--epochs N] [--out DIR] [--workers N | --scheduler tcp://HOST:PORT]
+                                       [--data-dir DIR] [--no-verify] [--metric test_acc] [--quick | --full]
+    python -m experiments report runs/digits__*.h5 [--metric test_acc]
     python -m experiments plot runs/digits__*.h5 [--out DIR | --png FILE]
     python -m experiments verify
 
@@ -65,6 +68,7 @@ examples:
   python -m experiments list
   python -m experiments run digits --optimizers sgd adam hf-newton --epochs 2 --out runs
   python -m experiments run mlp-mnist-newton --quick
+  python -m experiments sweep digits --optimizers sgd adam --seeds 0-9 --set lr=0.1,0.03 --workers 2
   python -m experiments report runs/digits__*.h5
   python -m experiments plot runs/digits__*.h5 --out figures
 
@@ -108,11 +112,12 @@ def _one_line(err) -> str:
     from .data import DataError
     from .results import ResultsError
     from .runner import RunError
+    from .sweep import SweepError
 
     text = " ".join(str(err).split())
     from .results import WriteError
 
-    known = (CliError, ResultsError, RunError, DataError, WriteError, FileNotFoundError)
+    known = (CliError, ResultsError, RunError, DataError, WriteError, FileNotFoundError, SweepError)
     if isinstance(err, known):
         return text
     return f"{PROG}: {type(err).__name__}: {text} (--debug shows the traceback)"
@@ -159,13 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="BLAS threads (OpenBLAS, MKL) of the runs and the analysis; recorded, not compared by "
                           "--resume")
     scale = run.add_mutually_exclusive_group()
+    run.add_argument("--probes", metavar="NAMES",
+                     help="curvature probes, comma-separated (lambda_max, lambda_min, ggn_lambda_max, trace, "
+                          "density, sharpness_ratio, grad_noise, diag_error, newton_cosine, grad_spectral_norm, "
+                          "dead_units, offdiag_mass), measured on a fixed probe batch and recorded in each "
+                          "results file's probes group")
+    run.add_argument("--probe-every", type=_count(1), default=None, metavar="STEPS",
+                     help="steps between probes (default 50; step 0 and the last step are always probed)")
+    run.add_argument("--probe-batch", type=_count(1), default=None, metavar="N",
+                     help="examples in the probe batch, drawn once from the training set (default 256)")
     scale.add_argument("--quick", action="store_true", help="a few batches per method: a smoke test")
     scale.add_argument("--full", action="store_true", help="the paper's full scale instead of the CPU-sized default")
 
+    _sweep_parser(command)
     report = command("report", help="print the table of results files",
                      description=_para("Print the table of results files: runs that differ only in the seed "
-                                       "make one row of mean ± std."))
+                                       "make one row of mean ± std; where a row has several seeds, the "
+                                       "statistics over seeds follow (95% t-intervals, paired Wilcoxon tests)."))
     report.add_argument("files", nargs="+", help="results files (.h5)")
+    report.add_argument("--metric", default="test_acc", help="the final metric of the statistics")
     plot = command("plot", help="learning curves of results files as one PNG",
                    description=_para("Learning curves of results files as one PNG."))
     plot.add_argument("files", nargs="+", help="results files (.h5)")
@@ -179,6 +196,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sweep_parser(command):
+    from .sweep import EPILOG, parse_seeds, parse_setting
+
+    sweep = command("sweep", help="a grid of methods x settings x seeds, on local workers or a Dask cluster",
+                    description=_para("Run the grid of methods x settings x seeds of an experiment, each point "
+                                      "an ordinary run with its own results file, in parallel on local worker "
+                                      "processes or a Dask cluster; print the table and the statistics over "
+                                      "seeds."), epilog=EPILOG)
+    sweep.add_argument("name", help="the experiment (python -m experiments list shows them)")
+    sweep.add_argument("--seeds", type=parse_seeds, metavar="SEEDS",
+                       help="seeds such as 0-9 or 0,3,5 (default: the experiment's repetitions, else 0-4)")
+    sweep.add_argument("--optimizers", nargs="+", metavar="METHOD",
+                       help="only these methods, in any letter case (default: all of the experiment's methods)")
+    sweep.add_argument("--set", type=parse_setting, action="append", metavar="KEY=V1,V2",
+                       dest="settings", help="values of a setting to sweep (repeatable; the grid is their product)")
+    sweep.add_argument("--epochs", type=_count(1), help="epochs of every run (default: the experiment's own)")
+    sweep.add_argument("--out", help="results folder (default: runs/sweeps/NAME)")
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_count(1), metavar="N",
+                       help="local worker processes, one BLAS thread each (default: the number of cores)")
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="run on this Dask scheduler's workers (needs the extra: pip install -e \".[cluster]\")")
+    sweep.add_argument("--data-dir", help="where the data sets are (default: $TINYGRAD2_DATA, else a user cache; "
+                                          "on a cluster, the same path on every worker)")
+    sweep.add_argument("--no-verify", action="store_true", help="skip the MD5 checks of the data files")
+    sweep.add_argument("--metric", default="test_acc", help="the final metric of the statistics")
+    scale = sweep.add_mutually_exclusive_group()
+    scale.add_argument("--quick", action="store_true", help="a few batches per run: a smoke test")
+    scale.add_argument("--full", action="store_true", help="the paper's full scale instead of the CPU-sized default")
+
+
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
@@ -189,7 +237,10 @@ def _main(argv) -> int:
         return verify_main([])
     if args.command == "report":
         print(table([Path(f) for f in args.files]))
+        _print_statistics([Path(f) for f in args.files], args.metric)
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "plot":
         return _plot([Path(f) for f in args.files], args.png, out=args.out)
     return _run(args)
@@ -213,7 +264,7 @@ def list_text(width=100) -> str:
     return "\n".join(blocks)
 
 
-def canonical_methods(experiment, names) -> list | None:
+def canonical_methods(experiment, names, command="run") -> list | None:
     """The experiment's methods named in ``names``, in any letter case, as the experiment spells them (None: all).
     An unknown name is a :class:`CliError` that lists the choices."""
     if not names:
@@ -222,7 +273,8 @@ def canonical_methods(experiment, names) -> list | None:
     by_folded = {m.casefold(): m for m in known}
     unknown = sorted({n for n in names if n.casefold() not in by_folded})
     if unknown:
-        raise CliError(f"run {experiment.name}: unknown method(s) {unknown}; choose from {known} (any letter case)")
+        raise CliError(f"{command} {experiment.name}: unknown method(s) {unknown}; choose from {known} "
+                       f"(any letter case)")
     return list(dict.fromkeys(by_folded[n.casefold()] for n in names))
 
 
@@ -246,6 +298,9 @@ def run_summary(specs, scale, threads=None) -> str:
 
 def _resume_hint(argv) -> str:
     """"; resume with: <the command>" for an interrupted ``run``, else ""."""
+    if argv and "sweep" in argv and ("run" not in argv or argv.index("sweep") < argv.index("run")):
+        words = [w for w in argv if w != "--debug"]
+        return f"; resume with the same command: {shlex.join(['python', '-m', 'experiments', *words])}"
     if not argv or "run" not in argv:
         return ""
     words = [w for w in argv if w not in ("--resume", "--overwrite", "--debug")]
@@ -284,6 +339,22 @@ def _out_folder(out: Path, command="run") -> Path:
     return out
 
 
+def _probe_request(args):
+    """RunSpec.probes from --probes, --probe-every, --probe-batch (None without --probes)."""
+    from .probes import check_names
+    from .runner import PROBE_BATCH, PROBE_EVERY
+
+    if not args.probes:
+        if args.probe_every is not None or args.probe_batch is not None:
+            raise CliError("run: --probe-every and --probe-batch need --probes NAMES")
+        return None
+    try:
+        names = check_names(args.probes, "run: --probes")
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    return {"names": names, "every": args.probe_every or PROBE_EVERY, "batch": args.probe_batch or PROBE_BATCH}
+
+
 def _run(args) -> int:
     try:
         experiment = catalog.get(args.name)
@@ -291,8 +362,11 @@ def _run(args) -> int:
         raise CliError(f"run: {err.args[0]}") from err
     methods = canonical_methods(experiment, args.optimizers)
     specs = experiment.specs(epochs=args.epochs, seed=args.seed, quick=args.quick, methods=methods, full=args.full)
+    probes = _probe_request(args)
     for spec in specs:
         spec.blas_threads = args.blas_threads
+        if probes is not None:  # else the experiment's own probes (curvature-study has some)
+            spec.probes = probes
         if args.no_verify:
             spec.data = dict(spec.data, verify=False)
     if args.extend and not args.resume:
@@ -340,6 +414,11 @@ def _run(args) -> int:
     from .plots import plot_folder
 
     say(f"learning curves: {plot_folder(out, experiment.name)}")
+    from .probe_plots import plot_probe_folder
+
+    probe_png = plot_probe_folder(out, experiment.name)  # None when no run has probes
+    if probe_png:
+        say(f"probe curves: {probe_png}")
     say(f"total {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -405,14 +484,34 @@ def _method(run) -> str:
 
 
 def _group_key(run) -> str:
-    """Everything recorded but the seed (and the repetition number of the method)."""
-    import json
+    """Everything recorded but the seed (and the repetition number of the method): stats.group_key."""
+    from .stats import group_key
 
-    from .runner import comparable_settings
+    return group_key(run)
 
-    config = {k: v for k, v in comparable_settings(run.config).items() if k != "seed"}
-    config["method"] = _method(run)
-    return json.dumps(config, sort_keys=True, default=str)
+
+def _print_statistics(paths, metric, always=False):
+    """The statistics over seeds of these files (experiments.stats), when a group has several seeds."""
+    from .results import load_run
+    from .stats import statistics
+
+    text = statistics([load_run(p) for p in paths], metric, always=always)
+    if text:
+        print(f"\n{text}", flush=True)
+
+
+def _sweep(args) -> int:
+    """The sweep command (experiments.sweep.command): exit 1 when a run failed."""
+    from . import sweep
+
+    try:
+        experiment = catalog.get(args.name)
+    except KeyError as err:
+        raise CliError(f"sweep: {err.args[0]}") from err
+    methods = canonical_methods(experiment, args.optimizers, "sweep")
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / experiment.name
+    return sweep.command(args, experiment, methods, out, table=table, out_folder=_out_folder,
+                         statistics=_print_statistics)
 
 
 def _paper_of(members):
@@ -458,6 +557,11 @@ def _plot(paths, png=None, out=None) -> int:
         png = paths[0].with_suffix(".png")
     plot_runs(runs, png, labels=[r.config.get("method", r.path.stem) for r in runs])
     print(f"learning curves: {png}", flush=True)
+    from .probe_plots import plot_probes, probe_png
+
+    probes = plot_probes(runs, probe_png(png), labels=[r.config.get("method", r.path.stem) for r in runs])
+    if probes:  # None when no run has probes
+        print(f"probe curves: {probes}", flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from .curvature_study import EXPERIMENT as STUDY_EXPERIMENT
 from .papers import paper_experiments
 from .papers.common import Experiment, _spec, base_method, plural  # noqa: F401  (re-exported: catalog.Experiment, ...)
 
@@ -156,3 +157,4 @@ def format_value(value, column):
 # ---------------------------------------------------------------- the papers (experiments/papers/)
 
 EXPERIMENTS.update(paper_experiments())
+EXPERIMENTS[STUDY_EXPERIMENT.name] = STUDY_EXPERIMENT

@@ -36,7 +36,8 @@ probe                   what it measures (on the probe batch)
 ``newton_cosine``       cos∠(θ_t - θ_{t-1}, d) for the exact damped Newton step
                         d = -(H + λI)⁻¹ g and Gauss-Newton step -(G + λI)⁻¹ g at θ_{t-1}
                         (dense solves; λ = 1e-4 · max|eig|); for L-BFGS also sᵀHs and sᵀy of
-                        its newest pair (they agree on a quadratic)
+                        its newest pair (they agree on a quadratic), for HF the CG residual
+                        ||r|| / ||g|| of the step
 ``grad_spectral_norm``  per weight tensor at θ_t: the largest singular value of its gradient
                         matrix (out, in); a conv kernel's per filter (in, kh·kw), averaged
                         (the ResNet18 paper's Figure 7 quantity)
@@ -44,8 +45,8 @@ probe                   what it measures (on the probe batch)
                         units (channels of a convolution) that are zero on every example of
                         the probe batch, i.e. dead ReLUs of the layer before
 ``offdiag_mass``        per parameter tensor g of at most ``OFFDIAG_MAX`` entries:
-                        ||H_gg - diag(H_gg)||_F / ||H_gg||_F (exact block from |g| products;
-                        BN γ blocks included), the share of the block a diagonal ignores
+                        ||H_gg - diag(H_gg)||_F / ||diag(H_gg)||_F (exact block from |g|
+                        products; BN γ blocks included): how much a diagonal model ignores
 ======================  =====================================================================
 
 Costs are forecast before a probe runs (:func:`forecast`): Hessian-vector
@@ -231,6 +232,8 @@ def newton_cosine(ctx):
         step = -np.linalg.lstsq(M + lam * np.eye(len(g)), g, rcond=None)[0]
         out[key] = _cos(update, step)
     state = ctx.state or {}
+    if "cg_residual" in ctx.info:  # HessianFree / GaussNewton: how far CG got towards its own Newton step
+        out["newton_cosine:cg_residual"] = float(ctx.info["cg_residual"])
     if type(ctx.optimizer).__name__ == "LBFGS" and state.get("S"):
         s, y = state["S"][-1], state["Y"][-1]
         out["newton_cosine:lbfgs_sHs"] = float(B.to_host(s @ ctx.objective.hvp(theta, s)))
@@ -261,29 +264,55 @@ def grad_spectral_norm(ctx):
     return out
 
 
-def dead_units(ctx):
+def dead_unit_counts(objective, theta):
+    """{layer: (dead, units)} for every captured layer but the first: its input
+    units (channels of a convolution) that are zero on every example."""
     out = {}
-    for layer in ctx.objective.capture(ctx.theta).layers[1:]:  # the first layer's inputs are the data
+    for layer in objective.capture(theta).layers[1:]:  # the first layer's inputs are the data
         a = B.to_host(layer.inputs)
-        weight = ctx.objective.layout[layer.weight]
-        channels = weight.shape[1]
+        channels = objective.layout[layer.weight].shape[1]
         alive = np.abs(a).reshape(a.shape[0], channels, -1).max(axis=(0, 2)) > 0
-        out[f"dead_units:{layer.name}"] = float(1.0 - alive.mean())
+        out[layer.name] = (int((~alive).sum()), int(alive.size))
     return out
+
+
+def dead_units(ctx):
+    return {f"dead_units:{name}": dead / units for name, (dead, units) in
+            dead_unit_counts(ctx.objective, ctx.theta).items()}
+
+
+def dense_blocks(objective, theta, groups, chunk=64):
+    """{group name: the dense block H_gg (host, float64, symmetrized)} of each
+    parameter group g, from |g| unit-direction HVPs batched across the groups
+    in chunks of ``chunk`` directions."""
+    xp, n = B.xp, len(theta)
+    units = [(p, i) for p in groups for i in range(p.slice.start, p.slice.stop)]
+    rows = {p.name: [] for p in groups}
+    for a in range(0, len(units), chunk):
+        part = units[a:a + chunk]
+        V = xp.zeros((len(part), n), dtype=theta.dtype)
+        V[xp.arange(len(part)), xp.asarray([i for _, i in part])] = 1
+        HV = objective.hvp(theta, V)
+        for r, (p, _) in enumerate(part):
+            rows[p.name].append(B.to_host(HV[r, p.slice]))
+    blocks = {}
+    for p in groups:
+        Hgg = np.asarray(rows[p.name], dtype=np.float64)
+        blocks[p.name] = (Hgg + Hgg.T) / 2
+    return blocks
+
+
+def offdiag_ratio(Hgg):
+    """||H_gg - diag(H_gg)||_F / ||diag(H_gg)||_F."""
+    diag = np.diag(Hgg)
+    norm = float(np.linalg.norm(diag))
+    return float(np.linalg.norm(Hgg - np.diag(diag))) / norm if norm > 0 else math.nan
 
 
 def offdiag_mass(ctx):
-    out = {}
-    for p in ctx.objective.layout:
-        if p.size > OFFDIAG_MAX:
-            continue
-        E = B.xp.zeros((p.size, _n(ctx)), ctx.theta.dtype)
-        E[B.xp.arange(p.size), B.xp.arange(p.slice.start, p.slice.stop)] = 1
-        block = B.to_host(ctx.objective.hvp(ctx.theta, E)[:, p.slice]).astype(float)
-        total = np.linalg.norm(block)
-        out[f"offdiag_mass:{p.name}"] = float(np.linalg.norm(block - np.diag(np.diag(block))) / total) \
-            if total > 0 else math.nan
-    return out
+    groups = [p for p in ctx.objective.layout if p.size <= OFFDIAG_MAX]
+    return {f"offdiag_mass:{name}": offdiag_ratio(H) for name, H in
+            dense_blocks(ctx.objective, ctx.theta, groups).items()}
 
 
 # ---------------------------------------------------------------- the table and forecasts

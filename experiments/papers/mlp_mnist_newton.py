@@ -159,14 +159,14 @@ def init_spectrum(objective, theta, spec, splits, n, dead_on_batch):
     return Spectrum(H, lam, Q, tol), entry, lines
 
 
-def first_newton_step(objective, theta, f0, g, spectrum, layout, Xtest, dead_before):
+def first_newton_step(objective, theta, f0, g, spectrum, model, Xtest, dead_before):
     """One undamped Newton step from the initial point: (report entry, line)."""
     gh = np.asarray(B.to_host(g), dtype=np.float64)
     d = newton_direction(spectrum.H, gh)
     lr = NEWTON_METHODS["Newton"][1]["lr"]
     theta1 = theta + B.xp.asarray(lr * d)
     f1 = objective.loss(theta1)
-    dead1 = dead_relu_fraction(layout, theta1, Xtest)
+    dead1 = dead_relu_fraction(model, theta1, Xtest)
     neg_share, flat_share = step_shares(spectrum, d)
     entry = {"gTd": float(gh @ d), "step_norm": float(lr * np.linalg.norm(d)),
              "loss_before": f0, "loss_after": _finite_or_none(f1),
@@ -193,14 +193,14 @@ def at_initialization(spec, model, splits, Xtest):
         theta = B.xp.asarray(theta32, dtype=B.xp.float64)
         obj = Objective(model.apply, spec.loss, X0, y0, layout=layout)
         f0, g = obj.loss_and_grad(theta)
-        dead_batch = dead_relu_fraction(layout, theta, X0)
-        dead_test = dead_relu_fraction(layout, theta, Xtest)
+        dead_batch = dead_relu_fraction(model, theta, X0)
+        dead_test = dead_relu_fraction(model, theta, Xtest)
         if n > DENSE_SPECTRUM_MAX_N:
             return dead_batch, dead_test, report, [
                 f"  (n = {n:,}: the dense eigen-decomposition is skipped at this scale; run the CPU "
                 f"default for the spectrum)"]
         spectrum, report["init_spectrum"], lines = init_spectrum(obj, theta, spec, splits, n, dead_batch)
-        report["first_newton_step"], line = first_newton_step(obj, theta, f0, g, spectrum, layout, Xtest, dead_test)
+        report["first_newton_step"], line = first_newton_step(obj, theta, f0, g, spectrum, model, Xtest, dead_test)
     return dead_batch, dead_test, report, lines + [line]
 
 
@@ -221,7 +221,7 @@ def end_of_training(specs, paths, model, layout, Xtest):
             continue
         summ, steps = run.summary(), run.steps
         entry = {"method": s.method, "status": run.status, "test_loss": summ.get("test_loss"),
-                 "test_acc": summ.get("test_acc"), "dead_relu_test": dead_relu_fraction(layout, theta_end, Xtest),
+                 "test_acc": summ.get("test_acc"), "dead_relu_test": dead_relu_fraction(model, theta_end, Xtest),
                  "logit_std": logit_spread(model, theta_end, Xtest)}
         if "min_eig" in steps:
             entry["steps_with_indefinite_H"] = _fraction_of_steps(steps, "min_eig", lambda m: m < 0)

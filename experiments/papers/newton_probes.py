@@ -8,31 +8,21 @@ import dataclasses
 
 import numpy as np  # host-side only: small dense linear algebra and summaries
 
-from tinygrad2 import backend as B, no_grad
+from tinygrad2 import Objective, backend as B, no_grad
 
+from ..probes import dead_unit_counts
 from .common import NORM_FLOOR
 
 FLAT_EIGENVALUE_FRACTION = 1e-3  # |λ| below this fraction of max |λ| is a flat direction (printed as "1e-3")
 
 
-def _hidden_activity(layout, theta, X):
-    """Per hidden layer of an MLP: (pre-activations (N, width) of every hidden Linear)."""
-    parts = layout.unflatten(np.asarray(B.to_host(theta), dtype=np.float64))
-    weights = [k for k in parts if k.endswith(".weight")]
-    a, out = np.asarray(B.to_host(X), dtype=np.float64).reshape(len(X), -1), []
-    for name in weights[:-1]:
-        z = a @ parts[name].T + parts[name[:-len("weight")] + "bias"]
-        out.append(z)
-        a = np.maximum(z, 0.0)
-    return out
-
-
-def dead_relu_fraction(layout, theta, X) -> float:
-    """Fraction of hidden ReLUs whose pre-activation is <= 0 on every row of X
-    (dead: no gradient flows through them, and their weights get none)."""
-    zs = _hidden_activity(layout, theta, X)
-    dead = sum(int((z <= 0).all(axis=0).sum()) for z in zs)
-    return dead / max(sum(z.shape[1] for z in zs), 1)
+def dead_relu_fraction(model, theta, X) -> float:
+    """Fraction of hidden ReLUs that are zero on every row of X (dead: no
+    gradient flows through them, and their weights get none): the
+    ``dead_units`` probe's counts over all hidden layers."""
+    labels = np.zeros(len(X), dtype=np.int64)  # the capture needs a loss; dead units do not depend on it
+    counts = dead_unit_counts(Objective(model.apply, "cross_entropy", X, labels, layout=model.layout()), theta)
+    return sum(d for d, _ in counts.values()) / max(sum(u for _, u in counts.values()), 1)
 
 
 def logit_spread(model, theta, X):

@@ -17,11 +17,15 @@ import numpy as np  # host-side only: the logged switch epochs
 
 from ..results import load_run
 from ..runner import build_model
-from .common import (MNIST_SIDE, N_CLASSES, Experiment, _pick, _save_json, _spec, plural, prose, scale_label,
-                     scale_name)
+from .common import (MNIST_SIDE, N_CLASSES, Experiment, _pick, _save_json, _spec, base_method, plural, prose,
+                     scale_label, scale_name)
 
 RESNET = "resnet18-mnist-hybrid"
 RESNET_BATCH = 100   # the paper's batch size
+# the paper's Figure 7: the gradient's spectral norm of the first conv and the last linear layer along training,
+# measured by the grad_spectral_norm probe once per epoch (1,200 / 100 = 12 steps) on 200 training images
+FIGURE7_PROBES = {"names": ["grad_spectral_norm"], "every": 12, "batch": 200}
+FIGURE7_LAYERS = ("conv1.weight", "fc.weight")
 
 RESNET_METHODS = {
     "SGD": ("SGD", {"lr": 0.01}),
@@ -79,6 +83,8 @@ def resnet_notes(specs, scale):
         full = RESNET_SCALES["full"]
         parts.append(f"--full: width {full.width:g}, {full.repetitions} repetitions, {full.epochs} epochs.")
     parts.append("wall_time: our seconds of training per run (paper: K80 GPU).")
+    parts.append(f"The repetitions in parallel, with 95% intervals and paired tests: python -m experiments sweep "
+                 f"{RESNET} --seeds 0-{reps - 1}{' --full' if scale == 'full' else ''}.")
     return " ".join(parts)
 
 
@@ -92,9 +98,11 @@ def resnet_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
     specs = []
     for m in _pick(RESNET_METHODS, methods):
         for r in range(scale.repetitions):
-            specs.append(_spec(RESNET, f"{m}#{r + 1}", *RESNET_METHODS[m], model=model, data=data,
-                               epochs=epochs if epochs is not None else scale.epochs, batch_size=RESNET_BATCH,
-                               seed=seed + r))
+            spec = _spec(RESNET, f"{m}#{r + 1}", *RESNET_METHODS[m], model=model, data=data,
+                         epochs=epochs if epochs is not None else scale.epochs, batch_size=RESNET_BATCH,
+                         seed=seed + r)
+            spec.probes = dict(FIGURE7_PROBES, every=1) if quick else dict(FIGURE7_PROBES)
+            specs.append(spec)
     return specs
 
 
@@ -118,7 +126,7 @@ def _setup_line(specs, width, n):
 
 
 def resnet_analysis(specs, paths, splits_of, out):
-    """When the Hybrid switched (epoch whose validation loss fell below t_l)."""
+    """When the Hybrid switched (epoch whose validation loss fell below t_l), and Figure 7."""
     width = specs[0].model["kwargs"]["width"]
     n = build_model(specs[0].model).num_parameters()
     lines = [_setup_line(specs, width, n)]
@@ -128,7 +136,37 @@ def resnet_analysis(specs, paths, splits_of, out):
         lines.append(f"  Hybrid switch to AdaHessian (validation loss < t_l = {threshold}) after epoch: "
                      + ", ".join(f"{k}: {'never' if v is None else v}" for k, v in switches.items()))
         lines.append(f"  saved: {_save_json(out, RESNET, {'switch_epoch': switches, 'width': width, 'n': n})}")
+    lines += figure7_lines(specs, paths)
     return "\n".join(lines)
+
+
+def figure7_lines(specs, paths):
+    """The paper's Figure 7 in numbers: per method (mean over its repetitions), the gradient's spectral
+    norm of the first conv and the last linear layer at the start, its peak and at the end (the probe
+    figure draws the curves)."""
+    series = {}
+    for spec, path in zip(specs, paths):
+        run = load_run(path)
+        for layer in FIGURE7_LAYERS:
+            column = run.probes.get(f"grad_spectral_norm:{layer}")
+            if column is not None and len(column):
+                series.setdefault((base_method(spec.method), layer), []).append(column)
+    if not series:
+        return []
+    every = specs[0].probes["every"] if specs[0].probes else FIGURE7_PROBES["every"]
+    lines = [f"  Figure 7 (gradient spectral norm on a probe batch of {FIGURE7_PROBES['batch']} training images, "
+             f"every {plural(every, 'step')}; start / peak / end, mean over repetitions):"]
+    for method in dict.fromkeys(base_method(s.method) for s in specs):
+        parts = []
+        for layer in FIGURE7_LAYERS:
+            runs = series.get((method, layer))
+            if runs:
+                n = min(len(c) for c in runs)
+                mean = np.mean([c[:n] for c in runs], axis=0)
+                parts.append(f"{layer} {mean[0]:.3g} / {mean.max():.3g} / {mean[-1]:.3g}")
+        if parts:
+            lines.append(f"    {method}: " + "; ".join(parts))
+    return lines
 
 
 EXPERIMENT = Experiment(RESNET, RESNET_DESCRIPTION, resnet_specs, columns=RESNET_COLUMNS, reported=RESNET_REPORTED,

@@ -15,6 +15,7 @@ import numpy as np  # host-side only: the dense γ blocks and their summaries
 
 from tinygrad2 import backend as B
 
+from ..probes import dense_blocks, offdiag_ratio
 from ..results import load_run
 from .common import (CIFAR10_TEST, NORM_FLOOR, Experiment, _pick, _save_json, _spec, plural, prose, scale_label,
                      scale_name)
@@ -110,35 +111,14 @@ def sgdph_specs(epochs=None, seed=0, quick=False, methods=None, full=False):
 # ---------------------------------------------------------------- the off-diagonal mass of the γ blocks
 
 
-def dense_blocks(objective, theta, groups, chunk=OFFDIAG_CHUNK):
-    """{group name: the dense block H_gg (host, float64, symmetrized)}, from |g|
-    HVPs with unit directions on g, batched across the groups in chunks."""
-    xp, n = B.xp, len(theta)
-    units = [(p, i) for p in groups for i in range(p.slice.start, p.slice.stop)]
-    rows = {p.name: [] for p in groups}
-    for a in range(0, len(units), chunk):
-        part = units[a:a + chunk]
-        V = xp.zeros((len(part), n), dtype=theta.dtype)
-        V[xp.arange(len(part)), xp.asarray([i for _, i in part])] = 1
-        HV = objective.hvp(theta, V)
-        for r, (p, _) in enumerate(part):
-            rows[p.name].append(B.to_host(HV[r, p.slice]))
-    blocks = {}
-    for p in groups:
-        Hgg = np.asarray(rows[p.name], dtype=np.float64)
-        blocks[p.name] = (Hgg + Hgg.T) / 2
-    return blocks
-
-
 def block_summary(Hgg):
     """||offdiag||_F / ||diag||_F, ||H_gg·1 - diag|| / ||diag|| and the range of
     |row sum| / |diagonal| over the channels of one block."""
     diag = np.diag(Hgg).copy()
-    off = Hgg - np.diag(diag)
     rowsum = Hgg.sum(axis=1)
     dn = max(float(np.linalg.norm(diag)), NORM_FLOOR)
     ratio = np.abs(rowsum) / np.maximum(np.abs(diag), NORM_FLOOR)
-    return {"offdiag_ratio": float(np.linalg.norm(off) / dn),
+    return {"offdiag_ratio": offdiag_ratio(Hgg),  # the offdiag_mass probe's quantity
             "rowsum_error": float(np.linalg.norm(rowsum - diag) / dn),
             "abs_ratio_min": float(ratio.min()), "abs_ratio_median": float(np.median(ratio)),
             "abs_ratio_max": float(ratio.max()), "size": len(diag)}

@@ -104,6 +104,22 @@ def run_args(*extra, out="{out}"):
     return [a if a != "{out}" else out for a in RUN] + list(extra)
 
 
+SWEEP = ["sweep", "digits", "--quick", "--epochs", "2", "--optimizers", "SGD", "--seeds", "0", "--out", "{out}"]
+
+
+def sweep_args(*extra, out="{out}"):
+    return [a if a != "{out}" else out for a in SWEEP] + list(extra)
+
+
+def no_dask(tmp, mp):
+    mp.setitem(sys.modules, "distributed", None)  # `import distributed` raises ImportError
+
+
+def run_file_as_point(tmp, mp):
+    """The finished run's file under the name of the sweep's point (seed 0): the same settings but --epochs."""
+    shutil.copy(tmp / "runs" / "digits__SGD.h5", tmp / "runs" / "digits__SGD__seed=0.h5")
+
+
 CASES = [
     # id, argv, what the one line must say, setup
     ("report-missing", ["report", "{tmp}/absent.h5"], "absent.h5 does not exist", None),
@@ -168,6 +184,39 @@ CASES = [
     ("run-full-disk", run_args("--overwrite"), "could not write {out}/digits__SGD.h5: No space left on device",
      full_disk),
     ("unknown-command", ["fly"], "argument command: invalid choice: 'fly'", None),
+    ("sweep-seeds-text", sweep_args("--seeds", "ten"),
+     "argument --seeds: expected seeds such as 0-9 or 0,3,5 (whole numbers >= 0), got 'ten'", None),
+    ("sweep-seeds-backwards", sweep_args("--seeds", "5-2"), "the range '5-2' runs backwards (write 2-5)", None),
+    ("sweep-seeds-negative", sweep_args("--seeds", "-3"), "argument --seeds: expected seeds such as 0-9", None),
+    ("sweep-set-no-value", sweep_args("--set", "lr"), "argument --set: expected KEY=V1,V2,... (e.g. lr=0.1,0.05), "
+                                                      "got 'lr'", None),
+    ("sweep-set-empty-value", sweep_args("--set", "lr=0.1,"), "argument --set: expected KEY=V1,V2", None),
+    ("sweep-set-unknown-key", sweep_args("--set", "foo=1"),
+     "sweep digits: --set foo: not a setting of SGD; allowed: batch_size, limit_batches, lr, momentum, nesterov", None),
+    ("sweep-set-seed", sweep_args("--set", "seed=1,2"), "--set seed: not a setting of SGD (use --seeds)", None),
+    ("sweep-set-bad-value", sweep_args("--set", "lr=fast"),
+     "--set lr=fast: SGD refuses it (SGD: lr must be a real number, got 'fast' (str))", None),
+    ("sweep-set-batch-size-0", sweep_args("--set", "batch_size=0"),
+     "--set batch_size=0: must be a whole number >= 1", None),
+    ("sweep-set-twice", sweep_args("--set", "lr=0.1", "--set", "lr=0.2"), "--set lr is given twice", None),
+    ("sweep-workers-0", sweep_args("--workers", "0"), "argument --workers: must be at least 1, got 0", None),
+    ("sweep-workers-text", sweep_args("--workers", "many"),
+     "argument --workers: expected a whole number, got 'many'", None),
+    ("sweep-workers-and-scheduler", sweep_args("--workers", "2", "--scheduler", "tcp://127.0.0.1:1"),
+     "argument --scheduler: not allowed with argument --workers", None),
+    ("sweep-scheduler-without-dask", sweep_args("--scheduler", "tcp://127.0.0.1:1"),
+     "sweep: --scheduler needs dask.distributed, which cannot be imported", no_dask),
+    ("sweep-scheduler-not-an-address", sweep_args("--scheduler", "localhost"),
+     "--scheduler localhost: expected an address such as tcp://HOST:8786", None),
+    ("sweep-unknown-experiment", ["sweep", "nope", "--out", "{out}"], "sweep: unknown experiment 'nope'", None),
+    ("sweep-unknown-method", ["sweep", "digits", "--optimizers", "Bogus", "--out", "{out}"],
+     "sweep digits: unknown method(s) ['Bogus']", None),
+    ("sweep-quick-and-full", sweep_args("--full"), "argument --full: not allowed with argument --quick", None),
+    ("sweep-out-is-a-file", sweep_args(out="{bad}/a_file"), "sweep: --out {bad}/a_file is a file, not a folder",
+     None),
+    ("sweep-point-with-other-settings", sweep_args("--epochs", "3"),
+     "sweep: digits__SGD__seed=0.h5 was recorded with epochs 2; this request has epochs 3 (a sweep never "
+     "overwrites a file: use another --out, or move the file away)", run_file_as_point),
 ]
 
 

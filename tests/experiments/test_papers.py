@@ -181,6 +181,24 @@ def test_resnet18_mnist_hybrid_repetitions(data_dir, tmp_path, capsys):
     assert seeds == {0, 1}
 
 
+def test_resnet18_mnist_hybrid_repetitions_as_a_sweep(data_dir, tmp_path, capsys):
+    """sweep runs the repetitions of run as seeds (on a worker process): the same numbers, bit for bit, with
+    the paper's numbers beside the table and the statistics after it."""
+    _run("resnet18-mnist-hybrid", data_dir, tmp_path / "run", capsys, "--optimizers", "SGD")
+    assert main(["sweep", "resnet18-mnist-hybrid", "--quick", "--no-verify", "--data-dir", str(data_dir),
+                 "--optimizers", "sgd", "--workers", "1", "--out", str(tmp_path / "sweep")]) == 0
+    out = capsys.readouterr().out
+    assert "1 method (SGD) x 2 seeds (0,1) = 2 runs" in out and "0.8745 ± 0.0142" in out
+    assert "statistics of test_acc over seeds" in out and "  SGD  n=2  " in out
+    for r in (1, 2):
+        run = load_run(tmp_path / "run" / f"resnet18-mnist-hybrid__SGD-{r}.h5")
+        point = load_run(tmp_path / "sweep" / f"resnet18-mnist-hybrid__SGD__seed={r - 1}.h5")
+        assert (run.config["method"], point.config["method"], point.config["seed"]) == (f"SGD#{r}", "SGD", r - 1)
+        assert {**run.config, "method": "SGD"} == point.config
+        assert run.steps["loss"].tobytes() == point.steps["loss"].tobytes()
+        assert load_final(run.path)[0].tobytes() == load_final(point.path)[0].tobytes()
+
+
 def test_sgdph_cifar10_offdiagonal_mass(data_dir, tmp_path, capsys):
     out = _run("sgdph-cifar10", data_dir, tmp_path, capsys,
                "--optimizers", "BN/SGD-momentum", "BN/SGD-PH", "BN/SGD-PH-exact", "WN/SGD-PH")

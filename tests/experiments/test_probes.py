@@ -106,6 +106,11 @@ def test_newton_cosine_is_one_for_newtons_own_step_and_lbfgs_pairs_agree_on_a_qu
     pair = measure("newton_cosine", ProbeContext(q, x1, 1, prev_theta=x0, optimizer=lbfgs, state=st))
     assert pair["newton_cosine:lbfgs_sHs"] == pytest.approx(pair["newton_cosine:lbfgs_sy"], rel=1e-10)
 
+    hf = optimizers.HessianFree(damping=1e-3)
+    x1, st, info = hf.step(q, x0, hf.init(x0))
+    got = measure("newton_cosine", ProbeContext(q, x1, 1, prev_theta=x0, optimizer=hf, state=st, info=info))
+    assert got["newton_cosine:cg_residual"] == info["cg_residual"] and got["newton_cosine:newton"] > 0.999
+
 
 def test_grad_spectral_norm_per_matrix_and_per_filter(rng):
     model = nets.Sequential(nets.Conv2d(2, 3, 3), nets.Tanh(), nets.Flatten(), nets.Linear(12, 3))
@@ -133,7 +138,7 @@ def test_offdiag_mass_of_each_small_block(rng):
     got = measure("offdiag_mass", ProbeContext(obj, theta))
     for p in obj.layout:
         block = H[p.slice, p.slice]
-        want = np.linalg.norm(block - np.diag(np.diag(block))) / np.linalg.norm(block)
+        want = np.linalg.norm(block - np.diag(np.diag(block))) / np.linalg.norm(np.diag(block))
         assert got[f"offdiag_mass:{p.name}"] == pytest.approx(want, rel=1e-10)
 
 
@@ -216,3 +221,16 @@ def test_the_cli_takes_probes_and_refuses_bad_ones(tmp_path, capsys):
     assert "run: --probes: unknown probe bad; choose from" in capsys.readouterr().err
     assert main(["run", "digits", "--optimizers", "SGD", "--out", str(out), "--probe-every", "5"]) == 2
     assert "--probe-every and --probe-batch need --probes" in capsys.readouterr().err
+
+
+def test_the_curvature_study_runs_at_quick_scale(tmp_path, capsys):
+    import os
+    if not os.environ.get("TINYGRAD2_DATA"):
+        pytest.skip("needs the real MNIST ($TINYGRAD2_DATA)")
+    assert main(["run", "curvature-study", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "SGD-lr2: λ_max" in out and "AdaHessian:" in out and "diag error" in out
+    from experiments.results import load_run
+    for path in sorted(tmp_path.glob("curvature-study__*.h5")):
+        run = load_run(path)
+        assert list(run.probes["step"]) == [0, 1, 2] and len(run.probe_batch) == 100

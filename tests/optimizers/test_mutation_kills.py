@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tinygrad2 as tg
-from optimizers import DampedNewton, HessianFree, Newton
+from optimizers import LBFGS, SGD, Adam, AdamW, DampedNewton, HessianFree, Newton
 from tinygrad2 import backend
 
 
@@ -632,3 +632,698 @@ def test_cholesky_shifted_first_shift_and_float32():
         A = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.25], [0.5, 0.25, 2.0]], dtype=np.float32)
         shifted, tau = cholesky_shifted(A, max_tries=1)
     assert tau == 0.0 and shifted.dtype == np.float32
+
+
+# ---------------------------------------------------------------- L-BFGS (third pass)
+
+
+def hermite_minimizer(a, fa, ga, b, fb, gb):
+    """The local minimizer of the cubic p with p(a) = fa, p'(a) = ga, p(b) = fb,
+    p'(b) = gb, from its power-basis coefficients (not from N&W eq. 3.59), or None."""
+    h = b - a
+    c = np.linalg.solve([[1, 0, 0, 0], [0, 1, 0, 0], [1, h, h * h, h**3], [0, 1, 2 * h, 3 * h * h]], [fa, ga, fb, gb])
+    roots = np.roots([3 * c[3], 2 * c[2], c[1]])  # p'(a + u) = c1 + 2 c2 u + 3 c3 u²
+    mins = [a + u.real for u in roots if abs(u.imag) <= 1e-12 * abs(u) and 2 * c[2] + 6 * c[3] * u.real > 0]
+    return mins[0] if mins else None
+
+
+@pytest.mark.parametrize("a, b", [(0.0, 1.0), (1.0, 0.0), (0.5, 2.0), (2.0, 0.5), (-1.0, -3.0)])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0])
+def test_cubic_min_is_the_minimizer_of_the_hermite_cubic(a, b, scale):
+    from optimizers.lbfgs import _cubic_min
+
+    # p(t) = k ((t - m)³/3 - (t - m)): local minimum at m + 1; and a parabola k (t - m)²
+    for m in (-0.5, 0.3, 1.2):
+        for p, dp, t_min in [
+            (lambda t: scale * ((t - m) ** 3 / 3 - (t - m)), lambda t: scale * ((t - m) ** 2 - 1), m + 1),
+            (lambda t: scale * (t - m) ** 2, lambda t: 2 * scale * (t - m), m),
+        ]:
+            t = _cubic_min(a, p(a), dp(a), b, p(b), dp(b))
+            expected = hermite_minimizer(a, p(a), dp(a), b, p(b), dp(b))
+            assert expected == pytest.approx(t_min, rel=1e-9, abs=1e-9)
+            assert t == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    # p(t) = k (t³ + t) is monotone: no minimizer
+    p, dp = (lambda t: scale * (t**3 + t)), (lambda t: scale * (3 * t * t + 1))
+    assert _cubic_min(a, p(a), dp(a), b, p(b), dp(b)) is None
+
+
+def test_cubic_min_of_a_parabola_with_a_unit_denominator():
+    from optimizers.lbfgs import _cubic_min
+
+    # ¼ (t - ¼)² on [0, 1]: every quantity of eq. 3.59 is a dyadic number and its denominator is exactly 1
+    p, dp = (lambda t: (t - 0.25) ** 2 / 4), (lambda t: (t - 0.25) / 2)
+    assert _cubic_min(0.0, p(0.0), dp(0.0), 1.0, p(1.0), dp(1.0)) == 0.25
+
+
+def reference_line_search(phi, f0, dg0, t, c1, c2, max_evals):
+    """N&W Alg. 3.5 (bracketing) and Alg. 3.6 (zoom), with the safeguards that
+    lbfgs.py documents: extrapolate to the cubic's minimizer kept in
+    [1.1 t, 10 t] (4 t without one); in zoom, bisect when there is no cubic
+    minimizer or the interval shrank by less than half in the last trial,
+    otherwise keep the cubic's minimizer 1 % of the interval off its ends; stop
+    zooming when the interval is at most 1e-12·max(1, |α_lo|) wide. At most
+    ``max_evals`` evaluations. Returns (t, f, g, trials, status)."""
+    from optimizers.lbfgs import _cubic_min
+
+    trials = []
+
+    def evaluate(alpha):
+        f, g, dg = phi(alpha)
+        trials.append(alpha)
+        return (alpha, f, dg, g)
+
+    def armijo(p):
+        return p[1] <= f0 + c1 * p[0] * dg0
+
+    def wolfe(p):
+        return abs(p[2]) <= c2 * abs(dg0)
+
+    def zoom(lo, hi):
+        last = math.inf
+        while len(trials) < max_evals:
+            left, right = min(lo[0], hi[0]), max(lo[0], hi[0])
+            width = right - left
+            if width <= 1e-12 * max(1.0, abs(lo[0])):
+                break
+            alpha = _cubic_min(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2])
+            if alpha is None or width > last / 2:
+                alpha = (left + right) / 2
+            else:
+                alpha = min(max(alpha, left + width / 100), right - width / 100)
+            last = width
+            cur = evaluate(alpha)
+            if not armijo(cur) or cur[1] >= lo[1]:
+                hi = cur
+            elif wolfe(cur):
+                return cur[0], cur[1], cur[3], trials, "wolfe"
+            else:
+                if cur[2] * (hi[0] - lo[0]) >= 0:
+                    hi = lo
+                lo = cur
+        if lo[0] > 0:
+            return lo[0], lo[1], lo[3], trials, "armijo"
+        return 0.0, f0, None, trials, "failed"
+
+    prev = (0.0, f0, dg0, None)
+    while len(trials) < max_evals:
+        cur = evaluate(t)
+        if not armijo(cur) or (len(trials) > 1 and cur[1] >= prev[1]):
+            return zoom(prev, cur)
+        if wolfe(cur):
+            return cur[0], cur[1], cur[3], trials, "wolfe"
+        if cur[2] >= 0:
+            return zoom(cur, prev)
+        guess = _cubic_min(prev[0], prev[1], prev[2], cur[0], cur[1], cur[2])
+        prev, t = cur, min(max(4 * t if guess is None else guess, 1.1 * t), 10 * t)
+    return prev[0], prev[1], prev[3], trials, "armijo"
+
+
+LINE_FUNCTIONS = {
+    "parabola": (lambda t: 50 * (t - 0.02) ** 2, lambda t: 100 * (t - 0.02)),
+    "far_parabola": (lambda t: (t - 100) ** 2, lambda t: 2 * (t - 100)),
+    "flat_parabola": (lambda t: 0.01 * (t - 1) ** 2, lambda t: 0.02 * (t - 1)),
+    "quartic": (lambda t: (t - 1) ** 4 - 2 * t, lambda t: 4 * (t - 1) ** 3 - 2),
+    "wavy": (lambda t: np.cos(t + 0.5) + 0.05 * t * t, lambda t: -np.sin(t + 0.5) + 0.1 * t),
+    "sine": (lambda t: -np.sin(3 * t) + 0.1 * t * t, lambda t: -3 * np.cos(3 * t) + 0.2 * t),
+    "linear": (lambda t: -t, lambda t: -1.0),
+    "rising": (lambda t: 1.0 + t, lambda t: 1.0),  # φ'(0) is claimed to be -1 below: no decrease anywhere
+    "rosenbrock": (lambda t: so_rosen(t), lambda t: so_rosen_slope(t)),
+}
+
+
+def so_rosen(t):
+    x = np.array([-1.2, 1.0]) + t * np.array([1.0, -0.5])
+    return 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
+
+
+def so_rosen_slope(t):
+    x = np.array([-1.2, 1.0]) + t * np.array([1.0, -0.5])
+    grad = np.array([-400 * x[0] * (x[1] - x[0] ** 2) - 2 * (1 - x[0]), 200 * (x[1] - x[0] ** 2)])
+    return float(grad @ np.array([1.0, -0.5]))
+
+
+def recording(f, df):
+    """phi(t) -> (f, gradient stand-in [t], φ'(t)), recording the trial steps."""
+    calls = []
+
+    def phi(t):
+        calls.append(t)
+        return f(t), np.array([t]), df(t)
+
+    return phi, calls
+
+
+@pytest.mark.parametrize("name", sorted(LINE_FUNCTIONS))
+def test_strong_wolfe_follows_nocedal_wright_algorithms_3_5_and_3_6(name):
+    """The trial steps, the result and the status are those of the reference
+    above, for several starting steps, Wolfe constants and budgets; and the
+    result has the property its status claims."""
+    from optimizers.lbfgs import strong_wolfe
+
+    f, df = LINE_FUNCTIONS[name]
+    f0, dg0 = f(0.0), (-1.0 if name == "rising" else df(0.0))
+    statuses = set()
+    for t0 in (0.01, 0.5, 1.0, 5.0, 40.0):
+        for c1, c2 in ((1e-4, 0.9), (1e-4, 0.1), (0.3, 0.4)):
+            for max_evals in (25, 4, 2):
+                phi, calls = recording(f, df)
+                t, ft, g, evals, status = strong_wolfe(phi, f0, dg0, t0, c1, c2, max_evals)
+                phi, _ = recording(f, df)
+                ref_t, ref_f, ref_g, trials, ref_status = reference_line_search(phi, f0, dg0, t0, c1, c2, max_evals)
+                assert calls == trials and evals == len(trials) <= max_evals
+                assert (t, ft, status) == (ref_t, ref_f, ref_status)
+                assert (g is None and ref_g is None) or g[0] == ref_g[0] == t
+                statuses.add(status)
+                if status == "failed":
+                    assert (t, ft, g) == (0.0, f0, None)
+                    assert all(f(s) > f0 + c1 * s * dg0 or f(s) >= f0 for s in trials)
+                else:
+                    assert t > 0 and ft == f(t) <= f0 + c1 * t * dg0
+                if status == "wolfe":
+                    assert abs(df(t)) <= c2 * abs(dg0)
+                if status == "armijo":  # the best trial with sufficient decrease
+                    assert ft == min(f(s) for s in trials if f(s) <= f0 + c1 * s * dg0)
+    if name == "rising":
+        assert statuses == {"failed"}
+    else:
+        assert ("wolfe" in statuses) == (name != "linear")
+
+
+def scripted(*values):
+    """phi returning the given (f, φ') at its successive calls, recording the trial steps."""
+    calls = []
+
+    def phi(t):
+        f, dg = values[len(calls)]
+        calls.append(t)
+        return f, np.array([t]), dg
+
+    return phi, calls
+
+
+def test_strong_wolfe_accepts_both_conditions_with_equality():
+    from optimizers.lbfgs import strong_wolfe
+
+    # f(1) = f0 + c1·1·φ'(0) and |φ'(1)| = c2 |φ'(0)|: N&W eq. 3.7 holds (≤ in both)
+    phi, calls = scripted((-0.25, -0.5))
+    assert strong_wolfe(phi, 0.0, -1.0, 1.0, c1=0.25, c2=0.5)[3:] == (1, "wolfe")
+    phi, calls = scripted((-0.25, 0.5))
+    assert strong_wolfe(phi, 0.0, -1.0, 1.0, c1=0.25, c2=0.5)[3:] == (1, "wolfe")
+
+
+def test_strong_wolfe_zooms_when_the_second_trial_is_no_lower():
+    from optimizers.lbfgs import strong_wolfe
+
+    # Alg. 3.5: φ(α_2) ≥ φ(α_1) brackets a minimizer in [α_1, α_2] even with sufficient decrease
+    phi, calls = scripted((-0.5, -1.0), (-0.5, -1.0), (-0.75, 0.0))
+    t, f, _, evals, status = strong_wolfe(phi, 0.0, -1.0, 1.0, c1=0.25, c2=0.5)
+    assert calls[1] > calls[0] and calls[0] < calls[2] < calls[1]
+    assert (t, f, evals, status) == (calls[2], -0.75, 3, "wolfe")
+
+
+def test_zoom_stops_once_the_bracket_is_at_most_tol_times_max_1_alpha_lo_wide():
+    from optimizers.lbfgs import _zoom
+
+    def bracket(lo, hi, tol):
+        phi, calls = scripted(*[(-1.0, -1.0)] * 3)
+        result = _zoom(phi, 0.0, -1.0, (lo, -0.5, -1.0, "g_lo"), (hi, 1.0, 1.0, None), 1e-4, 0.9, 3, tol, 0)
+        return calls, result
+
+    assert bracket(0.5, 0.75, 0.25) == ([], (0.5, -0.5, "g_lo", 0, "armijo"))  # width 1/4 = 1/4·max(1, 1/2)
+    assert bracket(2.0, 3.0, 0.5) == ([], (2.0, -0.5, "g_lo", 0, "armijo"))    # width 1 = 1/2·max(1, 2)
+    calls, _ = bracket(0.5, 0.875, 0.25)                                      # 3/8 > 1/4: zoom on
+    assert calls and 0.5 < calls[0] < 0.875
+
+
+def test_zoom_boundaries_follow_algorithm_3_6():
+    from optimizers.lbfgs import _zoom
+
+    # the cubic through (0, 0, -1) and (1, 1, 3) has its minimizer at 1/4 (eq. 3.59, all dyadic)
+    # sufficient decrease and |φ'| = c2 |φ'(0)|, both with equality: accepted
+    phi, calls = scripted((-0.0625, -0.5))
+    t, f, g, evals, status = _zoom(phi, 0.0, -1.0, (0.0, 0.0, -1.0, None), (1.0, 1.0, 3.0, None), 0.25, 0.5, 5, 1e-12, 0)
+    assert calls == [0.25] and (t, f, g[0], evals, status) == (0.25, -0.0625, 0.25, 1, "wolfe")
+    # the same shifted to [1, 2], φ lowered by 1: a trial as low as α_lo (not lower) becomes α_hi, even with φ' = 0;
+    # with the budget spent, α_lo = 1 is returned with its own loss and gradient
+    phi, calls = scripted((-1.0, 0.0))
+    result = _zoom(phi, 0.0, -1.0, (1.0, -1.0, -1.0, "g_lo"), (2.0, 0.0, 3.0, None), 0.25, 0.5, 1, 1e-12, 7)
+    assert calls == [1.25] and result == (1.0, -1.0, "g_lo", 8, "armijo")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    ({"history_size": 0}, "history_size must be an integer >= 1, got 0"),
+    ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
+    ({"c1": 1.5}, "c1 must lie in [0, 1), got 1.5"),
+    ({"c2": 1.5}, "c2 must lie in [0, 1), got 1.5"),
+    ({"c1": 0.0}, "c1, c2: the Wolfe constants need 0 < c1 < c2 < 1, got c1=0.0, c2=0.9"),
+    ({"c1": 0.5, "c2": 0.5}, "c1, c2: the Wolfe constants need 0 < c1 < c2 < 1, got c1=0.5, c2=0.5"),
+    ({"skip_threshold": 1.0}, "skip_threshold must lie in [0, 1), got 1.0"),
+    ({"batch_mode": "mixed"}, "batch_mode must be one of ('fixed', 'same_batch'), got 'mixed'"),
+    ({"max_ls": 0}, "max_ls must be an integer >= 1, got 0"),
+    ({"tolerance_grad": -1.0}, "tolerance_grad must be a finite number >= 0, got -1.0"),
+])
+def test_lbfgs_refuses_bad_settings_by_name(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        LBFGS(**kwargs)
+    assert str(err.value) == f"LBFGS: {message}"
+
+
+def test_lbfgs_defaults_and_init_state():
+    opt = LBFGS()
+    assert (opt.lr, opt.history_size, opt.max_iter, opt.line_search, opt.c1, opt.c2) == (1.0, 10, 1, None, 1e-4, 0.9)
+    assert (opt.skip_threshold, opt.batch_mode, opt.max_ls, opt.tolerance_grad) == (1e-8, "fixed", 25, 0.0)
+    assert opt.init(np.zeros(3)) == {
+        "optimizer": "LBFGS", "theta_size": 3, "step": 0, "S": [], "Y": [], "inner_iterations": 0,
+        "skipped_total": 0, "nan_reverts_total": 0, "resets_total": 0, "shrink": 1.0, "x": None, "f": None, "g": None}
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("line_search", [None, "strong_wolfe", "exact"])
+def test_lbfgs_info_figures_and_counters(line_search):
+    obj = tg.Quadratic(np.diag([1.0, 2.0, 4.0, 5.0, 7.0, 9.0]), np.array([1.0, -1.0, 0.5, 2.0, 0.0, -3.0]))
+    opt = LBFGS(lr=0.5 if line_search is None else 1.0, max_iter=3, line_search=line_search)
+    theta = np.array([2.0, 1.0, -1.0, 0.5, 1.5, -2.0])
+    state = state0 = opt.init(theta)
+    for call in (1, 2):
+        before = obj.counts["nfev"]
+        x, state, info = opt.step(obj, theta, state)
+        assert info["nfev"] == obj.counts["nfev"] - before
+        assert info["nfev"] == info["line_search_evals"] + (1 if call == 1 else 0)  # call 2 starts from the cache
+        assert info["inner_iterations"] == 3 and state["inner_iterations"] == 3 * call and state["step"] == call
+        if line_search == "strong_wolfe":
+            assert info["line_search_evals"] >= 3 and info["line_search_status"] == "wolfe"
+        else:
+            assert info["line_search_evals"] == 3 and info["line_search_status"] == ("exact" if line_search else "fixed")
+        assert info["lr"] == 0.5 if line_search is None else info["lr"] > 0
+        assert info["loss"] == obj.loss(theta) and info["loss_change"] == pytest.approx(obj.loss(x) - obj.loss(theta))
+        assert info["step_norm"] == pytest.approx(np.linalg.norm(x - theta), rel=1e-14)
+        assert info["skipped"] == info["nan_reverts"] == 0 and info["memory"] == len(state["S"]) == 3 * call
+        assert info["curvature"] == pytest.approx(state["S"][-1] @ state["Y"][-1], rel=1e-14)
+        np.testing.assert_array_equal(state["x"], x)
+        assert state["f"] == obj.loss(x) and np.array_equal(state["g"], obj.grad(x))
+        theta = x
+    assert state0 == opt.init(theta)  # the caller's state is not changed in place
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_at_a_stationary_point_or_within_tolerance_grad_takes_no_iteration():
+    obj = tg.Quadratic(np.diag([1.0, 2.0]), np.array([1.0, 2.0]))  # minimizer (1, 1), g = 0 there exactly
+    for opt, theta in [(LBFGS(), np.ones(2)), (LBFGS(tolerance_grad=0.5), np.array([1.5, 1.0]))]:  # ||g||_inf = 0.5
+        x, state, info = opt.step(obj, theta, opt.init(theta))
+        np.testing.assert_array_equal(x, theta)
+        assert (info["lr"], info["line_search_evals"], info["curvature"], info["skipped"], info["nan_reverts"]) == (
+            0.0, 0, None, 0, 0)
+        assert (info["line_search_status"], info["inner_iterations"], info["step_norm"], info["nfev"]) == (
+            None, 0, 0.0, 1)
+        assert info["memory"] == 0 and info["loss_change"] == 0.0 and state["inner_iterations"] == 0
+    _, _, info = LBFGS(tolerance_grad=0.25).step(obj, np.array([1.5, 1.0]), LBFGS().init(np.ones(2)))
+    assert info["inner_iterations"] == 1
+
+
+class NanBeyond:
+    """½||x - (2, 0)||², with a NaN gradient (``part="grad"``, the loss stays
+    finite) or a NaN loss and gradient (``part="both"``) wherever x[0] > edge."""
+
+    def __init__(self, edge, part):
+        self.inner, self.edge, self.part = tg.Quadratic(np.eye(2), np.array([2.0, 0.0])), edge, part
+        self.counts = self.inner.counts
+
+    def loss_and_grad(self, x):
+        f, g = self.inner.loss_and_grad(x)
+        if x[0] > self.edge:
+            return (f if self.part == "grad" else math.nan), g * math.nan
+        return f, g
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("part", ["grad", "both"])
+def test_lbfgs_halves_the_initial_step_after_each_nan_revert(part):
+    """From (1, 0) the steepest-descent trials 1, 1/2, 1/4 land on x[0] = 2, 1.5, 1.25 > 1.2 (a NaN
+    gradient, or NaN loss and gradient): each is reverted and halves the next; 1/8 succeeds."""
+    obj, opt = NanBeyond(1.2, part), LBFGS()
+    theta = np.array([1.0, 0.0])
+    state, shrinks = opt.init(theta), []
+    for _ in range(4):
+        theta, state, info = opt.step(obj, theta, state)
+        shrinks.append(state["shrink"])
+    assert shrinks == [0.5, 0.25, 0.125, 1.0] and state["nan_reverts_total"] == 3
+    assert info["lr"] == 0.125 and info["nan_reverts"] == 0
+    np.testing.assert_array_equal(theta, [1.125, 0.0])
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_started_at_a_nan_gradient_resets_and_clears_the_cache():
+    obj, opt = NanBeyond(1.5, "grad"), LBFGS()
+    good = np.array([0.5, 0.5])
+    _, state, _ = opt.step(obj, good, opt.init(good))
+    assert len(state["S"]) == 1 and state["x"] is not None
+    bad = np.array([3.0, 0.0])  # finite loss, NaN gradient
+    for call in (1, 2):
+        x, state, info = opt.step(obj, bad, state)
+        np.testing.assert_array_equal(x, bad)
+        assert info["nan_reverts"] == 1 and state["nan_reverts_total"] == call and state["resets_total"] == 1
+        assert state["S"] == state["Y"] == [] and info["memory"] == 0 and math.isnan(info["loss_change"])
+        assert state["x"] is None and state["f"] is None and state["g"] is None
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_fixed_mode_recomputes_at_a_theta_other_than_the_cached_one():
+    obj, opt = tg.Quadratic(np.diag([1.0, 3.0]), np.ones(2)), LBFGS()
+    theta = np.array([2.0, -1.0])
+    _, state, _ = opt.step(obj, theta, opt.init(theta))
+    f_theta, before = obj.loss(theta), obj.counts["nfev"]
+    _, _, info = opt.step(obj, theta, state)  # the cache holds the returned point, not theta
+    assert info["loss"] == f_theta and info["nfev"] == 2 and obj.counts["nfev"] - before == 2
+
+
+class LyingSlope:
+    """f(x) = Σx, but the gradient is reported as -1: every direction it calls descent goes uphill."""
+
+    def __init__(self):
+        self.counts = {"nfev": 0}
+
+    def loss_and_grad(self, x):
+        self.counts["nfev"] += 1
+        return float(x.sum()), -np.ones_like(x)
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_line_search_failure_keeps_theta_and_resets_the_memory():
+    opt = LBFGS(line_search="strong_wolfe", max_iter=3, max_ls=6)
+    theta = np.array([0.5, -0.25])
+    _, state, _ = opt.step(tg.Quadratic(np.diag([1.0, 2.0])), theta, opt.init(theta))
+    assert len(state["S"]) == 3
+    x, state, info = opt.step(LyingSlope(), theta, state)
+    np.testing.assert_array_equal(x, theta)
+    assert info["line_search_status"] == "failed" and info["line_search_evals"] == 6 and info["nfev"] == 7
+    assert info["inner_iterations"] == 0 and info["lr"] == 0.0 and info["loss_change"] == 0.0
+    assert state["S"] == [] and info["memory"] == 0 and state["resets_total"] == 1
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_restarts_from_steepest_descent_when_the_memory_gives_no_descent():
+    """A memory with sᵀy < 0 (as a state from another objective may hold) makes
+    -H g an ascent direction here (gᵀH g = 0.35): it is dropped, d = -g, and
+    the first step t = min(1, 1/||g||_1) = 1 reaches the minimizer."""
+    from optimizers.lbfgs import two_loop
+
+    obj, theta = tg.Quadratic(np.eye(2)), np.array([0.5, 0.0])
+    state = dict(LBFGS().init(theta), S=[np.array([1.0, 1.0])], Y=[np.array([1.0, -3.0])])
+    assert theta @ two_loop(theta, state["S"], state["Y"]) == pytest.approx(-0.35)
+    for line_search in (None, "strong_wolfe"):
+        x, new, info = LBFGS(line_search=line_search).step(obj, theta, state)
+        np.testing.assert_array_equal(x, [0.0, 0.0])
+        assert new["resets_total"] == 1 and info["memory"] == 1 and info["line_search_evals"] == 1
+        np.testing.assert_array_equal(new["S"][0], [-0.5, 0.0])
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_first_step_is_lr_times_min_1_and_inverse_l1_norm_of_g():
+    obj = tg.Quadratic(np.eye(2))  # g = θ
+    for theta, t in [(np.array([3.0, -1.0]), 0.125), (np.array([0.125, 0.125]), 0.5)]:
+        x, _, info = LBFGS(lr=0.5).step(obj, theta, LBFGS().init(theta))
+        assert info["lr"] == t
+        np.testing.assert_array_equal(x, theta - t * theta)
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_exact_line_search_without_positive_curvature_keeps_the_initial_step():
+    # dᵀH d = 0 (f = ½x₁² - x₀ along d = e₀) and dᵀH d < 0 (f = ½(-x₀² + x₁²)): t stays min(1, 1/||g||_1) = 1
+    for obj, theta, expected in [(tg.Quadratic(np.diag([0.0, 1.0]), np.array([1.0, 0.0])), np.zeros(2), [1.0, 0.0]),
+                                 (tg.Quadratic(np.diag([-1.0, 1.0])), np.array([0.5, 0.0]), [1.0, 0.0])]:
+        x, _, info = LBFGS(line_search="exact").step(obj, theta, LBFGS().init(theta))
+        assert info["lr"] == 1.0 and info["line_search_status"] == "exact"
+        np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_skips_a_pair_with_zero_curvature_even_at_threshold_zero():
+    # f = ½x₁² - x₀ from 0: steps along e₀, where y = 0, so sᵀy = 0 is not > 0·||s||·||y||
+    obj = tg.Quadratic(np.diag([0.0, 1.0]), np.array([1.0, 0.0]))
+    x, state, info = LBFGS(skip_threshold=0.0, max_iter=3).step(obj, np.zeros(2), LBFGS().init(np.zeros(2)))
+    assert info["skipped"] == 3 and state["skipped_total"] == 3 and info["memory"] == 0
+    np.testing.assert_array_equal(x, [3.0, 0.0])
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_passes_c2_and_max_ls_to_the_line_search():
+    obj = tg.Rosenbrock(2)
+    for max_ls in (2, 25):
+        opt = LBFGS(line_search="strong_wolfe", c2=0.1, max_ls=max_ls)
+        theta, state, evals = obj.x0, opt.init(obj.x0), []
+        for _ in range(8):
+            new, state, info = opt.step(obj, theta, state)
+            evals.append(info["line_search_evals"])
+            if info["line_search_status"] == "wolfe":  # the strong curvature condition with c2 = 0.1
+                s = new - theta
+                assert abs(obj.grad(new) @ s) <= 0.1 * abs(obj.grad(theta) @ s) + 1e-15
+            theta = new
+        assert max(evals) <= 2 if max_ls == 2 else max(evals) > 2
+
+
+# ---------------------------------------------------------------- AdaHessian (third pass)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    ({"betas": (1.0, 0.9)}, "betas (beta1, beta2)[0] must lie in [0, 1), got 1.0"),
+    ({"eps": -1.0}, "eps must be a finite number >= 0, got -1.0"),
+    ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0, got -1.0"),
+    ({"hessian_power": 1.5}, "hessian_power must lie in [0, 1], got 1.5"),
+    ({"update_each": 0}, "update_each must be an integer >= 1, got 0"),
+    ({"spatial_average": 1}, "spatial_average must be True or False, got 1 (int)"),
+    ({"block_size": 0}, "block_size must be an integer >= 1, got 0"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"seed": 2**31}, "seed must be < 2**31, got 2147483648"),
+])
+def test_adahessian_refuses_bad_settings_by_name(kwargs, message):
+    from optimizers.adahessian import AdaHessian
+
+    with pytest.raises(ValueError) as err:
+        AdaHessian(**kwargs)
+    assert str(err.value) == f"AdaHessian: {message}"
+
+
+def test_adahessian_defaults_allowed_limits_and_init_state():
+    from optimizers.adahessian import AdaHessian
+
+    opt = AdaHessian()
+    assert (opt.lr, opt.betas, opt.eps, opt.weight_decay, opt.hessian_power) == (0.15, (0.9, 0.999), 1e-4, 0.0, 1.0)
+    assert (opt.update_each, opt.spatial_average, opt.block_size, opt.seed) == (1, True, None, 0)
+    opt = AdaHessian(block_size=1, seed=2**31 - 1)
+    assert (opt.block_size, opt.seed) == (1, 2**31 - 1)
+    theta = np.arange(3, dtype=np.float32)
+    state = opt.init(theta)
+    for key in ("m", "v", "D"):
+        assert state[key].shape == (3,) and state[key].dtype == np.float32 and not state[key].any()
+    assert (state["seed"], state["draws"], state["nhvp"], state["step"]) == (2**31 - 1, 0, 0, 0)
+    D = np.array([1.0, 2.0])
+    assert AdaHessian().average(D, None) is D  # no layout: nothing to average
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_adahessian_first_step_with_eps_and_weight_decay_is_the_closed_form(power):
+    """On a diagonal quadratic D = |a| exactly, and after one step m̂ = g and
+    √v̂ = |a|, so θ₁ = θ₀ - lr (g / (|a|ᵏ + ε) + wd θ₀)."""
+    from optimizers.adahessian import AdaHessian
+
+    a = np.array([0.5, -2.0, 9.0])
+    obj = tg.Quadratic(np.diag(a), np.array([1.0, -2.0, 3.0]))
+    theta = np.array([5.0, -3.0, 2.0])
+    g = a * theta - np.array([1.0, -2.0, 3.0])
+    opt = AdaHessian(lr=0.3, eps=0.5, weight_decay=0.1, hessian_power=power, update_each=2)
+    x1, state, info = opt.step(obj, theta, opt.init(theta))
+    expected = theta - 0.3 * (g / (np.abs(a) ** power + 0.5) + 0.1 * theta)
+    np.testing.assert_allclose(x1, expected, rtol=1e-13)
+    assert info["lr"] == 0.3 and info["nhvp"] == 1 and info["hessian_refreshed"] is True
+    assert info["hessian_diag_mean"] == pytest.approx(np.abs(a).mean(), rel=1e-15)
+    assert info["step_norm"] == pytest.approx(np.linalg.norm(expected - theta), rel=1e-13)
+    _, state, info = opt.step(obj, x1, state)  # update_each = 2: no HVP on step 2
+    assert info["nhvp"] == 0 and info["hessian_refreshed"] is False and state["nhvp"] == 1
+
+
+def test_adahessian_keeps_float32_and_block_averaging_warns_of_nothing():
+    import warnings
+
+    from optimizers.adahessian import AdaHessian
+
+    with backend.precision("float32"):
+        obj = tg.Quadratic(np.diag([1.0, 2.0, 3.0, 4.0]).astype(np.float32), np.ones(4, np.float32))
+        theta = np.ones(4, np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # 4 entries in blocks of 2: no empty last block to average
+            x1, state, _ = AdaHessian(block_size=2).step(obj, theta, AdaHessian().init(theta))
+    assert x1.dtype == state["m"].dtype == state["v"].dtype == state["D"].dtype == np.float32
+
+
+# ---------------------------------------------------------------- SGD-PH (third pass)
+
+
+def tanh_mlp(sizes, with_bias=True, n=40, seed=1):
+    """A tanh MLP with softmax cross-entropy on random data; (objective, θ₀).
+    With biases its 1-D tensors are b1, b2, ... in layout order."""
+    spec = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        spec += [(f"W{i}", (a, b), "weight")] + ([(f"b{i}", (b,), "bias")] if with_bias else [])
+    layout, depth = tg.Layout(spec), len(sizes) - 1
+
+    def model(theta, X):
+        p, h = layout.unflatten(theta), X
+        for i in range(1, depth + 1):
+            h = h @ p[f"W{i}"] + p[f"b{i}"] if with_bias else h @ p[f"W{i}"]
+            h = h.tanh() if i < depth else h
+        return h
+
+    rng = np.random.default_rng(seed)
+    X, y = rng.normal(size=(n, sizes[0])), rng.integers(0, sizes[-1], size=n)
+    theta = layout.flatten({p.name: rng.normal(size=p.shape) / np.sqrt(p.shape[0]) if p.ndim == 2
+                            else 0.1 * rng.normal(size=p.shape) for p in layout})
+    return tg.Objective(model, "cross_entropy", X, y, layout), theta
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    ({"momentum": 1.0}, "momentum must lie in [0, 1), got 1.0"),
+    ({"hessian_momentum": 1.0}, "hessian_momentum must lie in [0, 1), got 1.0"),
+    ({"eps": 0}, "eps must be a finite number > 0, got 0"),
+    ({"second_order_lr": 0}, "second_order_lr must be a finite number > 0, got 0"),
+    ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0, got -1.0"),
+    ({"diag": "x"}, "diag must be one of ('row_sums', 'exact'), got 'x'"),
+    ({"schedule": "x"}, "schedule must be one of ('round_robin', 'all'), got 'x'"),
+    ({"bias_correction": 1}, "bias_correction must be True or False, got 1 (int)"),
+    ({"official_last_1d_sgd": None}, "official_last_1d_sgd must be True or False, got None (NoneType)"),
+])
+def test_sgdph_refuses_bad_settings_by_name(kwargs, message):
+    from optimizers.sgdph import SGDPH
+
+    with pytest.raises(ValueError) as err:
+        SGDPH(**kwargs)
+    assert str(err.value) == f"SGDPH: {message}"
+
+
+def test_sgdph_defaults():
+    from optimizers.sgdph import SGDPH
+
+    opt = SGDPH()
+    assert (opt.lr, opt.momentum, opt.hessian_momentum, opt.eps, opt.second_order_lr) == (0.1, 0.9, 0.9, 1e-4, 1e-3)
+    assert (opt.weight_decay, opt.diag, opt.schedule) == (0.0, "row_sums", "round_robin")
+    assert opt.bias_correction is True and opt.official_last_1d_sgd is True
+
+
+@pytest.mark.usefixtures("float64")
+def test_sgdph_refuses_a_state_from_another_layout():
+    from optimizers.sgdph import SGDPH
+
+    obj, theta = tanh_mlp((5, 4, 4, 3))
+    state = dict(SGDPH().init(theta), visits=[1, 0])
+    with pytest.raises(ValueError) as err:
+        SGDPH().step(obj, theta, state)
+    assert str(err.value) == "SGDPH.step: the state has 2 1-D tensors, the layout 3"
+
+
+@pytest.mark.usefixtures("float64")
+def test_sgdph_schedule_all_two_steps_follow_the_update_rule():
+    """Every 1-D tensor every step, c_t = 1 - μ_hᵗ, all of them second-order
+    (``official_last_1d_sgd=False``); the weights take SGD-momentum."""
+    from optimizers.sgdph import SGDPH
+
+    obj, theta = tanh_mlp((5, 4, 4, 3))
+    lr, mu, mu_h, eps, tau, wd = 0.1, 0.9, 0.8, 1e-3, 1e-2, 0.01
+    opt = SGDPH(lr=lr, momentum=mu, hessian_momentum=mu_h, eps=eps, second_order_lr=tau, weight_decay=wd,
+                schedule="all", official_last_1d_sgd=False)
+    names, L = ["b1", "b2", "b3"], obj.layout
+    x, state = theta, opt.init(theta)
+    buf, diag = np.zeros_like(theta), np.zeros_like(theta)
+    for t in (1, 2):
+        g = obj.grad(x)
+        h = {k: np.abs(obj.block_row_sums(x, k)) for k in names}
+        d = g + wd * x
+        for k in names:
+            d[L[k].slice] = g[L[k].slice]
+        buf = mu * buf + d
+        expected = x - lr * buf
+        for k in names:
+            s = L[k].slice
+            diag[s] = mu_h * diag[s] + (1 - mu_h) * h[k]
+            expected[s] = x[s] - lr * (tau * (1 - mu_h**t) * buf[s] / (diag[s] + eps) + wd * x[s])
+        new, state, info = opt.step(obj, x, state)
+        np.testing.assert_allclose(new, expected, rtol=1e-12, atol=1e-15)
+        assert info["lr"] == lr and info["nhvp"] == 3 and info["hessian_groups"] == names
+        assert info["hessian_diag_mean"] == pytest.approx(np.mean([h[k].mean() for k in names]), rel=1e-12)
+        one_d = np.concatenate([diag[L[k].slice] for k in names])
+        assert info["hessian_momentum_mean"] == pytest.approx(one_d.mean(), rel=1e-12)
+        assert info["step_norm"] == pytest.approx(np.linalg.norm(expected - x), rel=1e-12)
+        assert state["nhvp"] == 3 * t and state["cursor"] == 0 and state["visits"] == [t] * 3
+        x = new
+
+
+@pytest.mark.usefixtures("float64")
+def test_sgdph_round_robin_quirk_hands_only_the_last_1d_tensor_to_sgd():
+    """Three 1-D tensors, the official quirk, no bias correction (c = 1): step 1
+    visits b1; b1 and b2 take the second-order step (b2 with d = 0), b3 SGD."""
+    from optimizers.sgdph import SGDPH
+
+    obj, theta = tanh_mlp((5, 4, 4, 3))
+    lr, mu_h, eps, tau = 0.1, 0.8, 1e-3, 1e-2
+    opt = SGDPH(lr=lr, hessian_momentum=mu_h, eps=eps, second_order_lr=tau, bias_correction=False)
+    new, state, info = opt.step(obj, theta, opt.init(theta))
+    g, L = obj.grad(theta), obj.layout
+    expected = theta - lr * g
+    s = L["b1"].slice
+    expected[s] = theta[s] - lr * tau * g[s] / ((1 - mu_h) * np.abs(obj.block_row_sums(theta, "b1")) + eps)
+    s = L["b2"].slice
+    expected[s] = theta[s] - lr * tau * g[s] / eps
+    np.testing.assert_allclose(new, expected, rtol=1e-12, atol=1e-15)
+    assert info["nhvp"] == 1 and state["nhvp"] == 1 and state["cursor"] == 1
+
+
+@pytest.mark.usefixtures("float64")
+def test_sgdph_without_1d_tensors_reports_zero_curvature_means():
+    from optimizers.sgdph import SGDPH
+
+    obj, theta = tanh_mlp((5, 4, 3), with_bias=False)
+    _, state, info = SGDPH().step(obj, theta, SGDPH().init(theta))
+    assert info["hessian_diag_mean"] == 0.0 and info["hessian_momentum_mean"] == 0.0
+    assert info["hessian_groups"] == [] and info["nhvp"] == 0 and state["nhvp"] == 0
+
+
+# ---------------------------------------------------------------- SGD, Adam (third pass)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: SGD(lr=-1.0), "SGD: lr must be a finite number >= 0, got -1.0"),
+    (lambda: SGD(0.1, momentum=1.0), "SGD: momentum must lie in [0, 1), got 1.0"),
+    (lambda: SGD(0.1, nesterov=1), "SGD: nesterov must be True or False, got 1 (int)"),
+    (lambda: SGD(0.1, weight_decay=-1.0),
+     "SGD: weight_decay must be a finite number >= 0, got -1.0"),
+    (lambda: SGD(0.1, dampening=1.5), "SGD: dampening must lie in [0, 1], got 1.5"),
+    (lambda: Adam(lr=-1.0), "Adam: lr must be a finite number >= 0, got -1.0"),
+    (lambda: Adam(eps=-1.0), "Adam: eps must be a finite number >= 0, got -1.0"),
+    (lambda: Adam(weight_decay=-1.0),
+     "Adam: weight_decay must be a finite number >= 0, got -1.0"),
+    (lambda: Adam(decoupled=1), "Adam: decoupled must be True or False, got 1 (int)"),
+])
+def test_sgd_and_adam_refuse_bad_settings_by_name(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value) == message
+
+
+@pytest.mark.usefixtures("float64")
+def test_sgd_and_adam_allow_their_limits_and_report_lr_and_step_norm():
+    # lr = 0 (a frozen run), dampening = 1 (PyTorch allows both), eps = 0
+    assert SGD(0.0, momentum=0.5, dampening=1.0).dampening == 1.0 and Adam(lr=0.0, eps=0.0).eps == 0.0
+    assert (Adam().lr, Adam().betas, Adam().eps, Adam().weight_decay, Adam().decoupled) == (
+        1e-3, (0.9, 0.999), 1e-8, 0.0, False)
+    assert (AdamW().lr, AdamW().weight_decay, AdamW().decoupled) == (1e-3, 1e-2, True)
+    obj, theta = tg.Quadratic(np.diag([1.0, 4.0]), np.ones(2)), np.array([2.0, -1.0])
+    state = Adam().init(theta)
+    assert state["exp_avg"].shape == state["exp_avg_sq"].shape == (2,) and not state["exp_avg"].any()
+    for opt in (SGD(0.25, momentum=0.5), Adam(lr=0.25)):
+        x, _, info = opt.step(obj, theta, opt.init(theta))
+        assert info["lr"] == 0.25 and info["step_norm"] == pytest.approx(np.linalg.norm(x - theta), rel=1e-15)
+        x, _, info = type(opt)(lr=0.0).step(obj, theta, opt.init(theta))
+        np.testing.assert_array_equal(x, theta)
+        assert info["step_norm"] == 0.0
