@@ -606,9 +606,17 @@ def check_writable(folder) -> None:
                          err.strerror or str(err)) from err
 
 
-def clean_temp_files(folder) -> list[Path]:
+TEMP_GRACE_SECONDS = 60.0  # another file's temp file younger than this may be a write in flight
+
+
+def clean_temp_files(folder, own=None) -> list[Path]:
     """Remove the temp files of killed writes in ``folder``: names of our pattern
-    (``.NAME.XXXXXXXX.tmp``) last modified before this process started. Returns them."""
+    (``.NAME.XXXXXXXX.tmp``) last modified before this process started and, unless
+    NAME is ``own`` (the results file this process is about to write, which no
+    one else writes), at least ``TEMP_GRACE_SECONDS`` ago: in a sweep, another
+    worker that started before this one may be between writing its temp file
+    and renaming it. Returns them."""
+    now = time.time()
     removed = []
     try:
         entries = list(Path(folder).iterdir())
@@ -617,8 +625,11 @@ def clean_temp_files(folder) -> list[Path]:
     for p in entries:
         if not TEMP_PATTERN.match(p.name):
             continue
+        mine = own is not None and p.name.startswith(f".{own}.")
         try:
-            if p.is_file() and not p.is_symlink() and p.stat().st_mtime < _PROCESS_START:
+            mtime = p.stat(follow_symlinks=False).st_mtime
+            if p.is_file() and not p.is_symlink() and mtime < _PROCESS_START and (
+                    mine or mtime < now - TEMP_GRACE_SECONDS):
                 p.unlink()
                 removed.append(p)
         except OSError:

@@ -227,7 +227,7 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
     path = Path(path)
     if checkpoint_seconds is None:
         checkpoint_seconds = float(os.environ.get(CHECKPOINT_ENV, STEP_CHECKPOINT_SECONDS))
-    removed = clean_temp_files(path.parent)
+    removed = clean_temp_files(path.parent, own=path.name)
     if removed:
         log(f"{path.parent}: removed {len(removed)} temp file(s) left by killed writes")
     resuming = resume and path.exists()

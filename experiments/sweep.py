@@ -14,15 +14,13 @@ builds one :class:`Point` per method, ``--set`` combination and seed
   (``client.get_executor(pure=False)``); the optional extra ``cluster``
   installs Dask.
 
-Every point's task is :func:`run_point`: ``runner.train(spec, path,
-resume=True)``, so a finished file is left as it is, an interrupted one
-resumes from its checkpoint and a missing one starts. The parent skips finished
-points without submitting them (their files are not even rewritten), keeps
-at most as many points in flight as there are worker slots, and resubmits a
-point whose worker died (``BrokenProcessPool``: the pool is replaced; Dask's
-``KilledWorker`` or a closed connection; a failed write, ``WriteError``) up to
-:data:`MAX_ATTEMPTS` times. Dask itself first moves the tasks of a lost worker
-to another one.
+Every point's task is :func:`run_point`, ``runner.train(spec, path,
+resume=True)``: an interrupted file resumes from its checkpoint. The parent
+skips finished points (their files are not even rewritten), keeps at most as
+many points in flight as there are worker slots, and resubmits a point whose
+worker died (``BrokenProcessPool``: the pool is replaced; Dask's
+``KilledWorker``, a closed connection; a ``WriteError``) up to
+:data:`MAX_ATTEMPTS` times (Dask first moves a lost worker's tasks itself).
 
 One file per point, named by its settings (:func:`point_filename`)::
 
@@ -63,15 +61,13 @@ RUN_KEYS = ("batch_size", "limit_batches")  # --set keys of the run (limit_batch
 
 
 EPILOG = """\
-Every point of the grid (method x --set values x seed) is an ordinary run, one file
+Each point (method x --set values x seed) is an ordinary run, one file
 EXPERIMENT__METHOD[__KEY=VALUE ...]__seed=SEED.h5 in --out. The same command again
-skips finished runs (their files untouched), resumes interrupted ones from their
-checkpoints and resubmits a run whose worker died (up to 3 times). --set takes
-batch_size, limit_batches (batches per epoch) or a hyper-parameter of every
-method's optimizer (lr, momentum, damping, ...). Without a terminal on stdout a progress line is printed every
-$TINYGRAD2_PROGRESS_SECONDS seconds (default 10). At the end: the table and the
-statistics over seeds (mean ± std, 95% t-interval, paired Wilcoxon tests).
-On a cluster every worker needs this package and the data at the same path."""
+skips finished runs, resumes interrupted ones and resubmits a run whose worker died.
+--set takes batch_size, limit_batches or a hyper-parameter of every method's optimizer.
+Progress: a line every $TINYGRAD2_PROGRESS_SECONDS (default 10) s without a terminal.
+At the end: the table and the statistics over seeds (95% t-intervals, paired Wilcoxon
+tests). On a cluster, every machine needs this package and the data at the same path."""
 
 
 class SweepError(Exception):
@@ -216,7 +212,6 @@ class Point:
     path: Path
     label: str
     attempts: int = 0
-    started: float = 0.0
     result: dict = field(default_factory=dict)
 
 
@@ -462,7 +457,6 @@ def execute(points, where, *, data_dir=None, say=print, progress=None) -> tuple[
             while queue and len(running) < max(1, where.slots()):
                 point = queue.popleft()
                 point.attempts += 1
-                point.started = time.monotonic()
                 running[executor.submit(run_point, point.spec, str(point.path), data_dir)] = (point, generation)
             progress.tick(running=len(running))
             cf.wait(list(running), timeout=progress.wait_seconds(), return_when=cf.FIRST_COMPLETED)
@@ -528,20 +522,13 @@ def remove_stray_temps(points) -> list[Path]:
 # ---------------------------------------------------------------- progress
 
 
-def _isatty(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 class Progress:
     """One line per finished run; a tqdm bar on a terminal's stderr, else a line "sweep: k/N done, r running,
     ... ETA ..." every ``every`` seconds (``$TINYGRAD2_PROGRESS_SECONDS``, default 10). ``skipped`` runs were
     finished before the sweep started; the ETA is the time per run so far times the runs left."""
 
     def __init__(self, total, skipped, say=print, every=None, bar=None, clock=time.monotonic):
-        from .runner import PROGRESS_ENV, PROGRESS_SECONDS
+        from .runner import PROGRESS_ENV, PROGRESS_SECONDS, _isatty
 
         self.total, self.skipped, self.say, self.clock = total, skipped, say, clock
         self.every = float(os.environ.get(PROGRESS_ENV, PROGRESS_SECONDS)) if every is None else every
@@ -579,6 +566,8 @@ class Progress:
             self.say(text)
 
     def line(self, running) -> str:
+        from .runner import _duration
+
         elapsed = self.clock() - self.start
         left = self.total - self.done
         eta = f"ETA {_duration(elapsed / self.done * left)}" if self.done else "ETA -"
@@ -599,8 +588,3 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
 
-
-def _duration(seconds) -> str:
-    from .runner import _duration as duration
-
-    return duration(seconds)

@@ -73,7 +73,7 @@ import numbers
 from . import backend as B
 from . import losses as L
 from . import memory
-from .directions import generator, rademacher, unit_rows
+from .directions import unit_rows
 from .guard import as_real
 from .layout import Layout
 from .objective import BaseObjective, Objective, check_batch
@@ -323,15 +323,7 @@ class DatasetObjective(BaseObjective):
             self.counts["nhvp"] += n
             return self._accumulate("hvp", "hessian_diag", theta, n, 0, n, chunk, lambda P, r, lo: P[r, lo + r])
         if method == "hutchinson":
-            if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-                raise ValueError(f"{self.name}.hessian_diag: samples must be an int >= 1, got {samples!r}")
-            samples = int(samples)
-            chunk = self._plan("hessian_diag", theta, n, samples, chunk)
-            rng, total = generator(seed), B.xp.zeros((n,), theta.dtype)
-            for start in range(0, samples, chunk):
-                Z = rademacher((min(samples, start + chunk) - start, n), rng, theta.dtype)
-                total += (Z * self.hvp(theta, Z)).sum(axis=0)
-            return total / samples
+            return self._hutchinson_diag(theta, samples, seed, chunk)
         raise ValueError(f"{self.name}.hessian_diag: method must be 'exact' or 'hutchinson', got {method!r}")
 
     # block_row_sums is BaseObjective's: one whole-data hvp with the group's indicator.

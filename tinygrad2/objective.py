@@ -266,16 +266,20 @@ class BaseObjective:
                 d[start:stop] = HE[B.xp.arange(stop - start), B.xp.arange(start, stop)]
             return d
         if method == "hutchinson":
-            if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-                raise ValueError(f"{self.name}.hessian_diag: samples must be an int >= 1, got {samples!r}")
-            samples = int(samples)
-            chunk = self._plan("hessian_diag", theta, n, samples, chunk)
-            rng, total = generator(seed), B.xp.zeros((n,), theta.dtype)
-            for start in range(0, samples, chunk):
-                Z = rademacher((min(samples, start + chunk) - start, n), rng, theta.dtype)
-                total += (Z * self.hvp(theta, Z)).sum(axis=0)
-            return total / samples
+            return self._hutchinson_diag(theta, samples, seed, chunk)
         raise ValueError(f"{self.name}.hessian_diag: method must be 'exact' or 'hutchinson', got {method!r}")
+
+    def _hutchinson_diag(self, theta, samples, seed, chunk):
+        """(1/S) Σ_s z_s ⊙ H z_s over S = ``samples`` Rademacher z_s, in chunks."""
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+            raise ValueError(f"{self.name}.hessian_diag: samples must be an int >= 1, got {samples!r}")
+        samples, n = int(samples), theta.shape[0]
+        chunk = self._plan("hessian_diag", theta, n, samples, chunk)
+        rng, total = generator(seed), B.xp.zeros((n,), theta.dtype)
+        for start in range(0, samples, chunk):
+            Z = rademacher((min(samples, start + chunk) - start, n), rng, theta.dtype)
+            total += (Z * self.hvp(theta, Z)).sum(axis=0)
+        return total / samples
 
     def block_row_sums(self, theta, name):
         """H_gg · 1 for parameter group g = ``name`` (flat, length |g|): one

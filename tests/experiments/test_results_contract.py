@@ -10,6 +10,7 @@ import datetime
 import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -601,6 +602,19 @@ def test_clean_temp_files_keeps_new_temps_links_and_other_names(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [link.name, other.name, new.name]
     assert R.clean_temp_files(tmp_path / "absent") == []
     assert R.clean_temp_files(tmp_path / new.name) == []  # a file, not a folder
+
+
+def test_a_young_temp_file_of_another_name_may_be_a_write_in_flight(tmp_path):
+    """A sweep worker started later must not remove the temp file another worker is about to rename."""
+    other = tmp_path / ".digits__SGD__seed=1.h5.abcd1234.tmp"
+    own = tmp_path / ".digits__SGD__seed=2.h5.efgh5678.tmp"
+    for p in (other, own):
+        p.write_bytes(b"x")
+        os.utime(p, (R._PROCESS_START - 1, R._PROCESS_START - 1))  # before this process, but seconds ago
+    assert R.clean_temp_files(tmp_path, own="digits__SGD__seed=2.h5") == [own]
+    assert other.exists()
+    os.utime(other, (time.time() - R.TEMP_GRACE_SECONDS - 1,) * 2)
+    assert R.clean_temp_files(tmp_path, own="digits__SGD__seed=2.h5") == [other]
 
 
 def test_clean_temp_files_skips_what_it_cannot_stat(tmp_path, monkeypatch):

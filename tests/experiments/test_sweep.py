@@ -218,15 +218,11 @@ def cluster(tmp_path_factory):
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
         yield address, procs[1:]
-    finally:
+    finally:  # SIGKILL: a dask worker told to terminate can linger for seconds in "closing"
         for p in reversed(procs):
-            p.terminate()
+            p.kill()
         for p in reversed(procs):
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+            p.wait(timeout=30)
 
 
 def test_a_dask_sweep_writes_the_local_files_even_when_a_worker_is_killed(cluster, reference, tmp_path):
@@ -443,3 +439,16 @@ def test_progress_lines():
     now[0] += 1
     progress.tick(running=2)
     assert said[-1] == "sweep: 3/6 done, 2 running, 11.0 s elapsed, ETA 33.0 s"
+
+
+def test_the_bar_on_a_terminal(capsys):
+    """On a terminal: a tqdm bar over the whole sweep (finished runs included), the run lines above it."""
+    said = []
+    progress = sweep.Progress(2, 1, said.append, bar=True)
+    point = sweep.Point(None, Path("digits__SGD__seed=0.h5"), "SGD seed=0", result={"error": "ValueError: x"})
+    progress.tick(running=1)
+    progress.finished(point, running=1)
+    progress.close()
+    err = capsys.readouterr()
+    assert said == [] and "SGD seed=0" in err.out + err.err and "failed    ValueError: x" in err.out + err.err
+    assert "2/3" in err.err and "run" in err.err

@@ -836,7 +836,7 @@ def test_strong_wolfe_zooms_when_the_second_trial_is_no_lower():
 
     # Alg. 3.5: φ(α_2) ≥ φ(α_1) brackets a minimizer in [α_1, α_2] even with sufficient decrease
     phi, calls = scripted((-0.5, -1.0), (-0.5, -1.0), (-0.75, 0.0))
-    t, f, _, evals, status = strong_wolfe(phi, 0.0, -1.0, 1.0, c1=0.25, c2=0.5)
+    t, f, _, evals, status = strong_wolfe(phi, 0.0, -1.0, 1.0, c1=1e-4, c2=0.5)
     assert calls[1] > calls[0] and calls[0] < calls[2] < calls[1]
     assert (t, f, evals, status) == (calls[2], -0.75, 3, "wolfe")
 
@@ -868,6 +868,15 @@ def test_zoom_boundaries_follow_algorithm_3_6():
     phi, calls = scripted((-1.0, 0.0))
     result = _zoom(phi, 0.0, -1.0, (1.0, -1.0, -1.0, "g_lo"), (2.0, 0.0, 3.0, None), 0.25, 0.5, 1, 1e-12, 7)
     assert calls == [1.25] and result == (1.0, -1.0, "g_lo", 8, "armijo")
+    # a cubic minimizer beyond α_hi (the parabola (t - 1.5)² - 2.25) is kept 1 % of the interval inside it
+    phi, calls = scripted((-1.0, -2.0))
+    _zoom(phi, 0.0, -3.0, (0.0, 0.0, -3.0, None), (1.0, -2.0, -1.0, None), 0.9, 0.1, 1, 1e-12, 0)
+    assert calls == [1.0 - 0.01 * 1.0]
+    # a lower trial whose slope points back to α_lo (φ'(α)(α_hi - α_lo) >= 0): α_lo becomes α_hi, so the
+    # next trial lies between the old α_lo and the new one (whatever the sign of φ(α_hi))
+    phi, calls = scripted((-1.0, 0.9), (-1.0, 0.0))
+    _zoom(phi, 0.0, -1.0, (0.0, 0.0, -1.0, None), (1.0, -0.5, 2.0, None), 1e-4, 0.5, 2, 1e-12, 0)
+    assert 0.0 < calls[1] < calls[0] < 1.0
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -879,6 +888,7 @@ def test_zoom_boundaries_follow_algorithm_3_6():
     ({"c1": 0.0}, "c1, c2: the Wolfe constants need 0 < c1 < c2 < 1, got c1=0.0, c2=0.9"),
     ({"c1": 0.5, "c2": 0.5}, "c1, c2: the Wolfe constants need 0 < c1 < c2 < 1, got c1=0.5, c2=0.5"),
     ({"skip_threshold": 1.0}, "skip_threshold must lie in [0, 1), got 1.0"),
+    ({"line_search": "wolfe"}, "line_search must be one of (None, 'strong_wolfe', 'exact'), got 'wolfe'"),
     ({"batch_mode": "mixed"}, "batch_mode must be one of ('fixed', 'same_batch'), got 'mixed'"),
     ({"max_ls": 0}, "max_ls must be an integer >= 1, got 0"),
     ({"tolerance_grad": -1.0}, "tolerance_grad must be a finite number >= 0, got -1.0"),
@@ -1036,6 +1046,16 @@ def test_lbfgs_restarts_from_steepest_descent_when_the_memory_gives_no_descent()
         np.testing.assert_array_equal(x, [0.0, 0.0])
         assert new["resets_total"] == 1 and info["memory"] == 1 and info["line_search_evals"] == 1
         np.testing.assert_array_equal(new["S"][0], [-0.5, 0.0])
+
+
+@pytest.mark.usefixtures("float64")
+def test_lbfgs_restarts_when_the_slope_along_d_is_exactly_zero():
+    """g = 1e-170·(1, 1): gᵀd underflows to -0.0, which is not < 0, so d is no descent direction: the
+    (valid) memory is dropped."""
+    obj, theta = tg.Quadratic(np.eye(2), np.full(2, -1e-170)), np.zeros(2)
+    state = dict(LBFGS().init(theta), S=[np.array([1.0, 0.5])], Y=[np.array([2.0, 0.5])])
+    _, new, _ = LBFGS().step(obj, theta, state)
+    assert new["resets_total"] == 1
 
 
 @pytest.mark.usefixtures("float64")
@@ -1327,3 +1347,157 @@ def test_sgd_and_adam_allow_their_limits_and_report_lr_and_step_norm():
         x, _, info = type(opt)(lr=0.0).step(obj, theta, opt.init(theta))
         np.testing.assert_array_equal(x, theta)
         assert info["step_norm"] == 0.0
+
+
+# ---------------------------------------------------------------- SGD-BB (third pass)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": 0, "beta": 0.5}, "lr must be a finite number > 0, got 0"),
+    ({"lr": 0.1, "steps_per_epoch": 0}, "steps_per_epoch must be an integer >= 1, got 0"),
+    ({"lr": 0.1}, "beta: give beta explicitly when steps_per_epoch is None (its default is 10/m)"),
+    ({"lr": 0.1, "beta": 0}, "beta must lie in (0, 1], got 0"),
+    ({"lr": 0.1, "beta": "a"}, "beta must be a real number, got 'a' (str)"),
+    ({"lr": 0.1, "beta": 0.5, "tau_min": -1.0}, "tau_min must be a finite number >= 0, got -1.0"),
+    ({"lr": 0.1, "beta": 0.5, "tau_max": 0}, "tau_max must be a finite number > 0, got 0"),
+    ({"lr": 0.1, "beta": 0.5, "tau_min": 2.0, "tau_max": 1.0}, "tau_min must be <= tau_max, got tau_min=2.0, tau_max=1.0"),
+    ({"lr": 0.1, "beta": 0.5, "tau0": 0}, "tau0 must be a finite number > 0, got 0"),
+    ({"lr": 0.1, "beta": 0.5, "smoothing": 1}, "smoothing must be True or False, got 1 (int)"),
+    ({"lr": 0.1, "beta": 0.5, "curvature_eps": -1.0}, "curvature_eps must be a finite number >= 0, got -1.0"),
+])
+def test_bb_refuses_bad_settings_by_name(kwargs, message):
+    from optimizers import BB
+
+    with pytest.raises(ValueError) as err:
+        BB(**kwargs)
+    assert str(err.value) == f"BB: {message}"
+
+
+def test_bb_defaults_limits_and_init_state():
+    from optimizers import BB
+    from optimizers.bb import bb_step_size
+
+    assert BB(0.1, steps_per_epoch=20).beta == 0.5 and BB(0.1, steps_per_epoch=5).beta == 1.0  # 10/m, capped at 1
+    opt = BB(0.1, beta=1.0, tau_min=0.0, tau_max=0.0 + 2.0, curvature_eps=0.0)
+    assert (opt.tau_min, opt.tau_max, opt.tau0, opt.curvature_eps, opt.smoothing) == (0.0, 2.0, 0.1, 0.0, False)
+    assert BB(0.1, beta=0.5, tau_min=1.0, tau_max=1.0).tau_max == 1.0 and BB(0.1, beta=0.5, smoothing=True).smoothing
+    assert BB(0.1, beta=0.5).curvature_eps == 1e-12
+    state = BB(0.25, beta=0.5).init(np.ones(3))
+    assert state["g_hat"].shape == (3,) and not state["g_hat"].any()
+    del state["g_hat"]
+    assert state == {"optimizer": "BB", "theta_size": 3, "step": 0, "epoch": 0, "inner": 0, "lr": 0.25,
+                     "x_prev": None, "g_hat_prev": None, "smooth_c": 1.0, "bb_skipped": 0, "bb_fallbacks": 0,
+                     "epoch_info": {}}
+    s, y = np.array([3.0, 4.0]), np.array([1.0, 0.5])
+    assert bb_step_size(s, y) == 25.0 / 5.0 and bb_step_size(s, np.array([4.0, -3.0])) == math.inf
+
+
+class ScriptedGradients:
+    """loss 0 and the given gradients, one per call, in turn."""
+
+    def __init__(self, *gradients):
+        self.gradients, self.calls = [np.asarray(g, float) for g in gradients], 0
+
+    def loss_and_grad(self, theta):
+        g = self.gradients[self.calls % len(self.gradients)]
+        self.calls += 1
+        return 0.0, g
+
+
+def bb_epochs(opt, obj, epochs, theta=None):
+    theta = np.zeros(2) if theta is None else theta
+    state, infos = opt.init(theta), []
+    for _ in range(epochs):
+        theta, state, info = opt.step(obj, theta, state)
+        infos.append(info)
+    return theta, state, infos
+
+
+@pytest.mark.usefixtures("float64")
+def test_bb_step_info_and_epoch_figures():
+    """lr 1, one step per epoch, β = 1 (ĝ = the last g): at k = 2, s = -g₁ = (-2, 0), y = g₁ - g₀ = (2, 0),
+    sᵀy = -4, so η₂ = ||s||² / |sᵀy| = 1."""
+    from optimizers import BB
+
+    obj = ScriptedGradients([0.0, 0.0], [2.0, 0.0], [1.0, 0.0])
+    _, state, infos = bb_epochs(BB(1.0, steps_per_epoch=1, beta=1.0), obj, 3)
+    assert state["epoch_info"] == {"epoch": 3, "m": 1, "s_dot_y": 1.0, "bb": 1.0}  # s = (-1, 0), y = (-1, 0)
+    assert [i["curvature"] for i in infos] == [None, None, -4.0] and [i["lr"] for i in infos] == [1.0, 1.0, 1.0]
+    assert [i["step_norm"] for i in infos] == [0.0, 2.0, 1.0] and [i["inner"] for i in infos] == [1, 1, 1]
+    assert [i["epoch"] for i in infos] == [0, 1, 2]
+    assert all(i["bb_skipped"] == 0 and i["bb_fallbacks"] == 0 for i in infos)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("bound, expected_lr, fallbacks", [
+    ({"tau_min": 3.0}, 1.0, 0),    # η₂ = 1 = τ_min/(k+1): kept
+    ({"tau_max": 3.0}, 1.0, 0),    # η₂ = 1 = τ_max/(k+1): kept
+    ({"tau_min": 3.5}, 0.5, 1),    # τ_min/(k+1) = 7/6 > 1: τ₀/(k+1) = 1.5/3
+    ({"tau_max": 2.5}, 0.5, 1),    # τ_max/(k+1) = 5/6 < 1
+])
+def test_bb_bounds_are_tau_over_k_plus_1_and_closed(bound, expected_lr, fallbacks):
+    from optimizers import BB
+
+    obj = ScriptedGradients([0.0, 0.0], [2.0, 0.0])
+    _, state, _ = bb_epochs(BB(1.0, steps_per_epoch=1, beta=1.0, tau0=1.5, **bound), obj, 2)
+    assert state["lr"] == expected_lr and state["bb_fallbacks"] == fallbacks
+    assert state["epoch_info"].get("fallback", False) == bool(fallbacks) and state["epoch_info"]["bb"] == 1.0
+    opt, theta = BB(1.0, steps_per_epoch=1, beta=1.0, tau_max=0.3), np.zeros(2)
+    state, flagged = opt.init(theta), 0
+    for _ in range(6):
+        theta, state, _ = opt.step(obj, theta, state)
+        flagged += state["epoch_info"].get("fallback", False)
+    assert flagged >= 2 and state["bb_fallbacks"] == flagged  # counted once per epoch that falls back
+
+
+@pytest.mark.usefixtures("float64")
+def test_bb_curvature_guard_is_relative_to_s_and_y_norms():
+    """s = (-2, 0), y = (-δ, -10): sᵀy = 2δ = 1e-3 against ε ||s|| ||y|| = 1e-4·2·10.0 = 2e-3: skipped.
+    A linear objective (y = 0, sᵀy = 0) is skipped even with curvature_eps = 0."""
+    from optimizers import BB
+
+    delta = 5e-4
+    obj = ScriptedGradients([2.0 + delta, 10.0], [2.0, 0.0])
+    _, state, _ = bb_epochs(BB(1.0, steps_per_epoch=1, beta=1.0, curvature_eps=1e-4), obj, 2)
+    assert state["bb_skipped"] == 1 and state["epoch_info"]["skipped"] is True and state["lr"] == 1.0
+    assert state["epoch_info"]["s_dot_y"] == pytest.approx(1e-3, rel=1e-9) and "bb" not in state["epoch_info"]
+    _, state, _ = bb_epochs(BB(1.0, steps_per_epoch=1, beta=1.0, curvature_eps=1e-5), obj, 2)
+    assert state["bb_skipped"] == 0 and state["lr"] == pytest.approx(4.0 / 1e-3, rel=1e-9)
+    _, state, _ = bb_epochs(BB(1.0, steps_per_epoch=1, beta=1.0, curvature_eps=0.0), ScriptedGradients([1.0, 1.0]), 3)
+    assert state["bb_skipped"] == 2 and state["lr"] == 1.0
+
+
+@pytest.mark.usefixtures("float64")
+def test_bb_end_epoch_after_no_steps_and_after_one_step():
+    from optimizers import BB
+
+    obj = ScriptedGradients([0.0, 0.0], [2.0, 0.0])
+    opt = BB(1.0, beta=1.0)  # epochs closed by end_epoch
+    theta, state = np.zeros(2), opt.init(np.zeros(2))
+    theta, state, _ = opt.step(obj, theta, state)
+    state = opt.end_epoch(theta, state)
+    state = opt.end_epoch(theta, state)  # an epoch of m = 0 steps: no update, nothing skipped
+    assert state["epoch_info"] == {"epoch": 2, "m": 0} and state["bb_skipped"] == 0 and state["lr"] == 1.0
+    theta, state, _ = opt.step(obj, theta, state)
+    state = opt.end_epoch(theta, state)  # m = 1: s = (-2, 0), y = (2, 0)
+    assert state["epoch_info"] == {"epoch": 3, "m": 1, "s_dot_y": -4.0, "bb": 1.0}
+
+
+@pytest.mark.usefixtures("float64")
+def test_bb_smoothing_is_the_geometric_mean_recurrence():
+    """c_k = c_{k-1}^((k-2)/(k-1)) (η_k k)^(1/(k-1)), c_1 = 1, η_k <- c_k / k, from the raw BB values."""
+    from optimizers import BB
+
+    obj = tg.Quadratic(np.diag([0.5, 2.0, 5.0]), np.array([1.0, -1.0, 2.0]))
+    opt = BB(0.1, steps_per_epoch=3, smoothing=True)
+    theta, state, c = np.array([2.0, -1.0, 1.0]), opt.init(np.zeros(3)), 1.0
+    updates = 0
+    for _ in range(3 * 6):
+        theta, state, _ = opt.step(obj, theta, state)
+        info = state["epoch_info"]
+        if state["inner"] == 0 and "bb" in info:
+            k = info["epoch"]
+            c = c ** ((k - 2) / (k - 1)) * (info["bb"] * k) ** (1 / (k - 1))
+            assert state["smooth_c"] == pytest.approx(c, rel=1e-12) and state["lr"] == pytest.approx(c / k, rel=1e-12)
+            updates += 1
+    assert updates == 5 and state["epoch"] == 6
