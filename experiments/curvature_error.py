@@ -18,7 +18,7 @@ i.e. the curvature model that step t preconditioned with:
   block of G on that matrix;
 * Sophia-G: its averaged diagonal h against diag(G) (h is an EMA with
   β₂ = 0.99 and no bias correction, so its raw error stays near 1 for the
-  first hundreds of steps: read the shape error).
+  first hundred steps or so: read the shape error).
 
 Two errors per comparison: ``raw`` = ||A - G|| / ||G|| (Frobenius), and
 ``shape`` = min_c ||c A - G|| / ||G|| = √(1 - cos²(A, G)), which ignores the
@@ -53,12 +53,8 @@ def errors(approx, exact):
 
 
 def block_indices(layout, weight, bias=None):
-    """θ indices of [W | b] (out, in [+ 1]) in row-major order."""
-    w = layout[weight]
-    cols = np.arange(w.size).reshape(w.shape[0], -1) + w.slice.start
-    if bias is not None:
-        cols = np.hstack([cols, (np.arange(w.shape[0]) + layout[bias].slice.start)[:, None]])
-    return cols.reshape(-1)
+    """θ indices of [W | b] in row-major order, on the host."""
+    return B.to_host(capture.block_indices(layout, weight, bias))
 
 
 def _psd_power(M, power):
@@ -71,23 +67,24 @@ def measure(method, opt, state, probe, theta, G):
     layout = probe.layout
     rows = []
     if method == "K-FAC":
-        fresh = {layer.weight: capture.kronecker_factors(layer) for layer in probe.capture(theta, "exact").layers}
-        for weight, omega in state["omega"].items():
-            bias = weight[: -len("weight")] + "bias"
-            idx = block_indices(layout, weight, bias)
+        layers = probe.capture(theta, "exact").layers
+        for layer in layers:
+            weight = layer.weight
+            idx = block_indices(layout, weight, layer.bias)
             block = G[np.ix_(idx, idx)]
-            rows.append((method, "Γ ⊗ Ω (its averages)", weight, *errors(np.kron(state["gamma"][weight], omega), block)))
-            f_omega, f_gamma = fresh[weight]
+            omega, gamma = B.to_host(state["omega"][weight]), B.to_host(state["gamma"][weight])
+            rows.append((method, "Γ ⊗ Ω (its averages)", weight, *errors(np.kron(gamma, omega), block)))
+            f_omega, f_gamma = (B.to_host(f) for f in capture.kronecker_factors(layer))
             rows.append((method, "Γ ⊗ Ω (probe batch)", weight, *errors(np.kron(f_gamma, f_omega), block)))
     elif method == "Shampoo":
         for tensor in state["tensors"]:
             if tensor["path"] != "matrix" or tensor["L_root"] is None or tensor["R_root"] is None:
                 continue
-            implied = np.kron(_psd_power(tensor["L"], 0.5), _psd_power(tensor["R"], 0.5))
+            implied = np.kron(_psd_power(B.to_host(tensor["L"]), 0.5), _psd_power(B.to_host(tensor["R"]), 0.5))
             idx = block_indices(layout, tensor["name"])
             rows.append((method, "L^½ ⊗ R^½", tensor["name"], *errors(implied, G[np.ix_(idx, idx)])))
     elif method == "Sophia-G":
-        rows.append((method, "diagonal h", "all", *errors(state["h"], np.diag(G))))
+        rows.append((method, "diagonal h", "all", *errors(B.to_host(state["h"]), np.diag(G))))
     return rows
 
 
@@ -117,7 +114,7 @@ def run(steps=(1, 20, 100, 300), probe_size=256, seed=0, out=sys.stdout):
                 theta, state, _ = opt.step(objective, theta, state)
                 if step in steps:  # the curvature this step preconditioned with, at the point it was taken
                     probe = model.objective("cross_entropy", X[probe_idx], y[probe_idx])
-                    G = probe.ggn(before)
+                    G = B.to_host(probe.ggn(before))
                     table += [(step,) + row for row in measure(method, opt, state, probe, before, G)]
     print(f"Curvature models against the exact Gauss-Newton matrix: digits MLP 64-32-10 (n = "
           f"{model.num_parameters():,}), float64, probe batch of {probe_size} training examples, seed {seed}; "

@@ -62,7 +62,9 @@ def _series(run, name):
 
 
 def study_analysis(specs, paths, splits_of, out):
-    lines = ["Probes (probe batch of 500 training images; every 10 steps, the first and last step too):"]
+    probes = specs[0].probes
+    lines = [f"Probes (probe batch of {probes['batch']:,} training images; every {probes['every']} steps, the "
+             f"first and last step too):"]
     for spec, path in zip(specs, paths):
         run = load_run(path)
         parts = []

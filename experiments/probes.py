@@ -21,7 +21,8 @@ probe                   what it measures (on the probe batch)
                         nodes and weights (4 probes x 30 steps), to histogram over training
 ``sharpness_ratio``     lr · λ_max(H(θ_t)): the edge-of-stability quantity (Cohen et al. 2021;
                         near 2 for SGD once training sits at the edge); lr = the step length
-                        the last step used (``info["lr"]``)
+                        the last step used (``info["lr"]``, else the optimizer's ``lr``); NaN
+                        where neither exists (step 0 of a method that chooses its own step)
 ``grad_noise``          at θ_t over 8 training mini-batches of the run's batch size: tr(Σ) of
                         the per-example gradient covariance, |G|² of the mean gradient
                         (unbiased) and the simple noise scale B_simple = tr(Σ) / |G|²
@@ -167,6 +168,9 @@ def sharpness_ratio(ctx):
 
 def grad_noise(ctx):
     batches = ctx.batches(NOISE_BATCHES, _seed(ctx, 6))
+    if len(batches) < 2:
+        raise NotImplementedError(f"grad_noise needs at least 2 training mini-batches, the training set has "
+                                  f"{len(batches)}")
     grads = np.stack([B.to_host(ctx.objective.with_batch(X, y).grad(ctx.theta)) for X, y in batches]).astype(float)
     size = len(batches[0][1])
     mean = grads.mean(axis=0)
@@ -347,9 +351,7 @@ PROBES = {p.name: p for p in (
     Probe("ggn_lambda_max", ggn_lambda_max, lambda ctx: Cost(_lanczos_products(ctx))),
     Probe("trace", trace, lambda ctx: Cost(TRACE_MATVECS)),
     Probe("density", density, lambda ctx: Cost(DENSITY_PROBES * DENSITY_STEPS)),
-    Probe("sharpness_ratio", sharpness_ratio, lambda ctx: Cost(
-        _lanczos_products(ctx), reason=None if _step_lr(ctx) is not None or ctx.optimizer is None
-        else f"{type(ctx.optimizer).__name__} has no step length lr")),
+    Probe("sharpness_ratio", sharpness_ratio, lambda ctx: Cost(_lanczos_products(ctx))),
     Probe("grad_noise", grad_noise, lambda ctx: Cost(
         NOISE_BATCHES, reason=None if ctx.batches is not None else "no training batches given")),
     Probe("diag_error", diag_error, lambda ctx: Cost(_n(ctx), reason=_diag_reason(ctx))),

@@ -389,7 +389,7 @@ class Run:
 
     @property
     def probe_names(self) -> set:
-        return {k.partition(":")[0] for k in self.probes if k != STEP_INDEX}
+        return {k.partition(":")[0] for k in self.probes if k != STEP_INDEX and not k.startswith("time:")}
 
     @property
     def label(self) -> str:

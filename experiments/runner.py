@@ -272,6 +272,10 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
 
         has_buffers = bool(model.named_buffers())
         prober = _prober(spec, model, train_set, writer, log)
+        if prober is not None and resuming and more:  # extended: the old last step was only probed as the last
+            probed = writer.probes.columns["step"]
+            if len(probed) and probed[-1] and not prober.due(probed[-1]):
+                writer.probes.truncate(len(probed) - 1)
         prev_theta, info = None, {}
         metrics = None
         with writer, _interrupt_at_safe_points() as interrupt_if_asked:
@@ -326,6 +330,12 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                     if bar is not None:
                         bar.advance(epoch, b, step, loss)
                     interrupt_if_asked()
+                if prober is not None and epoch == spec.epochs - 1:  # the final step, before its checkpoint
+                    probed = writer.probes.columns["step"]
+                    if not len(probed) or probed[-1] != step:
+                        t1 = time.perf_counter()
+                        writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
+                        before -= time.perf_counter() - t1
                 epoch_time = before + time.perf_counter() - start
                 wall += epoch_time
                 metrics = _metrics(model, theta, splits, spec.loss, float(np.mean(losses)) if losses else math.nan,
@@ -342,7 +352,7 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
             if metrics is None:  # killed between the last checkpoint and the end: its epoch row is the last
                 metrics = _last_row(writer.epochs)
             probed = writer.probes.columns["step"]
-            if prober is not None and (not len(probed) or probed[-1] != step):  # the final step, always
+            if prober is not None and (not len(probed) or probed[-1] != step):  # a file of older code: probe now
                 writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
             final = dict(metrics, seconds_per_epoch=wall / max(spec.epochs, 1))
             writer.finish(theta, final, buffers=model.named_buffers())
@@ -356,6 +366,10 @@ def _prober(spec, model, train_set, writer, log):
     from .probes import Prober, probe_indices
 
     indices = probe_indices(len(train_set), spec.probes.get("batch", PROBE_BATCH), spec.seed)
+    if writer.probe_batch is not None and len(writer.probes) and writer.probe_batch != indices.tolist():
+        raise RunError(f"resume: {writer.path.name} was probed on another probe batch ({len(writer.probe_batch)} "
+                       f"examples); resume with its --probe-batch {len(writer.probe_batch)}, or start again "
+                       f"with --overwrite")
     objective = Objective(model.apply, spec.loss, train_set.X[indices], train_set.y[indices], layout=model.layout())
 
     def batches(count, seed):

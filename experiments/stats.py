@@ -231,8 +231,9 @@ def statistics(runs, metric=DEFAULT_METRIC, confidence=CONFIDENCE, always=False)
             d = c.difference
             rows.append([f"{labels[b]} − {labels[a]}", f"n={d.n}", _num(d.mean, signed=True),
                          f"[{_num(d.low, signed=True)}, {_num(d.high, signed=True)}]", f"p={_p(c.p)}", c.note])
-            if d.n >= 2 and not c.note.startswith("all"):
-                smallest.append(d.n)
+            nonzero = d.n - int(c.note.split()[0]) if c.note and c.note[0].isdigit() else d.n
+            if nonzero >= 2 and not c.note.startswith("all"):
+                smallest.append(nonzero)  # the exact test ranks only the non-zero differences
         lines += _columns(rows)
         if smallest:
             n = min(smallest)

@@ -62,7 +62,8 @@ CNN and the next batches' steps blew up). With ``adapt="fixed"`` λ stays
 
 **Rejection** (``reject=True``, not in the paper): every step evaluates f(θ + δ)
 on its batch (one forward pass) and is not taken if the loss rose or is not
-finite; λ is then raised by 1/ω₁ at once and the momentum δ_prev is reset.
+finite; λ is then raised by 1/ω₁ at once (the inverses take it at the next
+step) and the momentum δ_prev is reset.
 On small batches the quadratic model, built from that one batch's G, can ask
 for a huge α or μ (a direction of tiny batch curvature); without rejection one
 such step on the digits MLP (batch 64) sent the loss to 1e38 within ten
@@ -87,7 +88,10 @@ State: ``step``, ``damping`` (λ now), ``updates`` (factor updates so far),
 ``omega``/``gamma`` (Ω, Γ per layer, keyed by the weight's name), ``omega_inv``/
 ``gamma_inv`` (their damped inverses), ``diag`` (the EMA of d, zero on layer
 entries), ``delta`` (the previous step), ``seed``, ``draws`` (random draws so
-far: factor samples and Rademacher vectors). Per-step info: ``loss``,
+far: factor samples and Rademacher vectors), ``stale`` (the inverses must be
+recomputed at the next step: after a rejected or non-finite step). A
+non-finite direction leaves θ and the statistics as they were before the step
+and raises λ. Per-step info: ``loss``,
 ``grad_norm``, ``grad_norm_inf``, ``lr`` (α), ``mu``, ``step_norm``,
 ``damping``, ``predicted`` (when the model's product is at hand: every step
 with ``lr=None``, else on adaptation steps; else None), ``actual`` (every step
@@ -103,10 +107,10 @@ from tinygrad2 import backend as B
 from tinygrad2 import rademacher
 from tinygrad2.capture import kronecker_factors
 
+from .adahessian import SEED_LIMIT, SEED_STRIDE  # the j-th draw of a run seeded s: seed s · SEED_STRIDE + j
 from .base import HyperparameterError, Optimizer, base_info, check_bool, check_choice, check_fraction, check_int, check_positive
 from .newton import check_adapt, lm_update, reduction_ratio
 
-SEED_STRIDE = 2**32  # the j-th random draw of a run seeded s uses the seed s · SEED_STRIDE + j
 LM_OMEGA = 19 / 20  # ω₁ = (19/20)^T₁
 
 
@@ -132,11 +136,13 @@ class KFAC(Optimizer):
             raise HyperparameterError(f"min_damping ({min_damping!r}) must not exceed damping ({damping!r})")
         self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
         self.seed = check_int("seed", seed, minimum=0)
+        if seed >= SEED_LIMIT:
+            raise HyperparameterError(f"seed must be < 2**31, got {seed!r}")
 
     def init(self, theta) -> dict:
         return self._new_state(theta, damping=float(self.damping), updates=0, omega={}, gamma={}, omega_inv={},
                                gamma_inv={}, diag=B.xp.zeros_like(theta), delta=B.xp.zeros_like(theta),
-                               seed=self.seed, draws=0)
+                               seed=self.seed, draws=0, stale=False)
 
     # ---- curvature statistics -------------------------------------------------------------
     @staticmethod
@@ -200,11 +206,16 @@ class KFAC(Optimizer):
         xp = B.xp
         t = state["step"] + 1
         sample_seed = self._draw_seed(state, state["draws"])
+        if not hasattr(objective, "capture"):
+            raise TypeError(f"KFAC.step: the objective ({type(objective).__name__}) has no capture(theta, factor, "
+                            f"seed), which K-FAC reads its layers and gradient from (tinygrad2.ObjectiveInterface)")
         cap = objective.capture(theta, factor=self.factor, seed=sample_seed)
         loss, g = cap.loss, cap.grad + self.weight_decay * theta
+        before = state
         stats, covered = self._update_statistics(objective, theta, cap.layers, state)
         state = {**state, **stats}
-        refresh = (t - 1) % self.inverse_every == 0 or set(state["omega_inv"]) != set(state["omega"])
+        refresh = ((t - 1) % self.inverse_every == 0 or state["stale"]
+                   or set(state["omega_inv"]) != set(state["omega"]))
         if refresh:
             inverses = {key: self.damped_inverses(state["omega"][key], state["gamma"][key],
                                                   state["damping"] + self.weight_decay) for key in state["omega"]}
@@ -213,10 +224,12 @@ class KFAC(Optimizer):
         Delta = self.direction(objective, g, cap.layers, covered, state)
 
         info = base_info(loss, cap.grad)
-        if not bool(xp.isfinite(Delta).all()):
+        if not bool(xp.isfinite(Delta).all()):  # keep the statistics of before this step: they may be the cause
             info.update(lr=0.0, mu=0.0, step_norm=0.0, damping=state["damping"], predicted=None, actual=None,
                         rho=None, inverses_refreshed=refresh, kfac_layers=len(cap.layers), fallback="non_finite")
-            return theta, {**state, "step": t, "delta": xp.zeros_like(theta)}, info
+            boosted = before["damping"] / LM_OMEGA ** self.adapt_every if self.adapt == "lm" else before["damping"]
+            return theta, {**before, "step": t, "delta": xp.zeros_like(theta), "damping": boosted,
+                           "stale": True}, info
         lam = state["damping"] + self.weight_decay
         prev = state["delta"]
         use_prev = self.lr is None and self.momentum and bool(xp.any(prev != 0))
@@ -254,15 +267,21 @@ class KFAC(Optimizer):
                     step_norm=0.0 if rejected else float(xp.linalg.norm(delta)), damping=state["damping"],
                     predicted=predicted, actual=actual, rho=rho, inverses_refreshed=refresh,
                     kfac_layers=len(cap.layers), fallback="rejected" if rejected else None)
-        if rejected:
-            return theta, {**state, "step": t, "delta": xp.zeros_like(theta), "damping": new_damping}, info
-        return theta_new, {**state, "step": t, "delta": delta, "damping": new_damping}, info
+        if rejected:  # the raised λ reaches the inverses at the next step
+            return theta, {**state, "step": t, "delta": xp.zeros_like(theta), "damping": new_damping,
+                           "stale": True}, info
+        return theta_new, {**state, "step": t, "delta": delta, "damping": new_damping, "stale": False}, info
 
 
 def _solve_small(M, rhs):
-    """The 1 x 1 or 2 x 2 system M c = rhs; a singular M falls back to least squares."""
+    """The 1 x 1 or 2 x 2 system M c = rhs; a singular M falls back to least squares
+    (checked by the result, since CuPy's solve does not raise on a singular M),
+    and a system with no finite solution gives c = 0 (no step)."""
     xp = B.xp
     try:
-        return xp.linalg.solve(M, rhs)
+        coef = xp.linalg.solve(M, rhs)
     except xp.linalg.LinAlgError:
-        return xp.linalg.lstsq(M, rhs, rcond=None)[0]
+        coef = None
+    if coef is None or not bool(xp.isfinite(coef).all()):
+        coef = xp.linalg.lstsq(M, rhs, rcond=None)[0]
+    return coef if bool(xp.isfinite(coef).all()) else xp.zeros_like(rhs)

@@ -56,7 +56,8 @@ def _write_item(group, key, item):
         sub.attrs[_KIND] = "scalar"
         sub.attrs["json"] = json.dumps({"type": type(item).__name__, "value": _encode(item)})
     else:
-        raise TypeError(f"save_state: value at '{group.name}/{key}' has unsupported type {type(item).__name__}")
+        path = f"{group.name.rstrip('/')}/{key}"  # the root group is "/": not "//key"
+        raise TypeError(f"save_state: value at '{path}' has unsupported type {type(item).__name__}")
 
 
 def _encode(x):

@@ -108,6 +108,48 @@ def test_nets_quick(data_dir):
         assert "torch columns skipped" in text
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="needs PyTorch (the compare extra)")
+def test_crosscheck_torch_quick(tmp_path):
+    text = run_benchmark("benchmarks.crosscheck_torch", tmp_path, "--quick")
+    check_header(text, "benchmarks.crosscheck_torch")
+    assert re.search(r"^torch \d+\.\d+", text, re.M)
+    for net in ("mlp-tanh", "mlp-relu", "smallcnn", "vgg11-bn-train", "vgg11-wn"):
+        for quantity in ("loss", "gradient", "HVP"):
+            assert re.search(rf"^\| {net} \| {quantity} \| ", text, re.M), (net, quantity)
+    assert re.search(r"^\| mlp-relu \| Hessian \| .* \| all agree \|$", text, re.M)
+    assert re.search(r"^\| vgg11-bn-train \| running stats \| \d\.\de-\d+ \|", text, re.M)
+    # PyTorch's fused weight norm: whatever its routes do, FD referees them in the verdict
+    assert re.search(r"^\| vgg11-wn \| HVP \| .* \| (all agree|FD: tinygrad2 ok, .*) \|$", text, re.M)
+    assert "worst tinygrad2 error against FD: " in text
+    assert text.rstrip().endswith("and with every FD-confirmed PyTorch route")  # the PASS line, exit 0
+
+
+def test_crosscheck_torch_without_torch_is_one_line():
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            "runpy.run_module('benchmarks.crosscheck_torch', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and 'pip install -e ".[compare]"' in lines[0], out.stdout
+
+
+def test_crosscheck_verdicts_are_decided_by_finite_differences():
+    """The verdict logic without torch: a PyTorch route that FD refutes is a
+    PyTorch case and does not fail the run; tinygrad2 off FD does."""
+    from benchmarks.crosscheck_torch import Row
+
+    fd, good, bad = np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-12]), np.array([1.0, 2.5])
+    row = Row("net", "HVP", {"tinygrad2": good, "autograd": good, "torch.func": bad}, fd).compare()
+    assert row.passed() and row.verdict() == "FD: tinygrad2 ok, autograd ok, torch.func WRONG"
+    assert [route for route, _ in row.torch_cases()] == ["torch.func"]
+    row = Row("net", "HVP", {"tinygrad2": bad, "autograd": good, "torch.func": "NotImplementedError: x"}, fd).compare()
+    assert not row.passed() and row.verdict() == "FD: tinygrad2 WRONG, autograd ok, torch.func fails"
+    row = Row("net", "HVP", {"tinygrad2": good, "autograd": good, "torch.func": good}, fd).compare()
+    assert row.passed() and row.verdict() == "all agree" and not row.torch_cases()
+    loss = Row("net", "loss", {"tinygrad2": np.float64(1.0), "autograd": np.float64(1.5)}).compare()
+    assert not loss.passed()
+
+
 def test_missing_data_is_one_line_naming_the_variable(tmp_path):
     env = dict(os.environ, TINYGRAD2_DATA=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "benchmarks.engine", "--quick"], cwd=ROOT, env=env,

@@ -56,16 +56,19 @@ class LayerCapture:
     _probe: Tensor = field(default=None, repr=False)
     _channels_last: object = field(default=None, repr=False)
 
-    def _finish(self):
-        grad = self._probe.grad
-        if grad is None:  # the loss does not depend on this layer's output
-            zeros = B.xp.zeros(self._probe.shape, self._probe.dtype)
-            self.grad_outputs = self._channels_last(zeros[None])[0]
+    def _finish(self, seeds):
+        grad, probe = self._probe.grad, self._probe
+        self._probe = None
+        if grad is None:  # the loss does not depend on this layer's output: zero cotangents
+            zeros = B.xp.zeros((max(seeds, 1),) + probe.shape, probe.dtype)
+            self.grad_outputs = self._channels_last(zeros[:1])[0]
+            self.seed_outputs = self._channels_last(zeros) if seeds else None
             return self
         self.grad_outputs = self._channels_last(grad.data[None])[0]
         if grad.tangent is not None:
             self.seed_outputs = self._channels_last(grad.tangent)
-        self._probe = None
+        elif seeds:  # seeds were sent but none reached this layer
+            self.seed_outputs = self._channels_last(B.xp.zeros((seeds,) + probe.shape, probe.dtype))
         return self
 
 
@@ -148,6 +151,17 @@ def kronecker_factors(layer):
     return a.T @ a / layer.examples, g.T @ g / layer.locations
 
 
-def finish(records):
-    """Fill ``grad_outputs`` and ``seed_outputs`` of records after the backward pass."""
-    return [r._finish() for r in records]
+def block_indices(layout, weight, bias=None):
+    """The θ indices of a layer's (out, in + 1) matrix [W | b] in row-major order
+    (an ``xp`` integer array): the rows and columns of its block Γ ⊗ Ω."""
+    w = layout[weight]
+    cols = B.xp.arange(w.size).reshape(w.shape[0], -1) + w.slice.start
+    if bias is not None:
+        cols = B.xp.concatenate([cols, (B.xp.arange(w.shape[0]) + layout[bias].slice.start)[:, None]], axis=1)
+    return cols.reshape(-1)
+
+
+def finish(records, seeds=0):
+    """Fill ``grad_outputs`` and ``seed_outputs`` of records after the backward pass
+    that carried ``seeds`` tangent seeds (a layer they did not reach gets zeros)."""
+    return [r._finish(seeds) for r in records]

@@ -508,7 +508,8 @@ class Objective(BaseObjective):
                     sample_grad = th.grad.tangent
         if factor == "sample" and sample_grad is None:
             sample_grad = B.xp.zeros((1,) + theta.shape, theta.dtype)
-        return Capture(float(loss.item()), grad, _capture.finish(records), factor, sample_grad)
+        seeds = 0 if U is None else U.shape[0]
+        return Capture(float(loss.item()), grad, _capture.finish(records, seeds), factor, sample_grad)
 
     def _loss_hessian_times(self, out: Tensor, T):
         """H_z T for tangents T (K, *z.shape) of the outputs z (the loss table's

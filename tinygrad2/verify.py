@@ -163,12 +163,6 @@ def _kronecker_rows(X, y, hidden, rng):
         z = a @ p["W2"].T + p["b2"]
         return capture.record("layer 2", "W2", "b2", a.data, z) if capture.active() else z
 
-    def block(weight, bias):  # θ indices of [W | b] in row-major order
-        w = layout[weight]
-        cols = xp.arange(w.size).reshape(w.shape[0], -1) + w.slice.start
-        b = (xp.arange(w.shape[0]) + layout[bias].slice.start)[:, None]
-        return xp.concatenate([cols, b], axis=1).reshape(-1)
-
     theta = rng.standard_normal(layout.n) * 0.3
     rows = []
     for examples in (1, X.shape[0]):
@@ -176,7 +170,7 @@ def _kronecker_rows(X, y, hidden, rng):
         G = obj.ggn(theta)
         for layer in obj.capture(theta, factor="exact").layers:
             omega, gamma = capture.kronecker_factors(layer)
-            idx = block(layer.weight, layer.bias)
+            idx = capture.block_indices(layout, layer.weight, layer.bias)
             err = relative_error(xp.kron(gamma, omega), G[xp.ix_(idx, idx)])
             if examples == 1:
                 rows.append((f"K-FAC Γ ⊗ Ω = exact GGN block, one example, {layer.name}", err, 1e-10))
@@ -230,9 +224,7 @@ def _kfc_rows(X, y, rng):
         theta = rng.standard_normal(layout.n) * 0.3
         conv = obj.capture(theta, factor="exact").layers[0]
         omega, gamma = capture.kronecker_factors(conv)
-        kernel, bias = layout["K"].slice, layout["c"].slice
-        idx = xp.concatenate([xp.arange(kernel.start, kernel.stop).reshape(4, 9),
-                              xp.arange(bias.start, bias.stop)[:, None]], axis=1).reshape(-1)
+        idx = capture.block_indices(layout, "K", "c")
         G = obj.ggn(theta)
         err = relative_error(xp.kron(gamma, omega), G[xp.ix_(idx, idx)])
         if examples == 1:

@@ -234,3 +234,51 @@ def test_the_curvature_study_runs_at_quick_scale(tmp_path, capsys):
     for path in sorted(tmp_path.glob("curvature-study__*.h5")):
         run = load_run(path)
         assert list(run.probes["step"]) == [0, 1, 2] and len(run.probe_batch) == 100
+
+
+def test_sharpness_ratio_is_decided_by_the_probe_not_by_when_the_prober_starts(rng):
+    """At step 0 a method that picks its own step has no lr yet: NaN, not a skip, so a prober that starts
+    later (a resumed run) records the same columns as one that ran from step 0."""
+    _, obj, theta = small(rng)
+    fresh = probes.Prober(["sharpness_ratio"], obj, every=5, log=None)
+    at0 = fresh(0, theta, optimizer=optimizers.KFAC())
+    assert np.isnan(at0["sharpness_ratio"]) and at0["sharpness_ratio:lr"] != at0["sharpness_ratio:lr"]
+    later = fresh(5, theta, prev_theta=theta, optimizer=optimizers.KFAC(), info={"lr": 0.5})
+    resumed = probes.Prober(["sharpness_ratio"], obj, every=5, log=None)
+    again = resumed(5, theta, prev_theta=theta, optimizer=optimizers.KFAC(), info={"lr": 0.5})
+    assert later.keys() == again.keys() and later["sharpness_ratio"] == again["sharpness_ratio"] > 0
+    assert fresh.skipped == {} == resumed.skipped
+
+
+def test_a_kill_before_the_final_write_keeps_the_last_probe_row(tmp_path, monkeypatch):
+    """The last step's probes are taken before the final checkpoint, so a resume after a kill between that
+    checkpoint and the final write has nothing to redo and loses no column (diag_error needs the last step)."""
+    from experiments.results import RunWriter
+
+    whole = runner.train(digits_spec(epochs=1), tmp_path / "whole.h5", progress=False, log=lambda *_: None)
+    real, calls = RunWriter.finish, []
+
+    def dies_once(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("killed before the final write")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(RunWriter, "finish", dies_once)
+    with pytest.raises(RuntimeError, match="killed before"):
+        runner.train(digits_spec(epochs=1), tmp_path / "part.h5", progress=False, log=lambda *_: None)
+    resumed = runner.train(digits_spec(epochs=1), tmp_path / "part.h5", resume=True, progress=False,
+                           log=lambda *_: None)
+    a, b = without_time(whole), without_time(resumed)
+    assert a.keys() == b.keys() and np.isfinite(a["diag_error"][-1])
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_resume_with_another_probe_batch_is_refused(tmp_path):
+    runner.train(digits_spec(epochs=1), tmp_path / "a.h5", progress=False, log=lambda *_: None)
+    other = digits_spec(epochs=2)
+    other.probes = dict(other.probes, batch=32)
+    with pytest.raises(runner.RunError, match=r"probed on another probe batch \(64 examples\); resume with its "
+                                              r"--probe-batch 64"):
+        runner.train(other, tmp_path / "a.h5", resume=True, extend=True, progress=False, log=lambda *_: None)

@@ -29,12 +29,7 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 
 def block_indices(layout, weight, bias):
-    """θ indices of a layer's (out, in + 1) matrix [W | b] in row-major order."""
-    w = layout[weight]
-    cols = np.arange(w.size).reshape(w.shape[0], -1) + w.slice.start
-    if bias is not None:
-        cols = np.hstack([cols, (np.arange(w.shape[0]) + layout[bias].slice.start)[:, None]])
-    return cols.reshape(-1)
+    return capture.block_indices(layout, weight, bias)
 
 
 def kfac_blocks(obj, theta, factor="exact", seed=0):
@@ -207,6 +202,9 @@ def test_a_step_that_raises_the_loss_is_rejected():
     assert info["fallback"] == "rejected" and info["actual"] > 0 and info["lr"] == 0.0
     assert np.array_equal(new, theta) and not state["delta"].any()
     assert state["damping"] == pytest.approx(0.01 * (20 / 19) ** 5, rel=1e-14)
+    assert state["stale"]  # the raised λ reaches the inverses at the next step
+    _, after, info = opt.step(q, theta, state)
+    assert info["inverses_refreshed"]
     paper = KFAC(lr=10.0, damping=0.01, reject=False)
     new, _, info = paper.step(q, theta, paper.init(theta))
     assert info["fallback"] is None and q.loss(new) > q.loss(theta)
@@ -222,6 +220,23 @@ def test_parameters_outside_the_layers_take_the_diagonal_fallback():
     np.testing.assert_allclose(state["diag"], np.diag(A), rtol=1e-14)
     np.testing.assert_allclose(new - theta, -q.grad(theta) / (np.diag(A) + 0.25), rtol=1e-14)
     assert info["kfac_layers"] == 0
+
+
+def test_a_non_finite_direction_keeps_the_statistics_of_before_and_raises_damping(rng, monkeypatch):
+    import optimizers.kfac as kfac_module
+
+    obj, theta = mlp_problem(rng)
+    opt = KFAC(damping=0.1, adapt_every=2, inverse_every=1)
+    theta, state, _ = opt.step(obj, theta, opt.init(theta))
+    real = kfac_module.kronecker_factors
+    monkeypatch.setattr(kfac_module, "kronecker_factors", lambda layer: tuple(f * np.nan for f in real(layer)))
+    new, after, info = opt.step(obj, theta, state)  # this step's factors are NaN
+    assert info["fallback"] == "non_finite" and np.array_equal(new, theta)
+    assert all(np.array_equal(after["omega"][k], state["omega"][k]) for k in state["omega"])  # not poisoned
+    assert after["damping"] == pytest.approx(0.1 * (20 / 19) ** 2) and after["stale"]
+    monkeypatch.setattr(kfac_module, "kronecker_factors", real)
+    _, ok, info = opt.step(obj, theta, after)
+    assert info["fallback"] is None and info["inverses_refreshed"]
 
 
 def test_inverses_are_refreshed_every_t3_steps(rng):

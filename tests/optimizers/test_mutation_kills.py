@@ -1501,3 +1501,240 @@ def test_bb_smoothing_is_the_geometric_mean_recurrence():
             assert state["smooth_c"] == pytest.approx(c, rel=1e-12) and state["lr"] == pytest.approx(c / k, rel=1e-12)
             updates += 1
     assert updates == 5 and state["epoch"] == 6
+
+
+# ---------------------------------------------------------------- Hybrid (third pass)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threshold": -1.0}, "threshold must be a number >= 0 (inf allowed), got -1.0"),
+    ({"threshold": "a"}, "threshold must be a real number, got 'a' (str)"),
+    ({"sgd_lr": 0}, "sgd_lr must be a finite number > 0, got 0"),
+    ({"sgd_momentum": 1.0}, "sgd_momentum must lie in [0, 1), got 1.0"),
+    ({"ada_lr": 0}, "ada_lr must be a finite number > 0, got 0"),
+    ({"lr": 0.1}, "give AdaHessian's learning rate as ada_lr, not lr"),
+])
+def test_hybrid_refuses_bad_settings_by_name(kwargs, message):
+    from optimizers.hybrid import Hybrid
+
+    with pytest.raises(ValueError) as err:
+        Hybrid(**kwargs)
+    assert str(err.value) == f"Hybrid: {message}"
+
+
+def test_hybrid_defaults_limits_and_init_state():
+    from optimizers.hybrid import Hybrid
+
+    opt = Hybrid()
+    assert (opt.threshold, opt.sgd_lr, opt.sgd_momentum, opt.ada_lr, opt.ada_kwargs) == (1.0, 0.005, 0.9, 0.001, {})
+    assert Hybrid(seed=3, eps=0.0).ada_kwargs == {"seed": 3, "eps": 0.0}
+    assert Hybrid(threshold=0.0).threshold == 0.0 and Hybrid(threshold=0.5).threshold == 0.5
+    state = opt.init(np.zeros(2))
+    assert state["ada"] is None and state["phase"] == "sgd" and state["sgd"] == SGD(0.1).init(np.zeros(2))
+
+
+@pytest.mark.usefixtures("float64")
+def test_hybrid_switches_only_below_the_threshold_and_reports_it():
+    from optimizers.hybrid import Hybrid
+
+    obj, theta = tg.Quadratic(np.diag([1.0, 2.0]), np.ones(2)), np.array([1.0, -1.0])
+    opt = Hybrid(threshold=0.5, sgd_lr=0.1, ada_lr=0.1)
+    theta, state, info = opt.step(obj, theta, opt.init(theta))
+    assert info["nhvp"] == 0 and info["phase"] == "sgd" and info["switch_epoch"] is None
+    state = opt.end_epoch(theta, state, {"val_loss": 0.5})  # equal: not below
+    assert state["phase"] == "sgd"
+    state = opt.end_epoch(theta, state, {"val_loss": 0.25})
+    assert state["phase"] == "adahessian" and state["sgd"] is None and state["switch_epoch"] == 2
+    theta, state, info = opt.step(obj, theta, state)
+    assert info["nhvp"] == 1 and (info["switch_step"], info["switch_epoch"]) == (1, 2)
+
+
+# ---------------------------------------------------------------- state.py, GaussNewton (third pass)
+
+
+def memory_h5(name="state.h5"):
+    import h5py
+
+    return h5py.File(name, "w", driver="core", backing_store=False)
+
+
+def test_state_round_trip_keeps_tuples_lists_and_non_finite_floats():
+    from optimizers.state import load_state, save_state
+
+    state = {"t": (1, 2.5, None, "s"), "l": [True, (0.1,)], "x": np.arange(3.0), "f": [math.nan, math.inf, -math.inf]}
+    with memory_h5() as f:
+        save_state(f, state)
+        back = load_state(f)
+    assert type(back["t"]) is tuple and back["t"] == (1, 2.5, None, "s")
+    assert type(back["l"]) is list and type(back["l"][1]) is tuple and back["l"] == [True, (0.1,)]
+    assert math.isnan(back["f"][0]) and back["f"][1:] == [math.inf, -math.inf]
+    np.testing.assert_array_equal(back["x"], np.arange(3.0))
+
+
+class ShapeOnly:
+    shape = (2,)
+
+
+@pytest.mark.parametrize("state, error, message", [
+    ([1, 2], TypeError, "save_state: state must be a dict, got list"),
+    ({1: 2}, ValueError, "save_state: keys must be strings without '/', got 1"),
+    ({"a/b": 2}, ValueError, "save_state: keys must be strings without '/', got 'a/b'"),
+    ({"s": {1, 2}}, TypeError, "save_state: value at '/s' has unsupported type set"),
+    ({"s": ShapeOnly()}, TypeError, "save_state: value at '/s' has unsupported type ShapeOnly"),
+    ({"a": [0, {"s": {1}}]}, TypeError, "save_state: value at '/a/1/s' has unsupported type set"),
+])
+def test_save_state_refuses_what_it_cannot_write_back(state, error, message):
+    from optimizers.state import save_state
+
+    with memory_h5() as f, pytest.raises(error) as err:
+        save_state(f, state)
+    assert str(err.value) == message
+
+
+def test_load_state_refuses_a_group_it_did_not_write():
+    from optimizers.state import load_state
+
+    with memory_h5() as f, pytest.raises(ValueError) as err:
+        f.create_group("other")
+        load_state(f["other"])
+    assert str(err.value) == "load_state: group '/other' was not written by save_state"
+
+
+@pytest.mark.parametrize("a, b, equal", [
+    ({"x": 1}, {"x": 1, "y": 2}, False),
+    ([1, 2], [1, 2, 3], False),
+    ([1], (1,), False),
+    (np.zeros(2, np.int64), np.zeros(2, np.float64), False),   # the same bytes, another dtype
+    (np.zeros(4), np.zeros((2, 2)), False),                    # the same bytes, another shape
+    (np.zeros(2), [0.0, 0.0], False),
+    (math.nan, math.nan, True),
+    (1.0, math.nan, False),
+    (math.nan, 1.0, False),
+    (1.0, 2.0, False),
+    (1, 1.0, False),
+    (True, 1, False),
+    ({"a": [np.ones(2), (math.nan, None)]}, {"a": [np.ones(2), (math.nan, None)]}, True),
+])
+def test_states_equal_is_exact(a, b, equal):
+    from optimizers.state import states_equal
+
+    assert states_equal(a, b) is equal
+
+
+def test_gauss_newton_passes_lr_on():
+    from optimizers import GaussNewton
+
+    opt = GaussNewton(lr=0.5, damping=2.0)
+    assert (opt.lr, opt.damping, opt.curvature) == (0.5, 2.0, "ggn")
+
+
+# ---------------------------------------------------------------- base.py: minimize, results, checks (third pass)
+
+
+@pytest.mark.usefixtures("float64")
+def test_minimize_status_message_and_counts_for_each_stop():
+    obj = tg.Quadratic(np.eye(2))  # f = ½||x||²: SGD with lr 1 lands on 0 in one step
+    obj.loss(np.ones(2))  # counts before minimize are not charged to it
+    r = SGD(1.0).minimize(obj, np.array([1.0, 2.0]), gtol=0.0, maxiter=10)
+    assert (r.status, r.message, r.success, r.nit) == (0, "gradient norm below gtol", True, 2)  # ||g||_inf = 0 <= 0
+    assert (r.nfev, r.njev, r.nhvp, r.fun, len(r.history), r.state["step"]) == (3, 3, 0, 0.0, 2, 2)
+    np.testing.assert_array_equal(r.jac, [0.0, 0.0])
+    assert 0 <= r.time < 60
+    assert repr(r) == ("OptimizeResult(message='gradient norm below gtol', success=True, status=0, fun=0.0, nit=2, "
+                       "nfev=3, njev=3, nhvp=0)")
+    # maxiter reached, but the final gradient is below gtol: a success
+    r = SGD(1.0).minimize(obj, np.array([1.0, 2.0]), gtol=0.0, maxiter=1)
+    assert (r.status, r.message, r.nit) == (0, "gradient norm below gtol", 1)
+    r = SGD(0.5).minimize(obj, np.array([1.0, 2.0]), maxiter=3)
+    assert (r.status, r.message, r.success, r.nit, len(r.history)) == (1, "maximum number of iterations reached",
+                                                                       False, 3, 3)
+    r = SGD(1e-3).minimize(obj, np.array([1.0, 0.5]))  # defaults: maxiter 100, gtol 1e-8
+    assert (r.status, r.nit) == (1, 100)
+    seen = []
+    r = SGD(0.5).minimize(obj, np.array([1.0, 2.0]), callback=lambda x, info: seen.append((x, info)) or len(seen) == 2)
+    assert (r.status, r.message, r.nit) == (2, "stopped by the callback", 2)
+    np.testing.assert_array_equal(seen[-1][0], r.x)
+    assert seen[-1][1] is r.history[-1]
+    with pytest.warns(RuntimeWarning):
+        r = SGD(1e308).minimize(obj, np.array([1e10, 0.0]))
+    assert (r.status, r.message, r.nit) == (3, "non-finite parameters after iteration 1", 1)
+    np.testing.assert_array_equal(r.x, [1e10, 0.0])
+    from optimizers.adahessian import AdaHessian
+
+    ada = tg.Quadratic(np.diag([1.0, 2.0]))
+    r = AdaHessian().minimize(ada, np.ones(2), maxiter=3)
+    assert r.nhvp == 3 and r.nfev == r.njev == 4
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("scale, ftol_of", [(1.0, lambda d: d[2]), (1.0, lambda d: 0.75 * d[2]), (16.0, lambda d: 0.75)])
+def test_minimize_ftol_compares_the_loss_change_with_ftol_times_max_1_abs_f(scale, ftol_of):
+    """DampedNewton with lr ½ on ½||x||² halves x: f_k = f₀/4ᵏ, |Δf_k| = 3 f₀/4ᵏ (all dyadic, exact); it
+    stops at the first k with |Δf_k| <= ftol·max(1, f_{k-1})."""
+    obj = tg.Quadratic(np.eye(2))
+    x0 = scale * np.array([0.5, 0.25])
+    f0 = 0.5 * float(x0 @ x0)
+    change = {k: 3 * f0 / 4**k for k in range(1, 30)}
+    ftol = ftol_of(change)
+    expected = next(k for k in change if change[k] <= ftol * max(1.0, f0 / 4 ** (k - 1)))
+    r = DampedNewton(lr=0.5, damping=0.0, adapt="fixed").minimize(obj, x0, ftol=ftol, gtol=0.0, maxiter=30)
+    assert (r.status, r.message, r.nit) == (0, "loss change below ftol", expected)
+    assert [-info["loss_change"] for info in r.history] == [change[k] for k in range(1, expected + 1)]
+
+
+def test_optimize_result_attributes_and_the_info_table_reader():
+    from optimizers import base
+    from optimizers.base import OptimizeResult, _read_info_table
+
+    with pytest.raises(AttributeError, match="^nope$"):
+        OptimizeResult(x=1).nope
+    doc = """Title
+
+Info keys
+---------
+text
+
+======  ====
+key     meaning
+======  ====
+``a``   first
+        and more
+``b2``  second
+======  ====
+after
+
+======  ====
+``c``   not in the table
+======  ====
+"""
+    assert _read_info_table(doc) == {"a": "first and more", "b2": "second"}
+    assert _read_info_table("") == {} and _read_info_table(base.__doc__) == base.INFO_KEYS
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LBFGS(c2="a"), "LBFGS: c2 must be a real number, got 'a' (str)"),
+    (lambda: LBFGS(history_size=1.5), "LBFGS: history_size must be an integer >= 1, got 1.5 (float)"),
+    (lambda: Adam(betas=0.9), "Adam: betas must be a pair (tuple of two), got 0.9 (float)"),
+])
+def test_type_errors_name_the_argument_and_show_the_value(make, message):
+    with pytest.raises(TypeError) as err:
+        make()
+    assert str(err.value) == message
+
+
+@pytest.mark.usefixtures("float64")
+def test_check_state_messages_and_check_choice_of_a_bool():
+    from optimizers.base import check_choice
+
+    assert check_choice("flag", True, (True, "auto")) is True
+    obj, opt = tg.Quadratic(np.eye(2)), SGD(0.1)
+    for state, theta, message in [
+        ([1], np.zeros(2), "SGD.step: state must be the dict returned by SGD.init(theta), got list"),
+        ({}, np.zeros(2), "SGD.step: the state has no 'optimizer' entry (not made by an init of this version), "
+                          "not by SGD.init; start from SGD.init(theta)"),
+        (opt.init(np.zeros(2)), [0.0, 0.0], "SGD.step: the state was made for a theta of size 2, but theta has "
+                                            "size None; start from SGD.init(theta)"),
+    ]:
+        with pytest.raises((TypeError, ValueError)) as err:
+            opt.step(obj, theta, state)
+        assert str(err.value) == message
