@@ -604,13 +604,14 @@ def test_clean_temp_files_keeps_new_temps_links_and_other_names(tmp_path):
     assert R.clean_temp_files(tmp_path / new.name) == []  # a file, not a folder
 
 
-def test_a_young_temp_file_of_another_name_may_be_a_write_in_flight(tmp_path):
+def test_a_young_temp_file_of_another_name_may_be_a_write_in_flight(tmp_path, monkeypatch):
     """A sweep worker started later must not remove the temp file another worker is about to rename."""
+    monkeypatch.setattr(R, "_PROCESS_START", time.time())  # a worker process that has just started
     other = tmp_path / ".digits__SGD__seed=1.h5.abcd1234.tmp"
     own = tmp_path / ".digits__SGD__seed=2.h5.efgh5678.tmp"
     for p in (other, own):
         p.write_bytes(b"x")
-        os.utime(p, (R._PROCESS_START - 1, R._PROCESS_START - 1))  # before this process, but seconds ago
+        os.utime(p, (R._PROCESS_START - 1, R._PROCESS_START - 1))  # before this process, but a second ago
     assert R.clean_temp_files(tmp_path, own="digits__SGD__seed=2.h5") == [own]
     assert other.exists()
     os.utime(other, (time.time() - R.TEMP_GRACE_SECONDS - 1,) * 2)

@@ -1738,3 +1738,11 @@ def test_check_state_messages_and_check_choice_of_a_bool():
         with pytest.raises((TypeError, ValueError)) as err:
             opt.step(obj, theta, state)
         assert str(err.value) == message
+
+
+def test_optimizer_repr_and_hyperparameters_leave_out_private_attributes():
+    from optimizers.hybrid import Hybrid
+
+    assert repr(SGD(0.1)) == "SGD(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0)"
+    assert Hybrid(seed=2).hyperparameters() == {"threshold": 1.0, "sgd_lr": 0.005, "sgd_momentum": 0.9,
+                                                "ada_lr": 0.001, "ada_kwargs": {"seed": 2}}
