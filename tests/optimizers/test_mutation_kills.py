@@ -1,7 +1,10 @@
 """Tests written for mutants that survived the mutation pass (docs/MUTATION.md):
 DampedNewton's info figures, the saddle-free eigenvalue report, the
 non-finite fallback's state and info, the acceptance of a step that leaves
-the loss exactly equal, and the dtype of θ through a damped step."""
+the loss exactly equal, and the dtype of θ through a damped step; from the
+second pass HessianFree, cg and Newton; from the third pass L-BFGS (its line
+search against N&W Alg. 3.5/3.6), AdaHessian, SGD-PH, SGD, Adam, SGD-BB, the
+Hybrid, state.py, GaussNewton and base.py (``minimize``, the checks)."""
 from __future__ import annotations
 
 import math
@@ -1582,6 +1585,7 @@ class ShapeOnly:
     ({"s": {1, 2}}, TypeError, "save_state: value at '/s' has unsupported type set"),
     ({"s": ShapeOnly()}, TypeError, "save_state: value at '/s' has unsupported type ShapeOnly"),
     ({"a": [0, {"s": {1}}]}, TypeError, "save_state: value at '/a/1/s' has unsupported type set"),
+    ({"aX": {"s": {1}}}, TypeError, "save_state: value at '/aX/s' has unsupported type set"),
 ])
 def test_save_state_refuses_what_it_cannot_write_back(state, error, message):
     from optimizers.state import save_state
@@ -1746,3 +1750,14 @@ def test_optimizer_repr_and_hyperparameters_leave_out_private_attributes():
     assert repr(SGD(0.1)) == "SGD(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0)"
     assert Hybrid(seed=2).hyperparameters() == {"threshold": 1.0, "sgd_lr": 0.005, "sgd_momentum": 0.9,
                                                 "ada_lr": 0.001, "ada_kwargs": {"seed": 2}}
+
+
+@pytest.mark.usefixtures("float64")
+def test_minimize_without_counts_with_maxiter_0_and_a_gtol_stop_on_the_step_info():
+    r = SGD(0.5).minimize(ScriptedGradients([1.0, 1.0]), np.zeros(2), maxiter=2)  # no ``counts``: zeros
+    assert (r.nfev, r.njev, r.nhvp, r.nit) == (0, 0, 0, 2)
+    r = SGD(0.5).minimize(tg.Quadratic(np.eye(2)), np.ones(2), maxiter=0)
+    assert (r.nit, r.history, r.status) == (0, [], 1)
+    # the step's own ||g||_inf (at its start, 0.5) meets gtol, although the gradient after it does not
+    r = SGD(3.0).minimize(tg.Quadratic(np.eye(2)), np.array([0.5, 0.25]), gtol=0.5)
+    assert (r.status, r.message, r.nit) == (0, "gradient norm below gtol", 1) and np.abs(r.jac).max() == 1.0
