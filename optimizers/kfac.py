@@ -283,5 +283,8 @@ def _solve_small(M, rhs):
     except xp.linalg.LinAlgError:
         coef = None
     if coef is None or not bool(xp.isfinite(coef).all()):
-        coef = xp.linalg.lstsq(M, rhs, rcond=None)[0]
-    return coef if bool(xp.isfinite(coef).all()) else xp.zeros_like(rhs)
+        try:  # NumPy's lstsq raises on a non-finite M ("SVD did not converge")
+            coef = xp.linalg.lstsq(M, rhs, rcond=None)[0]
+        except xp.linalg.LinAlgError:
+            coef = None
+    return coef if coef is not None and bool(xp.isfinite(coef).all()) else xp.zeros_like(rhs)
