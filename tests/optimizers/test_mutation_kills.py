@@ -4,7 +4,8 @@ non-finite fallback's state and info, the acceptance of a step that leaves
 the loss exactly equal, and the dtype of θ through a damped step; from the
 second pass HessianFree, cg and Newton; from the third pass L-BFGS (its line
 search against N&W Alg. 3.5/3.6), AdaHessian, SGD-PH, SGD, Adam, SGD-BB, the
-Hybrid, state.py, GaussNewton and base.py (``minimize``, the checks)."""
+Hybrid, state.py, GaussNewton and base.py (``minimize``, the checks); from the
+fourth pass K-FAC, Sophia and Shampoo."""
 from __future__ import annotations
 
 import math
@@ -12,9 +13,13 @@ import math
 import numpy as np
 import pytest
 
+import nets
 import tinygrad2 as tg
-from optimizers import LBFGS, SGD, Adam, AdamW, DampedNewton, HessianFree, Newton
-from tinygrad2 import backend
+from optimizers import KFAC, LBFGS, SGD, Adam, AdamW, DampedNewton, HessianFree, Newton
+from optimizers.kfac import _solve_small
+from optimizers.shampoo import Shampoo
+from optimizers.sophia import Sophia
+from tinygrad2 import Quadratic, backend, rademacher
 
 
 def diagonal_quadratic(eigenvalues, dtype=np.float64):
@@ -1761,3 +1766,515 @@ def test_minimize_without_counts_with_maxiter_0_and_a_gtol_stop_on_the_step_info
     # the step's own ||g||_inf (at its start, 0.5) meets gtol, although the gradient after it does not
     r = SGD(3.0).minimize(tg.Quadratic(np.eye(2)), np.array([0.5, 0.25]), gtol=0.5)
     assert (r.status, r.message, r.nit) == (0, "gradient norm below gtol", 1) and np.abs(r.jac).max() == 1.0
+
+
+# ---------------------------------------------------------------- K-FAC (fourth pass)
+
+
+def _kfac_mlp(seed=0, batch=16, sizes=(4, 5, 3)):
+    """(objective, theta) of a tanh MLP softmax classifier: every parameter is in a Linear layer."""
+    rng = np.random.default_rng(seed)
+    model = nets.MLP(sizes, activation="tanh")
+    X = rng.standard_normal((batch, sizes[0]))
+    return model.objective("cross_entropy", X, rng.integers(0, sizes[-1], batch)), model.init_theta(seed)
+
+
+def _kfac_bn_net(seed=0, batch=16):
+    """(objective, theta) of Linear, Tanh, BatchNorm1d, Linear: BN's γ and β lie outside the layers."""
+    from nets.layers import Flatten, Linear, Sequential, Tanh
+    from nets.normalization import BatchNorm1d
+
+    rng = np.random.default_rng(seed)
+    model = Sequential(Flatten(), Linear(4, 5), Tanh(), BatchNorm1d(5), Linear(5, 3))
+    X = rng.standard_normal((batch, 4))
+    return model.objective("cross_entropy", X, rng.integers(0, 3, batch)), model.init_theta(seed)
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_init_state_is_empty_and_fresh():
+    theta = np.array([0.5, -1.0, 2.0])
+    state = KFAC(damping=0.3, seed=7).init(theta)
+    assert set(state) == {"optimizer", "theta_size", "step", "damping", "updates", "omega", "gamma", "omega_inv",
+                          "gamma_inv", "diag", "delta", "seed", "draws", "stale"}
+    assert state["damping"] == 0.3 and type(state["damping"]) is float
+    assert state["updates"] == 0 and state["draws"] == 0 and state["seed"] == 7 and state["step"] == 0
+    for key in ("omega", "gamma", "omega_inv", "gamma_inv"):
+        assert state[key] == {} and type(state[key]) is dict
+    for key in ("diag", "delta"):
+        assert state[key].shape == theta.shape and state[key].dtype == theta.dtype and not state[key].any()
+    assert state["stale"] is False
+
+
+def test_kfac_solve_small_solves_and_falls_back_to_least_squares_then_to_zero():
+    M = np.array([[2.0, 1.0], [1.0, 3.0]])
+    np.testing.assert_allclose(_solve_small(M, M @ np.array([1.5, -0.5])), [1.5, -0.5], rtol=1e-14)
+    # singular: np.linalg.solve raises; least squares gives the minimum-norm solution of x + y = 2
+    singular = np.array([[1.0, 1.0], [1.0, 1.0]])
+    coef = _solve_small(singular, np.array([2.0, 2.0]))
+    assert coef.shape == (2,)
+    np.testing.assert_allclose(coef, [1.0, 1.0], rtol=1e-14)
+    # no finite solution (an overflowed Gram matrix): c = 0, no step (the docstring's promise)
+    for bad in (np.full((2, 2), np.inf), np.array([[np.inf, np.inf], [np.inf, 1.0]]),
+                np.array([[np.nan, 1.0], [1.0, 1.0]])):
+        coef = _solve_small(bad, np.array([2.0, 2.0]))
+        assert coef.shape == (2,) and coef.dtype == np.float64
+        np.testing.assert_array_equal(coef, [0.0, 0.0])
+    np.testing.assert_array_equal(_solve_small(np.array([[0.0]]), np.array([0.0])), [0.0])
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_refuses_a_state_whose_layer_changed_its_input_size():
+    # MLP 4-5-3 and MLP 6-4-3 both have 43 parameters and the layer names "1.weight", ...
+    obj, theta = _kfac_mlp(sizes=(4, 5, 3))
+    other, _ = _kfac_mlp(sizes=(6, 4, 3))
+    opt = KFAC(lr=0.1, adapt="fixed")
+    _, state, _ = opt.step(obj, theta, opt.init(theta))
+    with pytest.raises(ValueError) as err:
+        opt.step(other, theta, state)
+    assert str(err.value) == "KFAC: layer '1.weight' changed its input size since the state was made"
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_both_factors_follow_the_decay_min_of_1_minus_1_over_k_and_factor_decay():
+    obj, theta = _kfac_mlp()
+    opt = KFAC(factor_decay=0.6, lr=0.1, adapt="fixed", reject=False)
+    thetas, states = [theta], [opt.init(theta)]
+    for _ in range(3):
+        t, s, _ = opt.step(obj, thetas[-1], states[-1])
+        thetas.append(t), states.append(s)
+    fresh = []
+    for t in thetas[:3]:
+        cap = obj.capture(t, factor="exact")
+        fresh.append({layer.weight: tg.capture.kronecker_factors(layer) for layer in cap.layers})
+    for key in states[1]["omega"]:
+        for i, name in enumerate(("omega", "gamma")):
+            want = fresh[0][key][i]                          # k = 1: taken whole
+            np.testing.assert_allclose(states[1][name][key], want, rtol=1e-12)
+            want = 0.5 * want + 0.5 * fresh[1][key][i]       # k = 2: ε = min(1/2, 0.6)
+            np.testing.assert_allclose(states[2][name][key], want, rtol=1e-12)
+            want = 0.6 * want + 0.4 * fresh[2][key][i]       # k = 3: ε = min(2/3, 0.6)
+            np.testing.assert_allclose(states[3][name][key], want, rtol=1e-12)
+    assert [s["updates"] for s in states] == [0, 1, 2, 3]
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_on_layers_only_draws_one_seed_per_step_and_keeps_no_diagonal():
+    obj, theta = _kfac_mlp()
+    opt = KFAC(lr=0.1, adapt="fixed")
+    state = opt.init(theta)
+    for k in (1, 2):
+        theta, state, info = opt.step(obj, theta, state)
+        assert state["draws"] == k and info["kfac_layers"] == 2  # the factor sample's draw only
+        assert not state["diag"].any()
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_diagonal_of_the_parameters_outside_the_layers_is_seeded_and_averaged():
+    """Draw j of a run seeded s uses seed s·2³² + j; each step draws the factor sample (j even) and
+    then z (j odd), Rademacher on the non-layer entries only; d = z ⊙ (G z), averaged like the factors."""
+    obj, theta = _kfac_bn_net()
+    names = obj.layout.names
+    outside = np.zeros(theta.shape, bool)
+    for name in ("3.weight", "3.bias"):  # BatchNorm1d's γ and β
+        outside[obj.layout[name].slice] = True
+    opt = KFAC(lr=0.05, adapt="fixed", factor_decay=0.9, seed=3, reject=False)
+    state, thetas, states = opt.init(theta), [theta], []
+    for _ in range(2):
+        theta, state, info = opt.step(obj, theta, state)
+        thetas.append(theta), states.append(state)
+    assert names == ["1.weight", "1.bias", "3.weight", "3.bias", "4.weight", "4.bias"] and info["kfac_layers"] == 2
+    fresh = []
+    for j, t in ((1, thetas[0]), (3, thetas[1])):
+        z = rademacher(t.shape, seed=3 * 2**32 + j, dtype=t.dtype) * outside
+        fresh.append(z * obj.ggn_vp(t, z))
+    assert [s["draws"] for s in states] == [2, 4]
+    np.testing.assert_allclose(states[0]["diag"], fresh[0], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(states[1]["diag"], 0.5 * fresh[0] + 0.5 * fresh[1], rtol=1e-12, atol=0)
+    assert not states[1]["diag"][~outside].any() and states[1]["diag"][outside].all()
+    assert np.isfinite(states[1]["diag"]).all()
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_diagonal_step_floors_a_negative_estimate_at_zero_and_adds_damping_and_weight_decay():
+    """-(g + ηθ) / (max(d, 0) + λ + η): with A = diag(a) - c (z zᵀ - I) for the z of the seed,
+    z ⊙ (A z) = a - c (n - 1) exactly, so d = (-0.75, -0.5, 1.0) for a = (0.25, 0.5, 2), c = ½."""
+    seed, n = 2, 3
+    z = rademacher((n,), seed=seed * 2**32 + 1, dtype=np.float64)  # draw 1: after the factor sample
+    A = np.diag([0.25, 0.5, 2.0]) - 0.5 * (np.outer(z, z) - np.eye(n))
+    b = np.array([1.0, -2.0, 0.5])
+    q = tg.Quadratic(A, b)
+    theta = np.array([0.5, 1.5, -1.0])
+    lam, eta = 0.25, 0.125
+    opt = KFAC(lr=1.0, damping=lam, weight_decay=eta, adapt="fixed", reject=False, seed=seed)
+    new, state, info = opt.step(q, theta, opt.init(theta))
+    d = np.array([-0.75, -0.5, 1.0])
+    np.testing.assert_allclose(state["diag"], d, rtol=1e-14)
+    g = A @ theta - b + eta * theta
+    np.testing.assert_allclose(new - theta, -g / (np.maximum(d, 0) + lam + eta), rtol=1e-13)
+    assert info["kfac_layers"] == 0 and info["lr"] == 1.0 and info["mu"] == 0.0
+
+
+def test_kfac_step_on_an_objective_without_capture_names_the_objective_and_the_method():
+    class NoCapture:
+        layout = None
+
+    theta = np.zeros(2)
+    opt = KFAC()
+    with pytest.raises(TypeError) as err:
+        opt.step(NoCapture(), theta, opt.init(theta))
+    assert str(err.value) == ("KFAC.step: the objective (NoCapture) has no capture(theta, factor, seed), which "
+                              "K-FAC reads its layers and gradient from (tinygrad2.ObjectiveInterface)")
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_two_steps_on_a_quadratic_are_the_closed_forms():
+    """No layers: Δ = -(g + ηθ)/(max(d, 0) + λ + η), d the average of z ⊙ (A z) over the draws z (seed s:
+    draw 2k - 1 on step k); step 1 takes α of the model M(δ) = gᵀδ + ½δᵀ(A + (λ+η)I)δ along Δ, step 2 α
+    and μ along [Δ, δ₁]; ρ = actual / predicted with the ℓ2 term in both; on step 2 (T₁ = 2) the model is
+    exact, ρ = 1 > ¾, so λ ← λ (19/20)². A is not diagonal, so μ ≠ 0."""
+    A = np.array([[2.0, 0.5, 0.0], [0.5, 4.0, 1.0], [0.0, 1.0, 9.0]])
+    b = np.array([1.0, -2.0, 3.0])
+    q = tg.Quadratic(A, b)
+    lam, eta, seed = 0.5, 0.25, 6
+    opt = KFAC(damping=lam, weight_decay=eta, adapt_every=2, seed=seed)
+    theta = np.array([3.0, 3.0, -3.0])
+    state = opt.init(theta)
+
+    def f(x):
+        return 0.5 * x @ A @ x - b @ x + 0.5 * eta * x @ x
+
+    prev, d = np.zeros(3), None
+    for k in (1, 2):
+        z = rademacher((3,), seed=seed * 2**32 + 2 * k - 1, dtype=np.float64)
+        d = z * (A @ z) if k == 1 else 0.5 * d + 0.5 * z * (A @ z)
+        g = A @ theta - b + eta * theta
+        Delta = -g / (np.maximum(d, 0) + lam + eta)
+        D = np.stack([Delta, prev]) if k == 2 else Delta[None]
+        M = D @ (A + (lam + eta) * np.eye(3)) @ D.T
+        coef = np.linalg.solve(M, -D @ g)
+        delta = coef @ D
+        predicted = g @ delta + 0.5 * delta @ (A @ delta + eta * delta)
+        actual = f(theta + delta) - f(theta)
+        new, state, info = opt.step(q, theta, state)
+        np.testing.assert_allclose(state["diag"], d, rtol=1e-14)
+        np.testing.assert_allclose(new, theta + delta, rtol=1e-12)
+        assert info["lr"] == pytest.approx(coef[0], rel=1e-12)
+        assert info["mu"] == (pytest.approx(coef[1], rel=1e-10) if k == 2 else 0.0)
+        assert info["step_norm"] == pytest.approx(np.linalg.norm(delta), rel=1e-12)
+        assert info["predicted"] == pytest.approx(predicted, rel=1e-12)
+        assert info["actual"] == pytest.approx(actual, rel=1e-10)
+        assert info["rho"] == pytest.approx(actual / predicted, rel=1e-10)
+        assert info["damping"] == lam and info["fallback"] is None and info["kfac_layers"] == 0
+        assert info["inverses_refreshed"] is (k == 1)
+        np.testing.assert_allclose(state["delta"], delta, rtol=1e-12)
+        assert state["stale"] is False and state["step"] == k
+        prev, theta = delta, new
+    assert abs(info["mu"]) > 1e-3
+    assert info["rho"] == pytest.approx(1.0, rel=1e-9)
+    assert state["damping"] == pytest.approx(lam * (19 / 20) ** 2, rel=1e-14)
+    # momentum=False: μ = 0 on every step, δ = α Δ
+    opt = KFAC(damping=lam, momentum=False, adapt="fixed", seed=seed)
+    theta, state = np.array([3.0, 3.0, -3.0]), opt.init(np.zeros(3))
+    for _ in range(2):
+        theta, state, info = opt.step(q, theta, state)
+        assert info["mu"] == 0.0
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_with_a_fixed_lr_takes_a_fresh_product_on_adaptation_steps_and_boosts_a_poor_rho():
+    """lr = 10 overshoots: ρ < ¼, so λ ← λ / (19/20)^T₁ (T₁ = 1); predicted uses G δ of this step."""
+    a, b = np.array([1.0, 4.0]), np.array([1.0, -2.0])
+    q = tg.Quadratic(np.diag(a), b)
+    lam, eta, lr = 0.01, 0.5, 10.0
+    theta = np.array([3.0, 3.0])
+    opt = KFAC(lr=lr, damping=lam, weight_decay=eta, adapt_every=1, reject=False)
+    new, state, info = opt.step(q, theta, opt.init(theta))
+    g = a * theta - b + eta * theta
+    delta = -lr * g / (a + lam + eta)
+    np.testing.assert_allclose(new, theta + delta, rtol=1e-13)
+    predicted = g @ delta + 0.5 * delta @ ((a + eta) * delta)
+    assert info["predicted"] == pytest.approx(predicted, rel=1e-12)
+    assert info["lr"] == lr and info["mu"] == 0.0 and info["fallback"] is None
+    assert info["rho"] < 0.25
+    assert state["damping"] == pytest.approx(lam / (19 / 20), rel=1e-14)
+    # not an adaptation step (T₁ = 2, t = 1) and no rejection: neither actual nor predicted
+    opt = KFAC(lr=lr, damping=lam, adapt_every=2, reject=False)
+    _, state, info = opt.step(q, theta, opt.init(theta))
+    assert info["actual"] is None and info["predicted"] is None and info["rho"] is None
+    assert state["damping"] == lam
+    # lr=None: the model's product is at hand every step, so predicted but no actual
+    opt = KFAC(damping=lam, adapt_every=2, reject=False)
+    _, _, info = opt.step(q, theta, opt.init(theta))
+    assert info["predicted"] < 0 and info["actual"] is None and info["rho"] is None
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_accepts_an_exactly_equal_loss_and_rejects_a_small_rise():
+    """f = ½||x||², d = 1, λ = 1: Δ = -x/2, so lr 4 lands on -x (same loss, bit for bit) and lr 4.5 on
+    -1.25 x (a rise below 1). A rejection after a taken step zeroes the momentum and marks the inverses
+    stale; the next taken step clears the mark."""
+    q = tg.Quadratic(np.eye(2))
+    x = np.array([0.5, -0.25])
+    opt = KFAC(lr=4.0, damping=1.0, adapt="fixed")
+    new, state, info = opt.step(q, x, opt.init(x))
+    np.testing.assert_array_equal(new, -x)
+    assert info["actual"] == 0.0 and info["fallback"] is None and info["lr"] == 4.0
+    rise = KFAC(lr=4.5, damping=1.0, adapt="fixed")
+    back, rejected, info = rise.step(q, new, state)  # state["delta"] = -2x from the taken step
+    assert 0 < info["actual"] < 1 and info["fallback"] == "rejected"
+    np.testing.assert_array_equal(back, new)
+    assert info["lr"] == 0.0 and info["mu"] == 0.0 and info["step_norm"] == 0.0
+    assert rejected["delta"].shape == x.shape and not rejected["delta"].any()
+    assert rejected["stale"] is True and rejected["damping"] == 1.0 and rejected["step"] == 2
+    _, again, info = opt.step(q, new, rejected)
+    assert info["fallback"] is None and info["inverses_refreshed"] and again["stale"] is False
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("adapt", ["lm", "fixed"])
+def test_kfac_non_finite_direction_info_and_state(adapt, monkeypatch):
+    import optimizers.kfac as kfac_module
+
+    obj, theta = _kfac_mlp()
+    opt = KFAC(damping=0.1, adapt=adapt, adapt_every=3, inverse_every=1)
+    theta, state, _ = opt.step(obj, theta, opt.init(theta))
+    assert state["delta"].any()
+    real = kfac_module.kronecker_factors
+    monkeypatch.setattr(kfac_module, "kronecker_factors", lambda layer: tuple(f * np.nan for f in real(layer)))
+    new, after, info = opt.step(obj, theta, state)
+    loss, g = obj.loss_and_grad(theta)
+    assert info == {"loss": loss, "grad_norm": np.linalg.norm(g), "grad_norm_inf": np.abs(g).max(), "lr": 0.0,
+                    "mu": 0.0, "step_norm": 0.0, "damping": 0.1, "predicted": None, "actual": None, "rho": None,
+                    "inverses_refreshed": True, "kfac_layers": 2, "fallback": "non_finite"}
+    assert after["step"] == 2 and after["stale"] is True and np.array_equal(new, theta)
+    assert after["delta"].shape == theta.shape and not after["delta"].any()
+    assert after["damping"] == (pytest.approx(0.1 / (19 / 20) ** 3, rel=1e-14) if adapt == "lm" else 0.1)
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_inverses_are_damped_with_lambda_plus_weight_decay():
+    obj, theta = _kfac_mlp()
+    lam, eta = 0.3, 0.2
+    opt = KFAC(lr=0.1, damping=lam, weight_decay=eta, adapt="fixed")
+    _, state, _ = opt.step(obj, theta, opt.init(theta))
+    root = math.sqrt(lam + eta)
+    for key, omega in state["omega"].items():
+        gamma = state["gamma"][key]
+        pi = math.sqrt((np.trace(omega) / len(omega)) / (np.trace(gamma) / len(gamma)))
+        np.testing.assert_allclose(state["omega_inv"][key], np.linalg.inv(omega + pi * root * np.eye(len(omega))),
+                                   rtol=1e-10)
+        np.testing.assert_allclose(state["gamma_inv"][key], np.linalg.inv(gamma + root / pi * np.eye(len(gamma))),
+                                   rtol=1e-10)
+
+
+def test_kfac_defaults_limits_and_exact_messages():
+    opt = KFAC()
+    assert (opt.lr, opt.damping, opt.adapt, opt.factor, opt.factor_decay, opt.inverse_every, opt.adapt_every,
+            opt.momentum, opt.reject, opt.min_damping, opt.weight_decay, opt.seed) == (
+        None, 0.01, "lm", "exact", 0.95, 10, 5, True, True, 1e-4, 0.0, 0)
+    limits = KFAC(damping=0.5, min_damping=0.5, weight_decay=0.0, seed=2**31 - 1)
+    assert (limits.min_damping, limits.seed) == (0.5, 2**31 - 1)
+    assert KFAC(min_damping=0.0).min_damping == 0.0
+    for kwargs, message in [
+        ({"adapt_every": 0}, "KFAC: adapt_every must be an integer >= 1, got 0"),
+        ({"min_damping": -1.0}, "KFAC: min_damping must be a finite number >= 0, got -1.0"),
+        ({"weight_decay": -1.0}, "KFAC: weight_decay must be a finite number >= 0, got -1.0"),
+        ({"seed": 2**31}, "KFAC: seed must be < 2**31, got 2147483648"),
+        ({"damping": 0.5, "min_damping": 0.625}, "KFAC: min_damping (0.625) must not exceed damping (0.5)"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            KFAC(**kwargs)
+        assert str(err.value) == message
+
+
+@pytest.mark.usefixtures("float64")
+def test_kfac_direction_of_a_layer_without_bias_is_the_dense_kronecker_solve():
+    from nets.layers import Flatten, Linear, Sequential, Tanh
+
+    rng = np.random.default_rng(1)
+    model = Sequential(Flatten(), Linear(4, 5, bias=False), Tanh(), Linear(5, 3))
+    X = rng.standard_normal((16, 4))
+    obj, theta = model.objective("cross_entropy", X, rng.integers(0, 3, 16)), model.init_theta(1)
+    lam = 0.3
+    opt = KFAC(lr=1.0, damping=lam, adapt="fixed", reject=False)
+    new, state, _ = opt.step(obj, theta, opt.init(theta))
+    g = obj.grad(theta)
+    for key, bias in (("1.weight", None), ("3.weight", "3.bias")):
+        omega, gamma = state["omega"][key], state["gamma"][key]
+        pi = math.sqrt((np.trace(omega) / len(omega)) / (np.trace(gamma) / len(gamma)))
+        damped = np.kron(gamma + math.sqrt(lam) / pi * np.eye(len(gamma)),
+                         omega + pi * math.sqrt(lam) * np.eye(len(omega)))
+        idx = tg.capture.block_indices(obj.layout, key, bias)
+        np.testing.assert_allclose(new[idx] - theta[idx], -np.linalg.solve(damped, g[idx]), rtol=1e-10)
+    assert state["omega"]["1.weight"].shape == (4, 4)
+
+
+# ---------------------------------------------------------------- Sophia (fourth pass)
+
+
+def test_sophia_defaults_and_init_state():
+    opt = Sophia()
+    assert (opt.lr, opt.betas, opt.gamma, opt.eps, opt.weight_decay, opt.update_each, opt.clip, opt.estimator,
+            opt.seed) == (1e-4, (0.965, 0.99), 0.04, 1e-12, 0.0, 10, 1.0, "hutchinson", 0)
+    theta = np.array([0.5, -1.0, 2.0])
+    state = Sophia(seed=4).init(theta)
+    for key in ("m", "h"):
+        assert state[key].shape == theta.shape and state[key].dtype == theta.dtype and not state[key].any()
+    assert state["m"] is not state["h"]
+    assert (state["step"], state["seed"], state["draws"], state["nhvp"]) == (0, 4, 0, 0)
+    assert state["hessian_diag_mean"] == 0.0 and type(state["hessian_diag_mean"]) is float
+
+
+@pytest.mark.usefixtures("float64")
+def test_sophia_exact_estimator_draws_nothing_and_the_state_keeps_the_latest_mean():
+    a = np.array([1.0, 2.0, 4.0])
+    q = tg.Quadratic(np.diag(a), np.ones(3))
+    opt = Sophia(lr=0.1, estimator="exact", update_each=2)
+    theta = np.array([1.0, 1.0, 1.0])
+    state = opt.init(theta)
+    for t in (1, 2, 3):
+        theta, state, info = opt.step(q, theta, state)
+        assert state["draws"] == 0 and state["nhvp"] == 3 * ((t + 1) // 2)  # n HVPs per refresh (t = 1, 3)
+        assert info["nhvp"] == (3 if t != 2 else 0)
+        assert state["hessian_diag_mean"] == pytest.approx(a.mean(), rel=1e-14)
+        assert info["hessian_diag_mean"] == pytest.approx(a.mean(), rel=1e-14)
+
+
+@pytest.mark.usefixtures("float64")
+def test_sophia_hessian_estimate_of_gnb_costs_no_hvp_and_one_draw():
+    class Cap:
+        sample_grad = np.array([[1.0, -2.0, 0.5]])
+
+    class Capturing:
+        def capture(self, theta, factor, seed):
+            assert factor == "sample" and seed == 5 * 2**32 + 7
+            return Cap()
+
+    theta = np.zeros(3)
+    h_hat, hvps, draws = Sophia(estimator="gnb").hessian_estimate(Capturing(), theta, 5, 7)
+    np.testing.assert_array_equal(h_hat, [1.0, 4.0, 0.25])
+    assert (hvps, draws) == (0, 1)
+
+
+@pytest.mark.usefixtures("float64")
+def test_sophia_counts_a_ratio_exactly_at_clip_as_not_clipped_and_reports_lr_and_step_norm():
+    """β₁ = β₂ = 0, γ = 1, exact diagonal a = (1, 2, 4): the ratio is g/a = (1, 2, ½) exactly;
+    only |2| > c = 1 is clipped (the docstring's strict >), so 1/3 of the coordinates."""
+    a = np.array([1.0, 2.0, 4.0])
+    q = tg.Quadratic(np.diag(a), np.zeros(3))
+    theta = np.array([1.0, 2.0, 0.5])  # g = aθ, g/a = θ
+    opt = Sophia(lr=0.5, betas=(0.0, 0.0), gamma=1.0, eps=1e-12, update_each=1, clip=1.0, estimator="exact")
+    new, _, info = opt.step(q, theta, opt.init(theta))
+    step = 0.5 * np.array([1.0, 1.0, 0.5])
+    np.testing.assert_array_equal(new, theta - step)
+    assert info["clipped_fraction"] == 1 / 3
+    assert info["lr"] == 0.5
+    assert info["step_norm"] == pytest.approx(np.linalg.norm(step), rel=1e-15)
+
+
+# ---------------------------------------------------------------- Shampoo (fourth pass)
+
+
+@pytest.mark.usefixtures("float64")
+def test_shampoo_new_tensor_entries_start_at_eps_with_no_roots():
+    from tinygrad2.layout import Layout as _Layout
+
+    W, b = _Layout([("W", (2, 3), "weight"), ("b", (3,), "bias")])
+    entry = Shampoo(eps=0.5).new_tensor(W, np.float64)
+    assert set(entry) == {"name", "shape", "path", "L", "R", "L_root", "R_root"}
+    assert entry["path"] == "matrix" and entry["name"] == "W" and entry["shape"] == [2, 3]
+    np.testing.assert_array_equal(entry["L"], 0.5 * np.eye(2))
+    np.testing.assert_array_equal(entry["R"], 0.5 * np.eye(3))
+    assert entry["L_root"] is None and entry["R_root"] is None
+    entry = Shampoo(eps=0.5, max_preconditioner_dim=2).new_tensor(W, np.float64)  # the 3-side is diagonal
+    np.testing.assert_array_equal(entry["R"], [0.5, 0.5, 0.5])
+    assert entry["R_root"] is None and entry["L_root"] is None
+    entry = Shampoo(eps=0.5).new_tensor(b, np.float64)
+    assert set(entry) == {"name", "shape", "path", "h"} and entry["path"] == "diagonal"
+    np.testing.assert_array_equal(entry["h"], [0.5, 0.5, 0.5])
+
+
+@pytest.mark.usefixtures("float64")
+def test_shampoo_precondition_makes_one_eigh_call_per_full_side_it_refreshes():
+    from tinygrad2.layout import Layout as _Layout
+
+    (W,) = _Layout([("W", (2, 3), "weight")])
+    g = np.arange(1.0, 7.0)
+    full = Shampoo()
+    entry, _, calls = full.precondition(full.new_tensor(W, np.float64), g, refresh=True)
+    assert calls == 2
+    _, _, calls = full.precondition(entry, g, refresh=False)  # roots kept
+    assert calls == 0
+    _, _, calls = full.precondition(entry, g, refresh=True)
+    assert calls == 2
+    half = Shampoo(max_preconditioner_dim=2)  # R (3 × 3) over the limit: diagonal, no eigh
+    _, _, calls = half.precondition(half.new_tensor(W, np.float64), g, refresh=True)
+    assert calls == 1
+
+
+@pytest.mark.usefixtures("float64")
+def test_shampoo_objective_with_no_layout_attribute_is_one_1d_parameter():
+    q = Quadratic(np.diag([1.0, 2.0, 4.0]), np.ones(3))
+
+    class Bare:  # no ``layout`` attribute at all
+        def loss_and_grad(self, theta):
+            return q.loss_and_grad(theta)
+
+    theta = np.array([1.0, -1.0, 2.0])
+    eps, lr = 1e-6, 0.5
+    opt = Shampoo(lr=lr, eps=eps, graft=None)
+    new, state, info = opt.step(Bare(), theta, opt.init(theta))
+    g = q.grad(theta)
+    np.testing.assert_allclose(new, theta - lr * g / np.sqrt(eps + g * g), rtol=1e-14)
+    assert [e["path"] for e in state["tensors"]] == ["diagonal"] and info["diagonal_tensors"] == 1
+
+
+@pytest.mark.usefixtures("float64")
+def test_shampoo_refuses_a_layout_of_another_size_with_its_message():
+    q = Quadratic(np.eye(4), np.ones(4))
+    opt = Shampoo()
+    theta = np.zeros(3)
+    with pytest.raises(ValueError) as err:
+        opt.parameters(q, theta)
+    assert str(err.value) == "Shampoo.step: the objective's layout has n = 4, but theta has size 3"
+
+
+@pytest.mark.usefixtures("float64")
+def test_shampoo_adam_graft_moments_in_the_state():
+    q = Quadratic(np.diag([1.0, 2.0, 4.0]), np.ones(3))
+    theta = np.array([1.0, -1.0, 2.0])
+    b1, b2 = 0.75, 0.875
+    opt = Shampoo(graft_betas=(b1, b2))
+    th1, s1, _ = opt.step(q, theta, opt.init(theta))
+    g1 = q.grad(theta)
+    np.testing.assert_allclose(s1["exp_avg"], (1 - b1) * g1, rtol=1e-15)
+    np.testing.assert_allclose(s1["exp_avg_sq"], (1 - b2) * g1 * g1, rtol=1e-15)
+    _, s2, _ = opt.step(q, th1, s1)
+    g2 = q.grad(th1)
+    np.testing.assert_allclose(s2["exp_avg"], b1 * (1 - b1) * g1 + (1 - b1) * g2, rtol=1e-14)
+    np.testing.assert_allclose(s2["exp_avg_sq"], b2 * (1 - b2) * g1 * g1 + (1 - b2) * g2 * g2, rtol=1e-14)
+
+
+@pytest.mark.usefixtures("float64")
+def test_shampoo_counts_a_refresh_of_one_full_side_and_reports_lr_step_norm_and_graft_scale():
+    """W (2 × 3) with the size limit 2: L full (one eigh), R diagonal; b (3,) diagonal with a zero gradient,
+    last in the layout. The step counts as a refresh; b's graft scale is 0 (D = 0 stays 0)."""
+    from tinygrad2.layout import Layout as _Layout
+
+    layout = _Layout([("W", (2, 3), "weight"), ("b", (3,), "bias")])
+    c = np.array([1.0, -2.0, 0.5, 3.0, 1.0, -1.0, 0.0, 0.0, 0.0])
+    q = Quadratic(np.zeros((9, 9)), -c)  # f = cᵀθ: g = c
+    q.layout = layout
+    theta = np.linspace(-1.0, 1.0, 9)
+    lr = 0.5
+    opt = Shampoo(lr=lr, max_preconditioner_dim=2, graft="sgd")
+    new, state, info = opt.step(q, theta, opt.init(theta))
+    assert info["preconditioner_refreshed"] is True and state["refreshes"] == 1
+    assert info["diagonal_sides"] == 1 and info["matrix_tensors"] == 1 and info["diagonal_tensors"] == 1
+    assert info["lr"] == lr
+    assert info["step_norm"] == pytest.approx(np.linalg.norm(new - theta), rel=1e-15)
+    np.testing.assert_allclose(np.linalg.norm(new[:6] - theta[:6]), lr * np.linalg.norm(c[:6]), rtol=1e-13)
+    np.testing.assert_array_equal(new[6:], theta[6:])
+    _, D, _ = opt.precondition(opt.new_tensor(layout["W"], np.float64), c[:6], True)
+    assert info["graft_scale_mean"] == pytest.approx(np.linalg.norm(c[:6]) / np.linalg.norm(D) / 2, rel=1e-13)
+    assert Shampoo(max_preconditioner_dim=1).max_preconditioner_dim == 1
