@@ -277,11 +277,20 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
             if len(probed) and probed[-1] and not prober.due(probed[-1]):
                 writer.probes.truncate(len(probed) - 1)
         prev_theta, info = None, {}
+
+        def probe_once():
+            """Log the probes of the current step unless its row exists; the seconds they took."""
+            probed = writer.probes.columns["step"]
+            if prober is None or (len(probed) and probed[-1] == step):
+                return 0.0
+            t1 = time.perf_counter()
+            writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
+            return time.perf_counter() - t1
+
         metrics = None
         with writer, _interrupt_at_safe_points() as interrupt_if_asked:
             if epoch0 == 0 and batch0 == 0:
-                if prober is not None:
-                    writer.log_probes(0, prober(0, theta, optimizer=opt, state=state))
+                probe_once()
                 metrics = _metrics(model, theta, splits, spec.loss, math.nan, 0.0)
                 if on_epoch is not None:
                     metrics.update(on_epoch(0, theta, model, objective) or {})
@@ -318,10 +327,8 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                     losses.append(loss)
                     step_time = time.perf_counter() - t0
                     writer.log_step(step, {**info, "epoch": epoch + 1, "step_time": step_time})
-                    if prober is not None and prober.due(step):  # not counted in the epoch's time
-                        t1 = time.perf_counter()
-                        writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
-                        before -= time.perf_counter() - t1
+                    if prober is not None and prober.due(step):
+                        before -= probe_once()  # not counted in the epoch's time
                     if step_time >= checkpoint_seconds:  # a long step: do not lose it to a kill
                         so_far = before + time.perf_counter() - start
                         writer.checkpoint(theta, state, epoch=epoch, step=step, wall_time=wall + so_far,
@@ -330,12 +337,8 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                     if bar is not None:
                         bar.advance(epoch, b, step, loss)
                     interrupt_if_asked()
-                if prober is not None and epoch == spec.epochs - 1:  # the final step, before its checkpoint
-                    probed = writer.probes.columns["step"]
-                    if not len(probed) or probed[-1] != step:
-                        t1 = time.perf_counter()
-                        writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
-                        before -= time.perf_counter() - t1
+                if epoch == spec.epochs - 1:
+                    before -= probe_once()  # the final step, before its checkpoint
                 epoch_time = before + time.perf_counter() - start
                 wall += epoch_time
                 metrics = _metrics(model, theta, splits, spec.loss, float(np.mean(losses)) if losses else math.nan,
@@ -351,9 +354,7 @@ def _train(spec, path, *, resume, extend, overwrite, data_dir, splits, progress,
                 bar.close()
             if metrics is None:  # killed between the last checkpoint and the end: its epoch row is the last
                 metrics = _last_row(writer.epochs)
-            probed = writer.probes.columns["step"]
-            if prober is not None and (not len(probed) or probed[-1] != step):  # a file of older code: probe now
-                writer.log_probes(step, prober(step, theta, prev_theta, opt, state, info))
+            probe_once()  # normally done before the last checkpoint; here for a file whose last probe row is missing
             final = dict(metrics, seconds_per_epoch=wall / max(spec.epochs, 1))
             writer.finish(theta, final, buffers=model.named_buffers())
     return load_run(path)
