@@ -19,7 +19,8 @@ probe                   what it measures (on the probe batch)
 ``trace``               tr(H) at θ_t by Hutch++ (60 products), and its standard error
 ``density``             a spectral density snapshot of H at θ_t: stochastic Lanczos quadrature
                         nodes and weights (4 probes x 30 steps), to histogram over training
-``sharpness_ratio``     lr · λ_max(H(θ_t)): the edge-of-stability quantity (Cohen et al. 2021;
+``sharpness_ratio``     lr · λ_max(H(θ_t)) (λ_max shared with ``lambda_max`` when both run): the
+                        edge-of-stability quantity (Cohen et al. 2021;
                         near 2 for SGD once training sits at the edge); lr = the step length
                         the last step used (``info["lr"]``, else the optimizer's ``lr``); NaN
                         where neither exists (step 0 of a method that chooses its own step)
@@ -92,6 +93,7 @@ class ProbeContext:
     state: dict | None = None
     info: dict = field(default_factory=dict)
     batches: object = None
+    cache: dict = field(default_factory=dict, repr=False)  # results probes share within one call
 
     def rng_seed(self, salt):
         return [int(self.seed), int(self.step), salt]
@@ -121,9 +123,18 @@ def _seed(ctx, salt):
 # ---------------------------------------------------------------- spectrum
 
 
+def _top_eigenvalues(ctx):
+    """The top LAMBDA_K eigenvalues of H at θ_t, computed once per context (lambda_max and
+    sharpness_ratio both read them)."""
+    if "top" not in ctx.cache:
+        values = spectrum.top_eigenvalues(_matvec(ctx), _n(ctx), k=min(LAMBDA_K, _n(ctx) - 1) or 1,
+                                          seed=_seed(ctx, 1))
+        ctx.cache["top"] = [float(v) for v in B.to_host(values)]
+    return ctx.cache["top"]
+
+
 def lambda_max(ctx):
-    values = spectrum.top_eigenvalues(_matvec(ctx), _n(ctx), k=min(LAMBDA_K, _n(ctx) - 1) or 1, seed=_seed(ctx, 1))
-    return {f"lambda_max:{i}": float(v) for i, v in enumerate(B.to_host(values))}
+    return {f"lambda_max:{i}": v for i, v in enumerate(_top_eigenvalues(ctx))}
 
 
 def lambda_min(ctx):
@@ -158,7 +169,7 @@ def _step_lr(ctx):
 
 
 def sharpness_ratio(ctx):
-    top = float(spectrum.top_eigenvalues(_matvec(ctx), _n(ctx), k=1, seed=_seed(ctx, 1))[0])
+    top = _top_eigenvalues(ctx)[0]
     lr = _step_lr(ctx)
     return {"sharpness_ratio": math.nan if lr is None else lr * top, "sharpness_ratio:lr": math.nan if lr is None else lr}
 
