@@ -224,10 +224,11 @@ class KFAC(Optimizer):
         Delta = self.direction(objective, g, cap.layers, covered, state)
 
         info = base_info(loss, cap.grad)
+        drop = LM_OMEGA ** self.adapt_every  # ω₁ = (19/20)^T₁
         if not bool(xp.isfinite(Delta).all()):  # keep the statistics of before this step: they may be the cause
             info.update(lr=0.0, mu=0.0, step_norm=0.0, damping=state["damping"], predicted=None, actual=None,
                         rho=None, inverses_refreshed=refresh, kfac_layers=len(cap.layers), fallback="non_finite")
-            boosted = before["damping"] / LM_OMEGA ** self.adapt_every if self.adapt == "lm" else before["damping"]
+            boosted = before["damping"] / drop if self.adapt == "lm" else before["damping"]
             return theta, {**before, "step": t, "delta": xp.zeros_like(theta), "damping": boosted,
                            "stale": True}, info
         lam = state["damping"] + self.weight_decay
@@ -235,9 +236,8 @@ class KFAC(Optimizer):
         use_prev = self.lr is None and self.momentum and bool(xp.any(prev != 0))
         directions = xp.stack([Delta, prev]) if use_prev else Delta[None]
         adapt_now = self.adapt == "lm" and t % self.adapt_every == 0
-        alpha, mu, GD = self.lr, 0.0, None
-        if self.lr is None or adapt_now:
-            GD = objective.ggn_vp(theta, directions) if self.lr is None else None
+        alpha, mu = self.lr, 0.0
+        GD = objective.ggn_vp(theta, directions) if self.lr is None else None
         if self.lr is None:
             M = GD @ directions.T + lam * (directions @ directions.T)  # (G + λI) Gram matrix of [Δ, δ_prev]
             b = directions @ g
@@ -257,7 +257,6 @@ class KFAC(Optimizer):
             if predicted is not None:
                 rho = reduction_ratio(actual, predicted)
         rejected = self.reject and not (math.isfinite(actual) and actual <= 0)
-        drop = LM_OMEGA ** self.adapt_every
         new_damping = state["damping"]
         if adapt_now:
             new_damping = lm_update(state["damping"], rho, boost=1 / drop, drop=drop, min_damping=self.min_damping)
