@@ -1,0 +1,86 @@
+"""Host synchronisation audit: on a GPU every device-to-host transfer stalls the
+stream, so a forward-over-reverse pass may make at most one (getitem's mask of
+which entries of the flat tangent are live, see ``primitives.live_columns``),
+however many parameter slices the net cuts from θ."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinygrad2 as tg
+from nets import MLP, ResNet18, SmallCNN
+from tinygrad2 import backend, primitives
+
+
+@pytest.fixture
+def transfers(monkeypatch):
+    """Counts calls of backend.to_host (the one device-to-host door)."""
+    count = [0]
+    to_host = backend.to_host
+
+    def counted(array):
+        count[0] += 1
+        return to_host(array)
+
+    monkeypatch.setattr(backend, "to_host", counted)
+    return count
+
+
+NETS = {
+    "mlp": (lambda: MLP([8, 6, 3]), (5, 8)),
+    "cnn": (lambda: SmallCNN(widths=(2, 3), hidden=5, in_channels=1, image_size=16, num_classes=3), (4, 1, 16, 16)),
+    "resnet18": (lambda: ResNet18(in_channels=1, num_classes=3, stem="cifar", width=1 / 16), (2, 1, 8, 8)),
+}
+
+
+def _objective(name, rng):
+    make, shape = NETS[name]
+    net = make()
+    X, y = rng.standard_normal(shape), rng.integers(0, 3, shape[0])
+    obj = net.objective("cross_entropy", X, y)
+    return obj, net.init_theta(seed=1, dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_one_transfer_per_hvp_pass_and_none_for_the_gradient(name, rng, float64, transfers):
+    obj, theta = _objective(name, rng)
+    V = rng.standard_normal((3, theta.shape[0]))
+    obj.hvp(theta, V)
+    assert transfers[0] == 1, f"{name}: an HVP pass made {transfers[0]} host transfers"
+    transfers[0] = 0
+    obj.loss_and_grad(theta)
+    assert transfers[0] == 0
+
+
+def test_dense_hessian_makes_one_transfer_per_chunk(rng, float64, transfers):
+    obj, theta = _objective("cnn", rng)
+    n = theta.shape[0]
+    chunk = -(-n // 4)
+    H = obj.hessian(theta, chunk=chunk)
+    assert transfers[0] == 4
+    # the skipped blocks are exact zeros of the tangent, not approximations
+    E = np.eye(n)[:7]
+    np.testing.assert_allclose(H[:7], tg.functional.checked_hvp(obj._scalar_of("hvp"), theta, E), atol=1e-12)
+
+
+def test_a_direction_array_changed_in_place_between_passes_is_not_stale(rng, float64):
+    # the live mask is cached per leaf tangent object; a caller that reuses its
+    # direction buffer (V[:] = ...) must still get the products of the new V
+    obj, theta = _objective("mlp", rng)
+    n = theta.shape[0]
+    f = obj._scalar_of("hvp")
+    V = np.zeros((2, n))
+    V[:, :3] = 1.0                      # only the first block is live
+    tg.hvp(f, theta, V)
+    V[:] = rng.standard_normal((2, n))  # now every block is
+    np.testing.assert_allclose(tg.hvp(f, theta, V), tg.hvp(f, theta, V.copy()), rtol=1e-12)
+
+
+def test_live_columns_of_a_slice_are_the_parents_on_the_host(rng):
+    V = np.zeros((2, 10))
+    V[1, 6] = 2.0
+    mask = primitives.live_columns(V)
+    assert type(mask) is np.ndarray and mask.tolist() == [False] * 6 + [True] + [False] * 3
+    x = tg.Tensor(np.ones(10), tangent=V)
+    assert x[0:6].tangent is None and x[4:8].tangent is not None
+    np.testing.assert_array_equal(x[4:8].tangent, V[:, 4:8])
