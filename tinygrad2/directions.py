@@ -4,8 +4,15 @@ Every product takes directions V of shape (K, n); these are the two kinds the
 library draws itself. Random draws use the backend's generator
 (``xp.random.default_rng`` where it exists), seeded by an int, None or a
 generator passed in.
+
+``live_columns`` keeps on the host which entries of a batch of directions are
+nonzero, so that slicing parameters out of a flat θ (``getitem``'s jvp) can
+drop the tangents of blocks no direction touches without a device sync per
+slice.
 """
 from __future__ import annotations
+
+import weakref
 
 from . import backend as B
 
@@ -38,3 +45,24 @@ def rademacher(shape, seed=None, dtype=None):
     draw = getattr(rng, "integers", None) or rng.randint
     bits = draw(0, 2, size=shape)
     return (2 * bits - 1).astype(dtype or B.default_dtype)
+
+
+_live = {}  # id(flat tangent) -> (weak reference to it, its live_columns)
+
+
+def live_columns(tangent):
+    """Host booleans: which entries of a flat (K, n) tangent are nonzero in
+    some direction. One device-to-host transfer per leaf tangent and pass;
+    the slices getitem cuts from it inherit their part of the mask on the
+    host, so a tree of P parameter slices costs one transfer, not 2P."""
+    entry = _live.get(id(tangent))
+    if entry is not None and entry[0]() is tangent:
+        return entry[1]
+    return remember_live(tangent, B.to_host(B.xp.any(tangent, axis=0)))
+
+
+def remember_live(tangent, mask):
+    key = id(tangent)
+    forget = lambda ref: _live.get(key, (None,))[0] is ref and _live.pop(key)  # noqa: E731
+    _live[key] = (weakref.ref(tangent, forget), mask)
+    return mask

@@ -25,9 +25,8 @@ Conventions
 """
 from __future__ import annotations
 
-import weakref
-
 from . import backend as B
+from .directions import live_columns, remember_live
 from .tensor import Tensor, apply
 
 
@@ -499,7 +498,7 @@ class getitem:  # out = x[index]; old: the input's shape
             live = live_columns(tangents[0])[index]
             if not live.any():
                 return None
-            _remember(t, live)
+            remember_live(t, live)
         return t
     def vjp(g, out, x, index, old): return (scatter_add(g, index=index, shape=old, src=g.shape),)
     def accumulate(buf, g, index, old):
@@ -511,27 +510,6 @@ class getitem:  # out = x[index]; old: the input's shape
             if buf.tangent is None:
                 buf.tangent = B.xp.zeros((g.tangent.shape[0],) + buf.data.shape, g.dtype)
             _add_at(buf.tangent, (slice(None),) + index, g.tangent, advanced)
-
-
-_live = {}  # id(flat tangent) -> (weak reference to it, its live_columns)
-
-
-def live_columns(tangent):
-    """Host booleans: which entries of a flat (K, n) tangent are nonzero in
-    some direction. One device-to-host transfer per leaf tangent and pass;
-    the slices getitem cuts from it inherit their part of the mask on the
-    host, so a tree of P parameter slices costs one transfer, not 2P."""
-    entry = _live.get(id(tangent))
-    if entry is not None and entry[0]() is tangent:
-        return entry[1]
-    return _remember(tangent, B.to_host(B.xp.any(tangent, axis=0)))
-
-
-def _remember(tangent, mask):
-    key = id(tangent)
-    forget = lambda ref: _live.get(key, (None,))[0] is ref and _live.pop(key)  # noqa: E731
-    _live[key] = (weakref.ref(tangent, forget), mask)
-    return mask
 
 
 def _add_at(target, index, values, advanced):

@@ -428,7 +428,7 @@ def _check_tangent(tangent, shape):
             f"Tensor: tangent of shape {tangent.shape} does not fit data of shape {shape}; "
             f"expected {shape} or (K, *{shape})"
         )
-    return tangent[...]  # a view of the caller's array, new for every leaf (see primitives.live_columns)
+    return tangent[...]  # a view of the caller's array, new for every leaf (see directions.live_columns)
 
 
 def _lift(value, like: Tensor) -> Tensor:

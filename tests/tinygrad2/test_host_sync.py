@@ -1,6 +1,6 @@
 """Host synchronisation audit: on a GPU every device-to-host transfer stalls the
 stream, so a forward-over-reverse pass may make at most one (getitem's mask of
-which entries of the flat tangent are live, see ``primitives.live_columns``),
+which entries of the flat tangent are live, see ``directions.live_columns``),
 however many parameter slices the net cuts from θ."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import tinygrad2 as tg
 from nets import MLP, ResNet18, SmallCNN
-from tinygrad2 import backend, primitives
+from tinygrad2 import backend, directions
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_direction_array_changed_in_place_between_passes_is_not_stale(rng, flo
 def test_live_columns_of_a_slice_are_the_parents_on_the_host(rng):
     V = np.zeros((2, 10))
     V[1, 6] = 2.0
-    mask = primitives.live_columns(V)
+    mask = directions.live_columns(V)
     assert type(mask) is np.ndarray and mask.tolist() == [False] * 6 + [True] + [False] * 3
     x = tg.Tensor(np.ones(10), tangent=V)
     assert x[0:6].tangent is None and x[4:8].tangent is not None
