@@ -94,7 +94,7 @@ def make_tg_module(X, y):
     def hvp(params, V):
         leaves = [Tensor(p, requires_grad=True, tangent=v) for p, v in zip(params, V)]
         loss = tg_loss(*leaves, Xt, rows, y)
-        loss.backward()
+        loss.backward(tangents_only=True)  # only the tangents (H v) are read
         return tuple(p.grad.tangent[0] for p in leaves)
 
     return grad, hvp

@@ -125,7 +125,7 @@ def checked_hvp(f, x, V):
     out = _scalar(f(xt), "hvp")
     HV = None
     if out.requires_grad:
-        out.backward()
+        out.backward(tangents_only=True)  # ∇f itself is not returned: skip the products only it needs
         if xt.grad is not None:
             HV = xt.grad.tangent
     if HV is None:  # the gradient does not depend on x along V

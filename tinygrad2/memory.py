@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .tensor import reachable
+from .graph import reachable
 
 default_memory_budget = 2 * 2**30
 """Bytes that a dense curvature computation may use when the caller gives no

@@ -31,11 +31,12 @@ from .tensor import Tensor, apply
 
 
 class Primitive:
-    __slots__ = ("name", "forward", "jvp", "vjp", "kink", "accumulate", "linear", "broadcasts")
+    __slots__ = ("name", "forward", "jvp", "vjp", "kink", "accumulate", "linear", "bilinear", "broadcasts")
 
-    def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, broadcasts):
+    def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, bilinear, broadcasts):
         self.name, self.forward, self.jvp, self.vjp = name, forward, jvp, vjp
-        self.kink, self.accumulate, self.linear, self.broadcasts = kink, accumulate, linear, broadcasts
+        self.kink, self.accumulate, self.linear, self.bilinear = kink, accumulate, linear, bilinear
+        self.broadcasts = broadcasts
 
     __call__ = apply  # prim(*inputs, **params) runs apply(prim, *inputs, **params)
 
@@ -47,7 +48,7 @@ class Primitive:
 REGISTRY: dict[str, Primitive] = {}
 
 
-def primitive(linear=False, broadcasts=False):
+def primitive(linear=False, bilinear=False, broadcasts=False):
     """Register a block (a class used as a namespace) as a primitive."""
 
     def register(block):
@@ -58,7 +59,7 @@ def primitive(linear=False, broadcasts=False):
                 raise TypeError(f"primitive '{name}': a non-linear primitive needs a jvp rule")
             jvp = _jvp_of_linear(block.forward)
         prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"),
-                         block.__dict__.get("accumulate"), linear, broadcasts)
+                         block.__dict__.get("accumulate"), linear, bilinear, broadcasts)
         REGISTRY[name] = prim
         return prim
 
@@ -323,7 +324,7 @@ class where:  # d where(c, a, b) = where(c, da, db); c is a constant mask
 # ---------------------------------------------------------------- matmul
 
 
-@primitive(broadcasts=True)
+@primitive(bilinear=True, broadcasts=True)
 class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
     def forward(a, b): return a @ b
     def jvp(primals, tangents, out):

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 
 from . import backend as B
+from .graph import reachable, values_skippable
+from .shapes import ALL_AXES as _all_axes, axes as _axes, is_int as _is_int, resolve_shape as _resolve_shape
 
 _grad_enabled = True
 _tangents_enabled = True
+_values_skipped = False  # inside a tangents-only vjp: results that carry a tangent get zeros as values
 _kink_margins: list | None = None
 _sequence = itertools.count()  # creation order of recorded tensors
 
@@ -151,10 +153,16 @@ class Tensor:
         return Tensor._make(self.data, None, None)
 
     # ---- reverse mode ----------------------------------------------------
-    def backward(self, grad=None, retain_graph: bool | None = None, create_graph: bool = False):
+    def backward(self, grad=None, retain_graph: bool | None = None, create_graph: bool = False,
+                 tangents_only: bool = False):
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that
         requires grad. ``create_graph=True`` records the backward pass, so the
-        gradients can be differentiated again (reverse-over-reverse)."""
+        gradients can be differentiated again (reverse-over-reverse).
+
+        ``tangents_only=True``: only the gradients' tangents (H·V) are read, so
+        products whose values would reach nothing but the leaves' gradient
+        values are not computed (see :func:`tinygrad2.graph.values_skippable`); every
+        ``leaf.grad.tangent`` is exact, ``leaf.grad.data`` is not the gradient."""
         if not self.requires_grad:
             raise RuntimeError(
                 "backward: this tensor does not depend on any tensor with requires_grad=True"
@@ -175,6 +183,7 @@ class Tensor:
         nodes, leaves = reachable(self)
         nodes.sort(key=lambda t: t._node[3])  # creation order is topological; pop() takes the newest
         grads = {id(self): grad}
+        skippable = values_skippable(nodes) if tangents_only and not create_graph else ()
         buffers = {}  # id(x) -> the gradient buffer of x that x's slices are summed into in place
         old = _set_grad_enabled(create_graph)
         try:
@@ -195,6 +204,8 @@ class Tensor:
                     if inputs[0].requires_grad:
                         prim.accumulate(_own_buffer(grads, buffers, inputs[0], g.dtype), g, **params)
                     cotangents = ()
+                elif id(t) in skippable:
+                    cotangents = _without_values(prim.vjp, g, t, *inputs, **params)
                 else:
                     cotangents = prim.vjp(g, t, *inputs, **params)
                 for x, c in zip(inputs, cotangents):
@@ -342,7 +353,7 @@ class Tensor:
         if lead < 0:
             raise ValueError(f"sum_to: cannot reduce shape {self.shape} to the larger {shape}")
         if self.shape[lead:] == shape:  # only leading axes to reduce: one sum
-            return P.sum(self, axis=_ALL_AXES[self.ndim][:lead], keepdims=False)
+            return P.sum(self, axis=_all_axes[self.ndim][:lead], keepdims=False)
         axes = tuple(range(lead)) + tuple(
             lead + i for i, s in enumerate(shape) if s == 1 and self.shape[lead + i] != 1
         )
@@ -402,6 +413,15 @@ class Tensor:
         return P.where(a, b, cond=cond)
 
 
+def _without_values(vjp, *args, **params):
+    global _values_skipped
+    old, _values_skipped = _values_skipped, True
+    try:
+        return vjp(*args, **params)
+    finally:
+        _values_skipped = old
+
+
 def _own_buffer(grads, buffers, x, dtype):
     """The gradient buffer of x that in-place rules (``Primitive.accumulate``)
     sum into: one buffer per x, shared by every slice of x (the flat-theta
@@ -441,42 +461,6 @@ def _lift(value, like: Tensor) -> Tensor:
 
 def _raw(value):
     return value.data if isinstance(value, Tensor) else value
-
-
-def _axes(axis, ndim, op):
-    """Axes as a sorted tuple of negative ints (valid with extra leading axes)."""
-    if axis is None:
-        return _ALL_AXES[ndim] if ndim < len(_ALL_AXES) else tuple(range(-ndim, 0))
-    if isinstance(axis, int):
-        if not -ndim <= axis < ndim:
-            raise ValueError(f"{op}: axis {axis} is out of range for a tensor of {ndim} dims")
-        return (axis - ndim if axis >= 0 else axis,)
-    for a in axis:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"{op}: axis {a} is out of range for a tensor of {ndim} dims")
-    return tuple(sorted(a % ndim - ndim for a in axis))
-
-
-_ALL_AXES = [tuple(range(-n, 0)) for n in range(8)]
-
-
-def _resolve_shape(shape, old):
-    shape = tuple(int(s) for s in shape)
-    size = math.prod(old)
-    if -1 in shape:
-        if shape.count(-1) > 1:
-            raise ValueError(f"reshape: cannot reshape {old} into {shape}: at most one -1 allowed")
-        known = -math.prod(shape)
-        if known == 0 or size % known:
-            raise ValueError(f"reshape: cannot reshape {old} into {shape}")
-        shape = tuple(size // known if s == -1 else s for s in shape)
-    elif math.prod(shape) != size:
-        raise ValueError(f"reshape: cannot reshape {old} ({size} elements) into {shape} ({math.prod(shape)})")
-    return shape
-
-
-def _is_int(i):
-    return isinstance(i, int) or (hasattr(i, "dtype") and i.ndim == 0 and i.dtype.kind in "iu")
 
 
 def _normalize_index(index, shape):
@@ -525,47 +509,33 @@ def _matmul(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def reachable(root):
-    """The recorded tensors and the leaves that ``root`` depends on."""
-    nodes, leaves, seen, stack = [], [], {id(root)}, [root]
-    while stack:
-        t = stack.pop()
-        node = t._node
-        if node is None:
-            leaves.append(t)
-            continue
-        nodes.append(t)
-        if node[1] is None:
-            continue
-        for x in node[1]:
-            if x.requires_grad and id(x) not in seen:
-                seen.add(id(x))
-                stack.append(x)
-    return nodes, leaves
-
-
 def apply(prim, *inputs, **params):
     """Run one primitive: forward, the jvp when any input carries a tangent,
     and a graph node when recording and any input requires grad."""
     datas = [x.data for x in inputs]
-    try:
-        out = prim.forward(*datas, **params)
-    except (ValueError, TypeError, IndexError) as err:
-        shapes = ", ".join(str(d.shape) for d in datas)
-        raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None
+    carried = _tangents_enabled and any(x.tangent is not None for x in inputs)
+    out = None if carried and _values_skipped else _forward(prim, datas, params)
     t = Tensor.__new__(Tensor)
-    t.data, t.grad, t.tangent, t._node, t.requires_grad = out, None, None, None, False
-    if _tangents_enabled:
-        for x in inputs:
-            if x.tangent is not None:
-                t.tangent = _push_tangents(prim, inputs, datas, out, params)
-                break
+    t.grad, t.tangent, t._node, t.requires_grad = None, None, None, False
+    if carried:
+        t.tangent = _push_tangents(prim, inputs, datas, out, params)
+        if out is None:  # a value nobody reads (Tensor.backward(tangents_only=True))
+            out = _forward(prim, datas, params) if t.tangent is None else B.xp.zeros(t.tangent.shape[1:], t.tangent.dtype)
+    t.data = out
     if _grad_enabled:
         for x in inputs:
             if x.requires_grad:
                 t._node, t.requires_grad = (prim, inputs, params, next(_sequence)), True
                 break
     return t
+
+
+def _forward(prim, datas, params):
+    try:
+        return prim.forward(*datas, **params)
+    except (ValueError, TypeError, IndexError) as err:
+        shapes = ", ".join(str(d.shape) for d in datas)
+        raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None
 
 
 def _push_tangents(prim, inputs, datas, out, params):
@@ -580,7 +550,7 @@ def _push_tangents(prim, inputs, datas, out, params):
                     f"{prim.name}: tangents carry different numbers of directions ({k} and {tan.shape[0]})"
                 )
     if prim.broadcasts:  # align each tangent to the output's number of dims
-        nd = out.ndim + 1
+        nd = (out.ndim if out is not None else max(d.ndim for d in datas)) + 1  # out: None if skipped
         tangents = [
             tan if tan is None or tan.ndim == nd else tan.reshape((k,) + (1,) * (nd - tan.ndim) + tan.shape[1:])
             for tan in tangents
@@ -590,7 +560,7 @@ def _push_tangents(prim, inputs, datas, out, params):
     except (ValueError, TypeError, IndexError) as err:
         shapes = ", ".join(str(None if tan is None else tan.shape) for tan in tangents)
         raise type(err)(f"{prim.name}: jvp with tangents of shapes {shapes}: {err}") from None
-    if tangent is not None and tangent.shape[1:] != out.shape:
+    if tangent is not None and out is not None and tangent.shape[1:] != out.shape:
         tangent = B.xp.broadcast_to(tangent, (k,) + out.shape)
     if _kink_margins is not None and prim.kink is not None:
         _kink_margins.append(prim.kink(datas, tangents, out, **params))

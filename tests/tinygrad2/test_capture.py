@@ -10,7 +10,7 @@ import pytest
 
 from tinygrad2 import Layout, Objective, Quadratic, Tensor, capture, losses
 from tinygrad2.memory import graph_elements
-from tinygrad2.tensor import reachable
+from tinygrad2.graph import reachable
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -1,0 +1,75 @@
+"""``Tensor.backward(tangents_only=True)``: the HVP pass skips the products whose
+values reach only the gradient's value (dead cotangents), and its tangents are
+exactly those of the full pass."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nets import MLP, Linear, ReLU, ResNet18, Sequential, SmallCNN, WeightNorm
+from tinygrad2 import Tensor, primitives
+from tinygrad2.graph import reachable, values_skippable
+
+NETS = {
+    "mlp": (lambda: MLP([12, 7, 3]), (6, 12)),
+    "cnn-slices": (lambda: SmallCNN(widths=(2, 3), hidden=5, in_channels=1, image_size=16, num_classes=3),
+                   (4, 1, 16, 16)),
+    "resnet18": (lambda: ResNet18(in_channels=1, num_classes=3, stem="cifar", width=1 / 16), (2, 1, 8, 8)),
+    "weightnorm-first": (lambda: Sequential(WeightNorm(Linear(12, 7)), ReLU(), Linear(7, 3)), (6, 12)),
+}
+
+
+def _pass(name, rng, K, tangents_only):
+    make, shape = NETS[name]
+    net = make()
+    X, y = rng.standard_normal(shape), rng.integers(0, 3, shape[0])
+    theta = net.init_theta(seed=1, dtype=np.float64)
+    V = np.random.default_rng(7).standard_normal((K, theta.shape[0]))
+    th = Tensor(theta, requires_grad=True, tangent=V)
+    loss = net.apply(th, Tensor(X)).cross_entropy(y)
+    loss.backward(tangents_only=tangents_only)
+    return th.grad
+
+
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_tangents_are_those_of_the_full_pass(name, K, float64):
+    full = _pass(name, np.random.default_rng(0), K, False)
+    only = _pass(name, np.random.default_rng(0), K, True)
+    np.testing.assert_array_equal(only.tangent, full.tangent)
+
+
+@pytest.fixture
+def matmuls(monkeypatch):
+    """Counts the matmul values computed (forward calls)."""
+    count = [0]
+    forward = primitives.matmul.forward
+
+    def counted(a, b):
+        count[0] += 1
+        return forward(a, b)
+
+    monkeypatch.setattr(primitives.matmul, "forward", counted)
+    return count
+
+
+@pytest.mark.parametrize("name, skipped", [("mlp", 1), ("weightnorm-first", 0)])
+def test_the_first_layers_weight_product_is_skipped(name, skipped, matmuls, float64):
+    # MLP: X W1 has no tangent on X, so W1's cotangent Xᵀg needs only Xᵀ g.tangent;
+    # under weight norm W1 = g v/||v|| is not a linear function of θ: nothing is skipped
+    _pass(name, np.random.default_rng(0), 2, False)
+    full, matmuls[0] = matmuls[0], 0
+    _pass(name, np.random.default_rng(0), 2, True)
+    assert full - matmuls[0] == skipped
+
+
+def test_only_bilinear_nodes_on_dead_inputs_without_partner_tangents_are_skippable(float64):
+    rng = np.random.default_rng(0)
+    X = Tensor(rng.standard_normal((5, 4)))
+    theta = Tensor(rng.standard_normal(4 * 3 + 3 * 2), requires_grad=True, tangent=rng.standard_normal((2, 18)))
+    W1, W2 = theta[:12].reshape(4, 3), theta[12:].reshape(3, 2)
+    first = X @ W1                   # skippable: X has no tangent, W1 a slice of θ
+    second = first.tanh() @ W2       # not: its left operand carries a tangent
+    loss = (second * second).sum()
+    skippable = values_skippable(reachable(loss)[0])
+    assert skippable == {id(first)}
