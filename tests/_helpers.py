@@ -15,6 +15,7 @@ from optimizers import (
     load_state, save_state, states_equal,
 )
 from tinygrad2 import Quadratic, Rosenbrock, Tensor, no_grad
+from tinygrad2.backend import to_device, to_host
 
 # Fourth-order central stencil: truncation error O(h^4), rounding ~ eps |F| / h.
 _STENCIL = ((-2, 1.0), (-1, -8.0), (1, 8.0), (2, -1.0))
@@ -186,11 +187,12 @@ def problem(name):
         n = 6
         basis, _ = np.linalg.qr(rng.normal(size=(n, n)))
         A = basis @ np.diag(np.geomspace(100.0, 1000.0, n)) @ basis.T
-        objective = Quadratic((A + A.T) / 2, rng.normal(size=n))
-        x_star = np.linalg.solve(objective.A, objective.b)
-        return objective, rng.normal(size=n), objective.loss(x_star)
+        b = rng.normal(size=n)
+        objective = Quadratic(to_device((A + A.T) / 2), to_device(b))
+        x_star = np.linalg.solve((A + A.T) / 2, b)
+        return objective, to_device(rng.normal(size=n)), objective.loss(to_device(x_star))
     objective = Rosenbrock(2)
-    return objective, np.asarray(objective.x0, dtype=np.float64), 0.0
+    return objective, to_device(to_host(objective.x0).astype(np.float64)), 0.0
 
 
 def train(opt, objective, theta):

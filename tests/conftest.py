@@ -39,14 +39,73 @@ def float64():
         yield np.float64
 
 
+def _run_on_device() -> bool:
+    """The suite runs on a device: TINYGRAD2_BACKEND is not numpy (e.g. cupy)."""
+    return os.environ.get("TINYGRAD2_BACKEND", "numpy") != "numpy"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under a device backend, skip the tests marked ``cpu_only`` (host-bound)."""
+    if _run_on_device():
+        skip = pytest.mark.skip(reason="cpu_only: host-bound test, skipped when TINYGRAD2_BACKEND is not numpy")
+        for item in items:
+            if "cpu_only" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
-def _backend_state_is_restored():
-    """Every test leaves the backend (array module and default dtype) as it found it."""
+def _backend_state_is_restored(request):
+    """Every test leaves the backend (array module and default dtype) as it found it.
+
+    With TINYGRAD2_TEST_EMULATED=1 every test not marked ``cpu_only`` runs with
+    the emulated device backend (tests/_device.py) installed."""
+    install = os.environ.get("TINYGRAD2_TEST_EMULATED") == "1" and "cpu_only" not in request.keywords
+    outer = backend.xp, backend.name
+    if install:
+        from _device import emulated_xp
+
+        backend.xp, backend.name = emulated_xp, "emulated"
     xp, name, dtype = backend.xp, backend.name, backend.default_dtype
     yield
     restored = (backend.xp, backend.name, backend.default_dtype) == (xp, name, dtype)
     backend.xp, backend.name, backend.default_dtype = xp, name, dtype
+    if install:
+        backend.xp, backend.name = outer
     assert restored, "the test changed the backend state without restoring it"
+
+
+def _require_cupy():
+    """Skip unless CuPy imports and sees at least one GPU."""
+    try:
+        import cupy
+    except ImportError:
+        pytest.skip("CuPy is not installed (pip install tinygrad2[gpu])")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # installed but no usable driver/GPU
+        pytest.skip(f"CuPy has no GPU here: {err}")
+    if count <= 0:
+        pytest.skip("CuPy sees no GPU")
+
+
+@pytest.fixture(params=["numpy", "emulated", "cupy"])
+def device_backend(request):
+    """Run the test once per backend (ids contain the name: ``-k cupy`` selects
+    the CuPy cases); yields the backend's name, restores the backend after."""
+    saved = backend.xp, backend.name
+    if request.param == "cupy":
+        _require_cupy()
+        backend.use("cupy")
+    elif request.param == "emulated":
+        from _device import emulated_xp
+
+        backend.xp, backend.name = emulated_xp, "emulated"
+    else:
+        backend.xp, backend.name = np, "numpy"
+    try:
+        yield request.param
+    finally:
+        backend.xp, backend.name = saved
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import pytest
 from experiments import results as R
 from experiments.__main__ import main
 
+pytestmark = pytest.mark.cpu_only  # host-bound: CLI runs, plots
+
 RUN = ["run", "digits", "--quick", "--epochs", "2", "--optimizers", "SGD", "--out", "{out}"]
 
 

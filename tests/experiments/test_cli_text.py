@@ -24,6 +24,8 @@ from experiments.papers.common import scale_name
 from experiments.results import load_run
 from experiments.runner import DEFAULT_BLAS_THREADS, PROGRESS_ENV, RunSpec, check_request, train
 
+pytestmark = pytest.mark.cpu_only  # host-bound: CLI runs and subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_NAMES = [paper.EXPERIMENT.name for paper in PAPERS]
 MARKUP = re.compile(r"``|:(class|func|mod|meth|attr|data|ref):`|^\s*={3,}|^\s*-{3,}\s+-{3,}", re.MULTILINE)

@@ -17,6 +17,8 @@ import pytest
 
 from experiments.results import CRASH_ENV, load_final, load_run
 
+pytestmark = pytest.mark.cpu_only  # host-bound: subprocesses killed and resumed
+
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["run", "digits", "--optimizers", "SGD-momentum", "--epochs", "3", "--seed", "0"]
 NAME = "digits__SGD-momentum.h5"

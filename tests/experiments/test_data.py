@@ -17,6 +17,8 @@ import pytest
 
 from experiments import data as D
 
+pytestmark = pytest.mark.cpu_only  # host-bound: data loaders (host-side by design)
+
 # the real MNIST / CIFAR-10, where $TINYGRAD2_DATA (the variable the CLI reads) points
 SHARED = Path(os.environ.get("TINYGRAD2_DATA") or "/nonexistent-TINYGRAD2_DATA-is-unset")
 

@@ -13,6 +13,8 @@ import pytest
 from experiments import data as D
 from experiments import download as DL
 
+pytestmark = pytest.mark.cpu_only  # host-bound: downloads and file checks
+
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
 

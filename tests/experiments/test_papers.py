@@ -19,6 +19,8 @@ from experiments.__main__ import main
 from experiments.results import load_final, load_run
 from experiments.runner import load_splits
 
+pytestmark = pytest.mark.cpu_only  # host-bound: paper CLI runs, subprocesses, plots
+
 ROOT = Path(__file__).resolve().parents[2]
 MNIST_TRAIN, MNIST_TEST = 1400, 200   # enough for the balanced 2% split: 140 / 20 per class
 CIFAR_PER_BATCH, CIFAR_TEST = 20, 40

@@ -19,6 +19,8 @@ from experiments import catalog, plots
 from experiments.results import RunWriter, load_run
 from experiments.runner import train
 
+pytestmark = pytest.mark.cpu_only  # host-bound: plots (matplotlib) and PyTorch references
+
 DIGITS = catalog.digits_specs()  # the main job's 12 specs (configs and file names), nothing trained
 METHODS = [s.method for s in DIGITS]
 INITIAL_LOSS = 2.3

@@ -17,6 +17,8 @@ from experiments import catalog, plots, probe_plots
 from experiments.__main__ import main
 from experiments.results import RunWriter
 
+pytestmark = pytest.mark.cpu_only  # host-bound: plots (matplotlib) and CLI
+
 SPEC = catalog.digits_specs()[0]  # a real config: data, model, epochs
 STEPS = [0, 5, 10, 15]
 NODES = 6

@@ -27,6 +27,8 @@ from experiments import catalog, stats, sweep
 from experiments.__main__ import build_parser, main
 from experiments.results import RunWriter, load_final, load_run
 
+pytestmark = pytest.mark.cpu_only  # host-bound: process pools, subprocesses, SciPy
+
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["sweep", "digits", "--optimizers", "SGD", "Adam", "--seeds", "0-2", "--epochs", "2"]
 NAMES = sorted(f"digits__{m}__seed={s}.h5" for m in ("SGD", "Adam") for s in range(3))

@@ -28,7 +28,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import nets
 from nets.models import VGG_CONFIGS
 
-pytestmark = pytest.mark.usefixtures("float64")
+pytestmark = [pytest.mark.usefixtures("float64"), pytest.mark.cpu_only]  # cpu_only: PyTorch forward references
 
 EPS = 1e-5  # BatchNorm's ε (PyTorch's default)
 

@@ -222,6 +222,7 @@ def test_weight_norm_equals_the_plain_layer_at_init_and_scales_with_g(float64):
         np.testing.assert_allclose(wn.apply(th2, x).data, wn.apply(th, x).data, rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # host-bound reference (SciPy/PyTorch)
 def test_layers_agree_with_torch_when_importable(float64):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional

@@ -147,6 +147,7 @@ def test_running_statistics_follow_pytorchs_formulas(float64):
     np.testing.assert_allclose(bn.running_mean, 0.9 * rm + 0.1 * h2.mean(0), rtol=1e-6)
 
 
+@pytest.mark.cpu_only  # host-bound reference (SciPy/PyTorch)
 def test_running_statistics_match_torch_when_importable():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)

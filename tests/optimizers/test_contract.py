@@ -30,6 +30,7 @@ import pytest
 import optimizers
 from optimizers import SGD, Adam, DampedNewton, GaussNewton, HessianFree, Optimizer, states_equal
 from optimizers.base import INFO_KEYS, STATE_KEYS
+from tinygrad2 import backend
 
 from _helpers import PROBLEMS, ROWS, STEPS, hdf5_round_trip, problem, train
 
@@ -113,7 +114,7 @@ def test_a_foreign_state_is_refused_with_an_error_naming_the_optimizer(run):
         opt.step(objective, theta, other.init(theta))
     with pytest.raises((ValueError, TypeError), match=rf"{me}\.end_epoch: .*{type(other).__name__}\.init"):
         opt.end_epoch(theta, other.init(theta), {"val_loss": 1.0})
-    bigger = np.zeros(theta.size + 3)
+    bigger = backend.xp.zeros(theta.size + 3)
     with pytest.raises((ValueError, TypeError), match=rf"{me}\.step: .*size {theta.size + 3}"):
         opt.step(objective, theta, opt.init(bigger))
     with pytest.raises((ValueError, TypeError), match=rf"{me}\.step: .*{me}\.init"):

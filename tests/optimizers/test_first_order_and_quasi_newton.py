@@ -336,6 +336,7 @@ def test_strong_wolfe_with_tight_c2_and_without_decrease():
 # ================================================================ L-BFGS: agreement with SciPy
 
 
+@pytest.mark.cpu_only  # host-bound reference (SciPy/PyTorch)
 @pytest.mark.parametrize("n", [2, 5])
 def test_lbfgs_reaches_scipys_rosenbrock_minimizer(float64, n):
     obj = Rosenbrock(n)
@@ -349,6 +350,7 @@ def test_lbfgs_reaches_scipys_rosenbrock_minimizer(float64, n):
     assert statuses.count("wolfe") >= 0.9 * len(statuses) and "nan_revert" not in statuses
 
 
+@pytest.mark.cpu_only  # host-bound reference (SciPy/PyTorch)
 def test_lbfgs_reaches_scipys_logistic_regression_optimum(float64):
     rng = np.random.default_rng(7)
     X = np.c_[rng.normal(size=(300, 6)), np.ones(300)]

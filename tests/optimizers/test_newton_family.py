@@ -209,6 +209,7 @@ def test_cg_converges_in_k_iterations_for_k_distinct_eigenvalues(k):
     assert np.linalg.norm(A @ res.x - b) <= 1e-8 * np.linalg.norm(b)
 
 
+@pytest.mark.cpu_only  # host-bound reference (SciPy/PyTorch)
 @pytest.mark.parametrize("iterations", [1, 3, 8])
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_cg_iterates_match_scipy(iterations, preconditioned):
@@ -328,6 +329,7 @@ def test_gauss_newton_equals_hf_newton_on_logistic_regression_and_least_squares(
     lambda: HessianFree(damping=1.0, line_search=True),
     lambda: DampedNewton(adapt="lm"),
 ], ids=["hf", "gn_preconditioned", "hf_line_search", "damped_newton"])
+@pytest.mark.cpu_only  # host-bound reference (SciPy/PyTorch)
 def test_reaches_scipys_logistic_regression_optimum(make):
     obj = logistic()
     w0 = np.zeros(obj.n)

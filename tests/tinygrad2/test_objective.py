@@ -385,6 +385,7 @@ def test_hutchinson_draws_are_chunked_to_fit_the_budget():
 # ================================================================ closed-form problems
 
 
+@pytest.mark.cpu_only  # host-bound reference (SciPy/PyTorch)
 @given(st.integers(2, 8), st.integers(0, 2**31 - 1))
 def test_rosenbrock_matches_scipy(n, seed):
     rng = np.random.default_rng(seed)
