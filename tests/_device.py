@@ -24,6 +24,7 @@ Install it with ``with emulated(): ...`` or the ``emulated_backend`` fixture.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import types
 
@@ -31,6 +32,11 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from tinygrad2 import backend
+
+
+SYNCS = collections.Counter()
+"""Device-to-host synchronisations by kind (``float``, ``bool``, ``asnumpy``, ...):
+what would stall a GPU stream; ``SYNCS.clear()`` before, read after."""
 
 
 def _refuse_host(x, where):
@@ -135,6 +141,7 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     def get(self):
         """CuPy's explicit device-to-host copy."""
+        SYNCS["get"] += 1
         return self._a.copy()
 
     def __getitem__(self, index):
@@ -151,24 +158,30 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # (c): explicit, synchronising conversions to Python values work
     def __float__(self):
+        SYNCS["float"] += 1
         return float(self._a)
 
     def __int__(self):
+        SYNCS["int"] += 1
         return int(self._a)
 
     def __bool__(self):
+        SYNCS["bool"] += 1
         return bool(self._a)
 
     def __complex__(self):
         return complex(self._a)
 
     def item(self, *args):
+        SYNCS["item"] += 1
         return self._a.item(*args)
 
     def tolist(self):
+        SYNCS["tolist"] += 1
         return self._a.tolist()
 
     def __format__(self, spec):
+        SYNCS["format"] += 1
         return format(self._a, spec)
 
     def __repr__(self):
@@ -236,6 +249,7 @@ def _asarray(a, dtype=None, *args, **kwargs):
 def _asnumpy(a, *args, **kwargs):
     """The explicit device-to-host transfer (a copy)."""
     if isinstance(a, DeviceArray):
+        SYNCS["asnumpy"] += 1
         return a._a.copy()
     return np.asarray(a)
 
