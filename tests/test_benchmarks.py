@@ -10,14 +10,18 @@ from __future__ import annotations
 import ast
 import gzip
 import importlib.util
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.cpu_only  # host-bound: PyTorch references and benchmark subprocesses
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -171,3 +175,178 @@ def test_benchmarks_are_not_packaged():
     assert "experiments" in packages and not any(p.split(".")[0] == "benchmarks" for p in packages)
     assert not list((ROOT / "experiments").glob("bench_*.py"))
     assert not list((ROOT / "experiments").glob("reference_*.py"))
+
+
+# ---------------------------------------------------------------- benchmarks/gpu_check (one-shot GPU run)
+
+
+@pytest.fixture
+def gpu_check(monkeypatch):
+    """benchmarks.gpu_check with no data folder (the paper run skips) and a quiet backend."""
+    from benchmarks import gpu_check as gc
+
+    monkeypatch.delenv("TINYGRAD2_DATA", raising=False)
+    monkeypatch.delenv("GPU_CHECK_REHEARSE", raising=False)
+    return gc
+
+
+def _quick(gc, out, *extra, step_functions=None):
+    """The quickest rehearsal, in this process; returns (report, the JSON as written)."""
+    args = gc.parse_args(["--out", str(out), "--rehearse", "--quick", "--threads", "1", *extra])
+    report = gc.run_all(args, step_functions=step_functions)
+    return report, json.loads((out / gc.JSON_NAME).read_text())
+
+
+def test_gpu_check_quick_rehearsal_writes_every_step(gpu_check, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    report, written = _quick(gpu_check, tmp_path, "--skip", "tests")
+    assert time.perf_counter() - t0 < 45
+    assert written["rehearsal"] is True and written["mode"] == "quick" and written["wall_s"] > 0
+    assert set(written["steps"]) == set(gpu_check.STEPS)
+    steps = written["steps"]
+    assert steps["tests"]["status"] == "skipped" and "--skip" in steps["tests"]["skipped"]
+    assert steps["paper_run"]["status"] == "skipped" and "TINYGRAD2_DATA" in steps["paper_run"]["skipped"]
+    # parity: NumPy against NumPy, every model and quantity measured (and 0)
+    parity = steps["parity"]
+    assert parity["status"] == "ok" and parity["all_ok"]
+    assert len(parity["models"]) == 3
+    mlp = next(m for name, m in parity["models"].items() if name.startswith("MLP"))
+    assert {"loss_rel_err", "grad_rel_err", "hvp_rel_err", "hessian_rel_err"} <= set(mlp)
+    assert all(m["max_rel_err"] == 0 for m in parity["models"].values())
+    # timings: every row with tinygrad2's median/min/max; torch beside it exactly when importable
+    timings = steps["timings"]
+    assert timings["status"] == "ok"
+    rows = timings["rows"]
+    names = [r["name"] for r in rows]
+    assert sum("grad" in n for n in names) == 2 and sum(n.endswith("HVP") for n in names) == 2
+    assert sum("dense Hessian" in n for n in names) == 2 and sum("SGD step" in n for n in names) == 1
+    for r in rows:
+        tg = r["tinygrad2"]
+        assert 0 < tg["min"] <= tg["median"] <= tg["max"] and tg["rounds"] >= 1
+        if HAS_TORCH:
+            assert isinstance(r["torch"], dict) and r["ratio"]["median"] > 0
+        else:
+            assert r["torch"].startswith("unavailable") and r["ratio"] is None
+    targets = {r["name"]: r["target"] for r in rows if r["target"]}
+    assert any("< 2 s" in t for t in targets.values()) and any("1.5x torch" in t for t in targets.values())
+
+
+def test_gpu_check_without_torch_marks_the_torch_columns(gpu_check, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    _, written = _quick(gpu_check, tmp_path, "--skip", "tests", "--skip", "parity")
+    assert "torch not importable" in written["config"]["torch"]
+    rows = written["steps"]["timings"]["rows"]
+    assert rows and all(r["torch"].startswith("unavailable: torch not importable") for r in rows)
+    assert all(r["ratio"] is None and r["tinygrad2"]["median"] > 0 for r in rows)
+
+
+def test_gpu_check_a_failing_step_still_writes_the_json(gpu_check, tmp_path):
+    def broken(ctx, budget, entry):
+        entry["started"] = True
+        raise RuntimeError("injected failure")
+
+    def fine(ctx, budget, entry):
+        entry["ran"] = True
+
+    report, written = _quick(gpu_check, tmp_path, step_functions={
+        "tests": fine, "parity": broken, "timings": fine})
+    steps = written["steps"]
+    assert steps["parity"]["status"] == "error" and steps["parity"]["started"]
+    assert steps["parity"]["error"] == "RuntimeError: injected failure"
+    assert "Traceback" in steps["parity"]["traceback"] and "injected failure" in steps["parity"]["traceback"]
+    assert steps["tests"]["ran"] and steps["timings"]["ran"] and steps["timings"]["status"] == "ok"
+    assert steps["paper_run"]["status"] == "skipped"  # the step after the failure ran (and skipped: no data)
+    assert report["steps"] == written["steps"]
+
+
+def test_gpu_check_a_step_past_its_hard_limit_is_cut(gpu_check, tmp_path, monkeypatch):
+    import time
+
+    if not hasattr(gpu_check.signal, "SIGALRM"):
+        pytest.skip("no SIGALRM on this platform")
+    monkeypatch.setattr(gpu_check, "GRACE_S", 0.2)
+
+    def stuck(ctx, budget, entry):
+        entry["rows"] = ["measured before it hung"]
+        time.sleep(30)
+
+    t0 = time.perf_counter()
+    _, written = _quick(gpu_check, tmp_path, "--budget", "tests=1", "--skip", "parity", "--skip", "timings",
+                        step_functions={"tests": stuck})
+    assert time.perf_counter() - t0 < 10
+    tests = written["steps"]["tests"]
+    assert tests["status"] == "partial" and "hard time limit" in tests["skipped"]
+    assert tests["rows"] == ["measured before it hung"]
+
+
+@pytest.mark.skipif(not (ROOT / "tests" / "_device.py").exists(), reason="needs the emulated device (tests/_device.py)")
+def test_gpu_check_quick_rehearsal_on_the_emulated_device(gpu_check, tmp_path):
+    """The device-side code path under CuPy's host/device rules (host arrays refused)."""
+    _, written = _quick(gpu_check, tmp_path, "--emulate", "--skip", "tests")
+    assert "emulated device" in written["device"]
+    parity = written["steps"]["parity"]
+    assert parity["measured"] == "emulated" and parity["all_ok"], parity
+    timings = written["steps"]["timings"]
+    assert timings["status"] == "ok" and len(timings["rows"]) == 7
+    assert all("error" not in r for r in timings["rows"])
+
+
+def test_gpu_check_gpu_mode_without_a_gpu_skips_with_one_line(gpu_check, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    args = gpu_check.parse_args(["--out", str(tmp_path), "--skip", "tests", "--threads", "0"])
+    gpu_check.run_all(args)
+    written = json.loads((tmp_path / gpu_check.JSON_NAME).read_text())
+    assert written["rehearsal"] is False and written["device"].startswith("no usable GPU: CuPy not importable")
+    for step in ("parity", "timings"):
+        assert written["steps"][step]["status"] == "skipped"
+        assert written["steps"][step]["skipped"].startswith("CuPy not importable")
+
+
+def test_gpu_check_parses_pytest_counts():
+    from benchmarks.gpu_check import parse_progress, parse_pytest
+
+    text = "..s.F\nFAILED tests/x.py::t[cupy]\n1 failed, 3 passed, 1 skipped, 2006 deselected, 2 warnings in 9.1s\n"
+    assert parse_pytest(text) == {"failed": 1, "passed": 3, "skipped": 1, "deselected": 2006, "warnings": 2}
+    assert parse_pytest("== 2 passed, 1 error in 3.0s ==") == {"passed": 2, "errors": 1}
+    assert parse_pytest("..s\n") is None  # killed before its summary
+    assert parse_progress("..s.F                                  [ 40%]\n.E  [ 60%]\n") == {
+        "passed": 4, "skipped": 1, "failed": 1, "errors": 1}
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="needs bash and coreutils' timeout")
+def test_gpu_check_sh_rehearsal(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYGRAD2_DATA", "TINYGRAD2_BACKEND")}
+    env.update(OMP_NUM_THREADS="1", GPU_CHECK_REHEARSE="1")
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--quick", "--skip", "tests"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    log = (out / "gpu_check.log").read_text()
+    assert "nvidia-smi" in log and re.search(r"^python 3\.\d+", log, re.M) and "numpy " in log
+    assert "(quick, REHEARSAL)" in log and "| case " in log and "gpu_check: exit 0" in log
+    written = json.loads((out / "gpu_check.json").read_text())
+    assert written["rehearsal"] is True and set(written["steps"]) == {"tests", "parity", "timings", "paper_run"}
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="needs bash and coreutils' timeout")
+def test_gpu_check_sh_time_limit_keeps_the_json(tmp_path):
+    """The wrapper's timeout (SIGTERM) mid-run: the JSON says which step it stopped and that the
+    rest were not reached (the real pytest step: collecting the suite alone outlasts the limit)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYGRAD2_DATA", "TINYGRAD2_BACKEND")}
+    # steps planned for 100 s, the wrapper's limit 8 s: its timeout has to end the run
+    env.update(OMP_NUM_THREADS="1", GPU_CHECK_LIMIT_S="8", GPU_CHECK_TOTAL_S="100")
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--rehearse", "--quick"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 124, run.stdout + run.stderr
+    steps = json.loads((out / "gpu_check.json").read_text())["steps"]
+    order = ["tests", "parity", "timings", "paper_run"]
+    assert list(steps) == order or set(steps) == set(order)
+    stopped = [s for s in order if steps[s]["status"] == "error"]
+    assert len(stopped) == 1 and "SIGTERM" in steps[stopped[0]]["error"]
+    assert all(steps[s]["skipped"] == "not reached" for s in order[order.index(stopped[0]) + 1:])
+    assert "stopped by the 8 s limit" in (out / "gpu_check.log").read_text()
