@@ -91,7 +91,7 @@ def measure(method, opt, state, probe, theta, G):
 def run(steps=(1, 20, 100, 300), probe_size=256, seed=0, out=sys.stdout):
     """Train each method and print the table of errors at the given steps."""
     with B.precision("float64"):
-        splits = data.load_digits().reshape(-1)
+        splits = data.load_digits().reshape(-1)  # host arrays: the batches are drawn on the host, moved explicitly
         X, y = splits.train.X.astype(np.float64), splits.train.y
         model = nets.MLP(**catalog.DIGITS_MODEL["kwargs"])
         rng = np.random.default_rng(seed)
@@ -109,11 +109,11 @@ def run(steps=(1, 20, 100, 300), probe_size=256, seed=0, out=sys.stdout):
                     perm, pos = order.permutation(len(y)), 0
                 idx = perm[pos: pos + batch]
                 pos += batch
-                objective = model.objective("cross_entropy", X[idx], y[idx])
+                objective = model.objective("cross_entropy", B.to_device(X[idx]), B.to_device(y[idx]))
                 before = theta
                 theta, state, _ = opt.step(objective, theta, state)
                 if step in steps:  # the curvature this step preconditioned with, at the point it was taken
-                    probe = model.objective("cross_entropy", X[probe_idx], y[probe_idx])
+                    probe = model.objective("cross_entropy", B.to_device(X[probe_idx]), B.to_device(y[probe_idx]))
                     G = B.to_host(probe.ggn(before))
                     table += [(step,) + row for row in measure(method, opt, state, probe, before, G)]
     print(f"Curvature models against the exact Gauss-Newton matrix: digits MLP 64-32-10 (n = "

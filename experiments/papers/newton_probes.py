@@ -20,7 +20,7 @@ def dead_relu_fraction(model, theta, X) -> float:
     """Fraction of hidden ReLUs that are zero on every row of X (dead: no
     gradient flows through them, and their weights get none): the
     ``dead_units`` probe's counts over all hidden layers."""
-    labels = np.zeros(len(X), dtype=np.int64)  # the capture needs a loss; dead units do not depend on it
+    labels = B.xp.zeros(len(X), dtype=B.xp.int64)  # the capture needs a loss; dead units do not depend on it
     counts = dead_unit_counts(Objective(model.apply, "cross_entropy", X, labels, layout=model.layout()), theta)
     return sum(d for d, _ in counts.values()) / max(sum(u for _, u in counts.values()), 1)
 
