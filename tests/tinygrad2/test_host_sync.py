@@ -140,3 +140,30 @@ def test_an_optimizer_step_synchronises_as_often_for_two_layers_as_for_five(name
         shallow, deep = second_step([6, 5, 3]), second_step([6, 5, 5, 5, 5, 3])
     assert shallow == deep
     assert shallow[0] <= 40, shallow
+
+
+def sync_table():
+    """Markdown rows: synchronisations of one optimizer step (the second) on the
+    emulated device, MLP 6-5-3 and 6-5-5-5-5-3, float64, batch 16."""
+    from _device import SYNCS, emulated
+
+    def second_step(name, sizes):
+        net, rng = MLP(sizes), np.random.default_rng(0)
+        obj = net.objective("cross_entropy", backend.to_device(rng.standard_normal((16, sizes[0]))),
+                            backend.to_device(rng.integers(0, sizes[-1], 16)))
+        theta = backend.to_device(net.init_theta(seed=1, dtype=np.float64))
+        opt = ROWS[name]()
+        theta, state, _ = opt.step(obj, theta, opt.init(theta))
+        return _synchronisations(lambda: opt.step(obj, theta, state))
+
+    rows = ["| optimizer | 2 layers | 5 layers | by kind (5 layers) |", "|---|---|---|---|"]
+    with emulated():
+        for name in ROWS:
+            (a, _), (b, kinds) = second_step(name, [6, 5, 3]), second_step(name, [6, 5, 5, 5, 5, 3])
+            rows.append(f"| {name} | {a} | {b} | {', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))} |")
+    SYNCS.clear()
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # PYTHONPATH=.:tests python tests/tinygrad2/test_host_sync.py
+    print(sync_table())
