@@ -15,7 +15,46 @@ from optimizers import (
     load_state, save_state, states_equal,
 )
 from tinygrad2 import Quadratic, Rosenbrock, Tensor, no_grad
+from tinygrad2 import backend
 from tinygrad2.backend import to_device, to_host
+
+def D(x):
+    """The explicit host-to-device transfer (identity for arrays already on the device)."""
+    return to_device(x)
+
+
+def host(x):
+    """Device arrays and Tensors -> NumPy arrays, recursively in lists/tuples/dicts;
+    anything else (host arrays, scalars, strings) unchanged."""
+    if isinstance(x, Tensor):
+        return to_host(x)
+    if backend.xp is not np and isinstance(x, backend.xp.ndarray):
+        return backend.xp.asnumpy(x)
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(host(v) for v in x)
+    if isinstance(x, dict):
+        return {k: host(v) for k, v in x.items()}
+    return x
+
+
+class _HostTesting:
+    """``npt.assert_allclose(...)`` etc.: ``numpy.testing`` with every argument
+    moved to the host first (explicitly), so device results can be compared."""
+
+    def __getattr__(self, name):
+        fn = getattr(np.testing, name)
+        if not callable(fn):
+            return fn
+
+        def wrapped(*args, **kwargs):
+            return fn(*host(list(args)), **host(kwargs))
+
+        wrapped.__name__ = name
+        return wrapped
+
+
+npt = _HostTesting()
+
 
 # Fourth-order central stencil: truncation error O(h^4), rounding ~ eps |F| / h.
 _STENCIL = ((-2, 1.0), (-1, -8.0), (1, 8.0), (2, -1.0))
@@ -30,19 +69,19 @@ def central_difference(F, arrays, Vs, step=1e-3):
     K = next(v.shape[0] for v in Vs if v is not None)
     rows = []
     for k in range(K):
-        scale = max(float(np.abs(v[k]).max(initial=0.0)) for v in Vs if v is not None)
+        scale = max(float(np.abs(to_host(v[k])).max(initial=0.0)) for v in Vs if v is not None)
         h = step / scale if scale > 0 else step
         acc = 0.0
         for c, w in _STENCIL:
             moved = [a if v is None else a + (c * h) * v[k] for a, v in zip(arrays, Vs)]
-            acc = acc + w * np.asarray(F(moved), dtype=np.float64)
+            acc = acc + w * np.asarray(to_host(F(moved)), dtype=np.float64)
         rows.append(acc / (12 * h))
     return np.stack(rows)
 
 
 def assert_close(actual, expected, rtol, atol=0.0, what=""):
     """||actual - expected|| <= rtol * max(||actual||, ||expected||) + atol (Frobenius)."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
+    actual, expected = np.asarray(host(actual)), np.asarray(host(expected))
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != expected {expected.shape}"
     err = float(np.linalg.norm((actual - expected).ravel()))
     scale = max(float(np.linalg.norm(actual.ravel())), float(np.linalg.norm(expected.ravel())))
@@ -79,7 +118,7 @@ def forward_over_reverse(fn, arrays, Vs, params=None):
     result = []
     for a, t in zip(arrays, ts):
         if t.grad is None or t.grad.tangent is None:
-            result.append(np.zeros((K,) + a.shape))
+            result.append(backend.xp.zeros((K,) + a.shape))
         else:
             assert t.grad.tangent.shape == (K,) + a.shape
             result.append(t.grad.tangent)
@@ -127,14 +166,14 @@ def mlp_loss(activation, X, y, hidden=4, C=3):
     one flat theta of length n (slices, and an integer-array gather)."""
     n, d = X.shape
     cuts = np.cumsum([0, d * hidden, hidden, hidden * C, C])
-    rows = np.arange(n)
+    rows, y = to_device(np.arange(n)), to_device(y)  # device index arrays (a scatter-add takes no host ones)
 
     def f(theta):
         W1 = theta[cuts[0] : cuts[1]].reshape(d, hidden)
         b1 = theta[cuts[1] : cuts[2]]
         W2 = theta[cuts[2] : cuts[3]].reshape(hidden, C)
         b2 = theta[cuts[3] : cuts[4]]
-        h = getattr(Tensor(X) @ W1 + b1, activation)()
+        h = getattr(Tensor(to_device(X)) @ W1 + b1, activation)()
         return -(h @ W2 + b2).log_softmax(axis=1)[rows, y].mean()
 
     return f, int(cuts[-1])

@@ -20,6 +20,8 @@ from experiments.__main__ import main
 from experiments.results import ResultsError, load_checkpoint, load_final, load_run
 from experiments.runner import RunSpec, train
 
+from _helpers import npt
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -70,8 +72,8 @@ def test_run_logs_steps_and_epochs_and_is_deterministic(tmp_path):
     a = train(small_spec(), tmp_path / "a.h5", progress=False)
     b = train(small_spec(), tmp_path / "b.h5", progress=False)
     assert len(a.steps["loss"]) == 6 and list(a.epochs["epoch"]) == [0, 1, 2]
-    np.testing.assert_array_equal(a.steps["loss"], b.steps["loss"])
-    np.testing.assert_array_equal(load_final(tmp_path / "a.h5")[0], load_final(tmp_path / "b.h5")[0])
+    npt.assert_array_equal(a.steps["loss"], b.steps["loss"])
+    npt.assert_array_equal(load_final(tmp_path / "a.h5")[0], load_final(tmp_path / "b.h5")[0])
     c = train(small_spec(seed=1), tmp_path / "c.h5", progress=False)
     assert not np.array_equal(a.steps["loss"], c.steps["loss"])
 
@@ -126,11 +128,11 @@ def test_sigkill_mid_run_and_resume_is_bit_identical(tmp_path):
         subprocess.run([sys.executable, str(script), str(path), mode], env=env, cwd=ROOT, check=True, timeout=300)
     a, b = load_run(killed), load_run(whole)
     assert a.status == b.status == "finished"
-    np.testing.assert_array_equal(load_final(killed)[0], load_final(whole)[0])
+    npt.assert_array_equal(load_final(killed)[0], load_final(whole)[0])
     for key in ("loss", "grad_norm"):
-        np.testing.assert_array_equal(a.steps[key], b.steps[key])
+        npt.assert_array_equal(a.steps[key], b.steps[key])
     for key in ("epoch", "train_loss", "val_loss", "val_acc", "test_acc"):
-        np.testing.assert_array_equal(a.epochs[key], b.epochs[key])
+        npt.assert_array_equal(a.epochs[key], b.epochs[key])
 
 
 @pytest.mark.parametrize("damage", ["truncated", "checkpoint edited"])

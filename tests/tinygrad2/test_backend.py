@@ -59,12 +59,14 @@ def test_engine_modules_do_not_import_numpy():
     assert not offenders, f"array math must go through backend.xp; numpy imported at {offenders}"
 
 
+@pytest.mark.cpu_only  # host-bound: asserts the NumPy default backend is left in place
 def test_use_an_unknown_backend():
     with pytest.raises(ValueError, match="bogus"):
         backend.use("bogus")
     assert backend.name == "numpy" and backend.xp is np
 
 
+@pytest.mark.cpu_only  # host-bound: asserts the NumPy default backend is left in place
 @pytest.mark.skipif(HAVE_CUPY, reason="CuPy is installed here")
 def test_use_cupy_without_cupy_explains_how_to_install():
     with pytest.raises(ImportError, match=r"cupy[\s\S]*pip install"):
@@ -85,11 +87,11 @@ def test_default_dtype_is_float32_for_python_data():
     assert Tensor(3).dtype == np.float32
     assert Tensor(2.5).dtype == np.float32
     # arrays keep their dtype
-    assert Tensor(np.ones(2)).dtype == np.float64
-    assert Tensor(np.ones(2, dtype=np.float32)).dtype == np.float32
+    assert Tensor(backend.to_device(np.ones(2))).dtype == np.float64
+    assert Tensor(backend.to_device(np.ones(2, dtype=np.float32))).dtype == np.float32
     # a Python scalar in an expression takes the tensor's dtype
-    assert (Tensor(np.ones(2)) * 0.5).dtype == np.float64
-    assert (Tensor(np.ones(2, dtype=np.float32)) * 0.5).dtype == np.float32
+    assert (Tensor(backend.to_device(np.ones(2))) * 0.5).dtype == np.float64
+    assert (Tensor(backend.to_device(np.ones(2, dtype=np.float32))) * 0.5).dtype == np.float32
 
 
 def test_precision_restores_the_dtype():
@@ -128,11 +130,12 @@ def test_to_host_returns_numpy_arrays():
 
 
 def test_asarray_keeps_arrays_and_converts_python_data():
-    a = np.ones(3)
+    a = backend.to_device(np.ones(3))
     assert backend.asarray(a) is a  # no copy
     assert backend.asarray(a, np.float32).dtype == np.float32
     assert backend.asarray([1, 2]).dtype == np.float32
-    assert backend.asarray(np.arange(3)).dtype == np.int64 or backend.asarray(np.arange(3)).dtype.kind == "i"
+    i = backend.to_device(np.arange(3))
+    assert backend.asarray(i).dtype == np.int64 or backend.asarray(i).dtype.kind == "i"
 
 
 # ---------------------------------------------------------------- the GPU backend

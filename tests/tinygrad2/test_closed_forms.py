@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 import tinygrad2 as tg
 from tinygrad2 import Tensor, check
 
-from _helpers import mlp_loss
+from _helpers import D, host, mlp_loss
 
 RTOL = 1e-8  # Frobenius relative error of the assembled Hessians
 
 
 def rel(a, b):
+    a, b = host(a), host(b)
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
@@ -47,7 +48,7 @@ def problems(draw, classes=False):
 
 
 def least_squares(X, y):
-    return lambda w: ((Tensor(X) @ w - Tensor(y)) ** 2).mean() * 0.5
+    return lambda w: ((Tensor(D(X)) @ w - Tensor(D(y))) ** 2).mean() * 0.5
 
 
 @given(problems())
@@ -55,11 +56,11 @@ def test_least_squares(problem):
     X, y, w, _ = problem
     n = len(X)
     f = least_squares(X, y)
-    value, g = tg.value_and_grad(f)(w)
+    value, g = tg.value_and_grad(f)(D(w))
     r = X @ w - y
     assert abs(value - 0.5 * np.mean(r**2)) <= 1e-12 * max(1.0, abs(value))
     assert rel(g, X.T @ r / n) < 1e-12
-    H = tg.hessian(f, w)
+    H = tg.hessian(f, D(w))
     assert H.dtype == np.float64
     assert rel(H, X.T @ X / n) < RTOL
 
@@ -73,15 +74,15 @@ def _sigmoid(z):
 
 def logistic(X, t):
     """mean_i [softplus(z_i) - t_i z_i], z = X w: the log-loss of sigmoid(z)."""
-    return lambda w: ((Tensor(X) @ w).softplus() - (Tensor(X) @ w) * Tensor(t)).mean()
+    return lambda w: ((Tensor(D(X)) @ w).softplus() - (Tensor(D(X)) @ w) * Tensor(D(t))).mean()
 
 
 def logistic_via_sigmoid(X, t):
     """The same loss written as -mean(t log p + (1 - t) log(1 - p))."""
 
     def f(w):
-        p = (Tensor(X) @ w).sigmoid()
-        return -(Tensor(t) * p.log() + (1 - Tensor(t)) * (1 - p).log()).mean()
+        p = (Tensor(D(X)) @ w).sigmoid()
+        return -(Tensor(D(t)) * p.log() + (1 - Tensor(D(t))) * (1 - p).log()).mean()
 
     return f
 
@@ -94,11 +95,11 @@ def test_logistic_regression(loss, problem):
     t = (y > 0).astype(np.float64)
     f = loss(X, t)
     p = _sigmoid(X @ w)
-    value, g = tg.value_and_grad(f)(w)
+    value, g = tg.value_and_grad(f)(D(w))
     assert abs(value - np.mean(-t * np.log(p) - (1 - t) * np.log(1 - p))) < 1e-12 * max(1.0, abs(value))
     assert rel(g, X.T @ (p - t) / n) < 1e-10
     H_true = X.T @ (X * (p * (1 - p))[:, None]) / n
-    assert rel(tg.hessian(f, w), H_true) < RTOL
+    assert rel(tg.hessian(f, D(w)), H_true) < RTOL
 
 
 # ---------------------------------------------------------------- softmax regression
@@ -108,10 +109,10 @@ def softmax_regression(X, y, C, fused):
     """Mean cross-entropy of logits X W, W = w.reshape(d, C) (row-major):
     either log_softmax with an integer-array gather, or the fused primitive."""
     n, d = X.shape
-    rows = np.arange(n)
+    rows, y = D(np.arange(n)), D(y)  # device index arrays
 
     def f(w):
-        Z = Tensor(X) @ w.reshape(d, C)
+        Z = Tensor(D(X)) @ w.reshape(d, C)
         if fused:
             return Z.cross_entropy(y)
         return -Z.log_softmax(axis=1)[rows, y].mean()
@@ -140,10 +141,10 @@ def test_softmax_regression(fused, problem):
     f = softmax_regression(X, y, C, fused)
     P = softmax_probabilities(X, w.reshape(d, C))
     Y = np.eye(C)[y]
-    value, g = tg.value_and_grad(f)(w)
+    value, g = tg.value_and_grad(f)(D(w))
     assert abs(value - np.mean(-np.log(P[np.arange(n), y]))) < 1e-12 * max(1.0, abs(value))
     assert rel(g, (X.T @ (P - Y) / n).ravel()) < 1e-10
-    H = tg.hessian(f, w)
+    H = tg.hessian(f, D(w))
     assert rel(H, softmax_hessian(X, P)) < RTOL
 
 
@@ -155,7 +156,7 @@ def test_softmax_hessian_flattening_order_matters():
     X, y, w = rng.standard_normal((n, d)), rng.integers(0, C, n), rng.standard_normal(d * C)
     P = softmax_probabilities(X, w.reshape(d, C))
     wrong = sum(np.kron(np.diag(p) - np.outer(p, p), np.outer(x, x)) for x, p in zip(X, P)) / n
-    H = tg.hessian(softmax_regression(X, y, C, fused=False), w)
+    H = tg.hessian(softmax_regression(X, y, C, fused=False), D(w))
     assert rel(H, softmax_hessian(X, P)) < RTOL
     assert rel(H, wrong) > 0.1
 
@@ -170,14 +171,15 @@ def test_softmax_shift_directions_are_in_the_null_space(fused, problem):
     f = softmax_regression(X, y, C, fused)
     u = np.random.default_rng(1).standard_normal(d)
     shift = np.outer(u, np.ones(C)).ravel()
-    H = tg.hessian(f, w)
-    Hv = tg.hvp(f, w, shift)
+    H = host(tg.hessian(f, D(w)))
+    Hv = host(tg.hvp(f, D(w), D(shift)))
     scale = np.linalg.norm(H) * np.linalg.norm(shift)
     assert np.linalg.norm(H) > 1e-6
     assert np.linalg.norm(Hv) <= 1e-12 * scale
     assert np.linalg.norm(H @ shift) <= 1e-12 * scale
     # the gradient is orthogonal to the shift too: the loss is constant along it
-    assert abs(tg.grad(f)(w) @ shift) <= 1e-12 * np.linalg.norm(shift) * max(1.0, np.linalg.norm(tg.grad(f)(w)))
+    g = host(tg.grad(f)(D(w)))
+    assert abs(g @ shift) <= 1e-12 * np.linalg.norm(shift) * max(1.0, np.linalg.norm(g))
 
 
 # ---------------------------------------------------------------- a two-layer tanh network
@@ -192,13 +194,13 @@ def test_two_layer_tanh_hessian_against_finite_differences():
     n, d, hidden, C = 16, 4, 3, 3
     X, y = rng.standard_normal((n, d)), rng.integers(0, C, n)
     f, size = two_layer_tanh(X, y, hidden, C)
-    theta = rng.standard_normal(size) * 0.5
+    theta = D(rng.standard_normal(size) * 0.5)
     report = check.check_hessian(f, theta)
     assert report.directions == size
     assert report.rel_error < RTOL, str(report)
     assert report.symmetry < 1e-12, str(report)
     # not a trivially small Hessian: it has negative curvature (a non-convex net)
-    eig = np.linalg.eigvalsh(tg.hessian(f, theta))
+    eig = np.linalg.eigvalsh(host(tg.hessian(f, theta)))
     assert eig.min() < -1e-6 < 1e-6 < eig.max()
 
 
@@ -211,6 +213,6 @@ def test_check_hessian_reports_a_wrong_hessian(monkeypatch):
     n, d, hidden, C = 16, 4, 3, 3
     X, y = rng.standard_normal((n, d)), rng.integers(0, C, n)
     f, size = two_layer_tanh(X, y, hidden, C)
-    theta = rng.standard_normal(size) * 0.5
+    theta = D(rng.standard_normal(size) * 0.5)
     monkeypatch.setattr(REGISTRY["tanh"], "jvp", lambda primals, tangents, out: tangents[0] * (1 - out))
     assert check.check_hessian(f, theta).rel_error > 1e-3

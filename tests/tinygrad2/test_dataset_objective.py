@@ -14,6 +14,8 @@ from tinygrad2 import (
     CurvatureMemoryError, DatasetObjective, Layout, NonFiniteError, Objective, ObjectiveInterface, spectrum,
 )
 
+from _helpers import D, host, npt
+
 pytestmark = pytest.mark.usefixtures("float64")
 
 SIZES = (7, 5, 3)  # unequal, so an unweighted mean of batch means is wrong
@@ -23,6 +25,15 @@ LABELS = RNG.integers(0, 3, sum(SIZES))
 TARGETS = RNG.standard_normal((sum(SIZES), 3))
 LAYOUT = Layout([("W1", (3, 4), "weight"), ("b1", (4,), "bias"), ("W2", (4, 3), "weight"), ("b2", (3,), "bias")])
 THETA = np.random.default_rng(1).standard_normal(LAYOUT.n) * 0.7
+_HOST = {"X": X, "LABELS": LABELS, "TARGETS": TARGETS, "THETA": THETA}
+
+
+@pytest.fixture(autouse=True)
+def _data_on_the_backend():
+    """The module's data as backend arrays for each test (device arrays under a device backend)."""
+    globals().update({k: D(v) for k, v in _HOST.items()})
+    yield
+    globals().update(_HOST)
 
 
 def mlp(theta, X):
@@ -31,7 +42,7 @@ def mlp(theta, X):
 
 
 def split(A):
-    bounds = np.cumsum(SIZES)[:-1]
+    bounds = np.cumsum(SIZES)[:-1].tolist()
     return np.split(A, bounds)
 
 
@@ -42,14 +53,14 @@ def setup(loss):
 
 
 def rel(a, b):
-    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = np.asarray(host(a), float), np.asarray(host(b), float)
     return float(np.linalg.norm(a - b)) / max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), 1e-300)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_every_quantity_equals_the_single_batch_objective(loss):
     full, data = setup(loss)
-    V = np.random.default_rng(2).standard_normal((4, LAYOUT.n))
+    V = D(np.random.default_rng(2).standard_normal((4, LAYOUT.n)))
     assert data.batch_size == full.batch_size == 15
     assert abs(data.loss(THETA) - full.loss(THETA)) <= 1e-14 * abs(full.loss(THETA))
     pairs = [
@@ -79,8 +90,8 @@ def test_every_quantity_equals_the_single_batch_objective(loss):
 def test_an_unweighted_mean_of_batch_means_would_fail(loss):
     full, data = setup(loss)
     objs = [full.with_batch(Xb, yb) for Xb, yb in zip(split(X), split(full.y))]
-    plain_loss = np.mean([o.loss(THETA) for o in objs])
-    plain_H = np.mean([o.hessian(THETA) for o in objs], axis=0)
+    plain_loss = np.mean([host(o.loss(THETA)) for o in objs])
+    plain_H = np.mean([host(o.hessian(THETA)) for o in objs], axis=0)
     assert abs(plain_loss - full.loss(THETA)) > 1e-3 * abs(full.loss(THETA))
     assert rel(plain_H, full.hessian(THETA)) > 1e-3
     assert rel(data.hessian(THETA), full.hessian(THETA)) < 1e-13
@@ -119,7 +130,7 @@ def test_a_streamed_source_is_read_once_per_product_and_never_held():
 
     data = DatasetObjective(full, source)
     assert calls[0] == 0 and data.streamed
-    V = np.random.default_rng(4).standard_normal((3, LAYOUT.n))
+    V = D(np.random.default_rng(4).standard_normal((3, LAYOUT.n)))
     results = [
         (data.loss(THETA), held.loss(THETA)),
         (data.grad(THETA), held.grad(THETA)),
@@ -133,7 +144,7 @@ def test_a_streamed_source_is_read_once_per_product_and_never_held():
         (data.block_row_sums(THETA, "W1"), held.block_row_sums(THETA, "W1")),
     ]
     for a, b in results:
-        np.testing.assert_array_equal(a, b)  # same batches, same order: bit for bit
+        npt.assert_array_equal(a, b)  # same batches, same order: bit for bit
     assert calls[0] == len(results) == data.passes  # one pass per product
     assert peak[0] <= 2  # at most the batch in use and the one just released
     assert data.batch_size == 15 and calls[0] == len(results)  # known from the last pass
@@ -150,7 +161,7 @@ def test_a_fresh_stream_counts_its_examples_on_demand():
 def test_it_has_the_interface_and_whole_data_counts(loss):
     full, data = setup(loss)
     assert isinstance(data, ObjectiveInterface)
-    V = np.ones((4, LAYOUT.n))
+    V = D(np.ones((4, LAYOUT.n)))
     data.hvp(THETA, V)
     data.ggn_vp(THETA, V[:2])
     data.loss_and_grad(THETA)
@@ -169,9 +180,9 @@ def test_it_has_the_interface_and_whole_data_counts(loss):
 def test_spectrum_on_the_whole_data_set():
     full, data = setup("cross_entropy")
     H = full.hessian(THETA)
-    exact = np.linalg.eigvalsh(H)[::-1][:3]
+    exact = np.linalg.eigvalsh(host(H))[::-1][:3]
     top = spectrum.top_eigenvalues(lambda V: data.hvp(THETA, V), LAYOUT.n, k=3, dtype=np.float64, seed=0)
-    np.testing.assert_allclose(top, exact, rtol=1e-9, atol=1e-12)
+    npt.assert_allclose(top, exact, rtol=1e-9, atol=1e-12)
     trace, _ = spectrum.trace_hutchinson(lambda V: data.hvp(THETA, V), LAYOUT.n, 8, dtype=np.float64, seed=1)
     trace_full, _ = spectrum.trace_hutchinson(lambda V: full.hvp(THETA, V), LAYOUT.n, 8, dtype=np.float64, seed=1)
     assert abs(trace - trace_full) <= 1e-12 * abs(trace_full)
@@ -187,7 +198,7 @@ def test_spectrum_on_the_whole_data_set():
 def softmax_regression():
     """Convex: logits X W P with the last class's logit fixed at 0 (P = [I 0]),
     so the Hessian is positive definite."""
-    P = tg.Tensor(np.eye(2, 3))
+    P = tg.Tensor(D(np.eye(2, 3)))
 
     def model(theta, X):
         return X @ theta.reshape(3, 2) @ P
@@ -200,7 +211,7 @@ def softmax_regression():
                                   lambda: Newton(curvature="ggn")])
 def test_full_batch_optimizers_take_the_same_step(make):
     full, data = softmax_regression()
-    theta0 = np.full(6, 0.1)
+    theta0 = D(np.full(6, 0.1))
     opt = make()
     a, _, info_a = opt.step(data, theta0, opt.init(theta0))
     b, _, info_b = opt.step(full, theta0, opt.init(theta0))
@@ -224,11 +235,11 @@ def test_batchnorm_running_statistics_are_never_touched():
     model, theta, _, data = bn_setup(train=True)
     before = {k: v.copy() for k, v in model.named_buffers().items()}
     data.loss_and_grad(theta)
-    data.hvp(theta, np.ones(theta.shape[0]))
+    data.hvp(theta, D(np.ones(theta.shape[0])))
     data.hessian(theta)
     data.hessian_diag(theta, "hutchinson", 4, seed=0)
     after = model.named_buffers()
-    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert all(np.array_equal(host(before[k]), host(after[k])) for k in before)
 
 
 def test_batchnorm_in_train_mode_is_the_mean_of_per_batch_hessians():
@@ -258,8 +269,9 @@ def test_errors_are_clear():
         DatasetObjective(object(), [(X, LABELS)])
     with pytest.raises(TypeError, match="batch 1 must be an \\(X, y\\) pair"):
         DatasetObjective(full, [(X, LABELS), X[0, 0]])
-    bad = X.copy()
+    bad = host(X).copy()
     bad[2, 1] = np.nan
+    bad = D(bad)
     with pytest.raises(NonFiniteError, match="DatasetObjective: batch 1: .*X has 1 non-finite"):
         DatasetObjective(full, [(X, LABELS), (bad, LABELS)])
     streamed = DatasetObjective(full, lambda: iter([(X, LABELS), (bad, LABELS)]))  # checked on use
@@ -268,11 +280,11 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="batch 0: .*y must be integer labels"):
         DatasetObjective(full, [(X, LABELS[:3])])
     with pytest.raises(ValueError, match=r"DatasetObjective.hvp: theta has shape \(5,\), expected \(31,\)"):
-        data.hvp(np.zeros(5), np.zeros(5))
+        data.hvp(D(np.zeros(5)), D(np.zeros(5)))
     with pytest.raises(ValueError, match=r"DatasetObjective.hvp: V has shape"):
-        data.hvp(THETA, np.zeros(5))
+        data.hvp(THETA, D(np.zeros(5)))
     with pytest.raises(NonFiniteError, match="DatasetObjective.loss: theta"):
-        data.loss(np.full(LAYOUT.n, np.inf))
+        data.loss(D(np.full(LAYOUT.n, np.inf)))
     with pytest.raises(NotImplementedError, match="DatasetObjective.capture: .*with_batch"):
         data.capture(THETA)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
@@ -296,7 +308,7 @@ def test_dense_products_refuse_beyond_the_budget_before_allocating():
 def test_an_unbound_layout_is_bound_on_first_use():
     full = Objective(lambda th, X: X @ th.reshape(3, 3), "cross_entropy", X, LABELS)
     data = DatasetObjective(full, list(zip(split(X), split(LABELS))))
-    theta = np.linspace(-1, 1, 9)
+    theta = D(np.linspace(-1, 1, 9))
     assert data.n is None and rel(data.hessian(theta), full.hessian(theta)) < 1e-13 and data.n == 9
 
 
@@ -305,5 +317,5 @@ def test_streamed_hutchinson_reads_the_source_once_per_block():
     data = DatasetObjective(full, lambda: zip(split(X), split(LABELS)))
     d = data.hessian_diag(THETA, "hutchinson", 10, seed=5, chunk=4)
     assert data.passes == 1 + 3  # the memory forecast, then blocks of 4, 4, 2 draws
-    np.testing.assert_array_equal(d, held.hessian_diag(THETA, "hutchinson", 10, seed=5, chunk=4))
+    npt.assert_array_equal(d, held.hessian_diag(THETA, "hutchinson", 10, seed=5, chunk=4))
     assert data.counts["nhvp"] == 10

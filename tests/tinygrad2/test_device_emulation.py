@@ -98,6 +98,7 @@ def test_python_conversions_work(a):
     assert (a.shape, a.dtype, a.ndim, a.size, a.nbytes) == ((2, 3), np.float64, 2, 6, 48)
 
 
+@pytest.mark.cpu_only  # host-bound: asserts the NumPy backend is back after the emulated() block
 def test_backend_transfers_through_the_emulator():
     with emulated():
         host = np.arange(4.0)

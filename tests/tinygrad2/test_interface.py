@@ -11,6 +11,8 @@ from tinygrad2 import (
     Tensor, memory,
 )
 
+from _helpers import D, host, npt
+
 pytestmark = pytest.mark.usefixtures("float64")
 
 X = np.random.default_rng(0).standard_normal((7, 3))
@@ -19,10 +21,10 @@ LABELS = np.array([0, 1, 2, 0, 1, 2, 0])
 
 def objectives():
     return {
-        "Objective": Objective(lambda th, X: X @ th.reshape(3, 3), "cross_entropy", X, LABELS),
-        "Quadratic": Quadratic(np.eye(3)),
+        "Objective": Objective(lambda th, X: X @ th.reshape(3, 3), "cross_entropy", D(X), D(LABELS)),
+        "Quadratic": Quadratic(D(np.eye(3))),
         "Rosenbrock": Rosenbrock(3),
-        "LogisticRegression": LogisticRegression(X, LABELS % 2),
+        "LogisticRegression": LogisticRegression(D(X), D(LABELS % 2)),
         "Function": Function(lambda t: (t * t).sum(), 3),
     }
 
@@ -49,14 +51,14 @@ def test_batch_size_is_what_the_loss_averages_over(name, batch):
 
 def test_with_batch_keeps_the_loss_and_changes_the_batch():
     obj = objectives()["Objective"]
-    other = obj.with_batch(X[:4], LABELS[:4])
+    other = obj.with_batch(D(X[:4]), D(LABELS[:4]))
     assert other.batch_size == 4 and other.counts is obj.counts
 
 
 @pytest.mark.parametrize("name", ["Quadratic", "Rosenbrock", "Function"])
 def test_with_batch_on_a_problem_without_a_batch_is_a_clear_error(name):
     with pytest.raises(NotImplementedError, match=f"{name}.*\\.with_batch: .* has no batch"):
-        objectives()[name].with_batch(X, LABELS)
+        objectives()[name].with_batch(D(X), D(LABELS))
 
 
 def test_objective_hvp_and_grad_go_through_functional(monkeypatch):
@@ -67,11 +69,11 @@ def test_objective_hvp_and_grad_go_through_functional(monkeypatch):
         original = getattr(functional, name)
         monkeypatch.setattr(functional, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     obj = objectives()["Objective"]
-    theta, V = np.linspace(-1, 1, 9), np.random.default_rng(1).standard_normal((4, 9))
+    theta, V = D(np.linspace(-1, 1, 9)), D(np.random.default_rng(1).standard_normal((4, 9)))
     HV = obj.hvp(theta, V)
     obj.grad(theta)
     assert calls == ["checked_hvp", "checked_value_and_grad"]
-    np.testing.assert_array_equal(HV, tg.hvp(obj._scalar, theta, V))
+    npt.assert_array_equal(HV, tg.hvp(obj._scalar, theta, V))
 
 
 def test_objective_checks_its_arguments_once(monkeypatch):
@@ -84,19 +86,19 @@ def test_objective_checks_its_arguments_once(monkeypatch):
     monkeypatch.setattr(functional, "_input", second_check)
     monkeypatch.setattr(functional, "_directions", second_check)
     obj = objectives()["Objective"]
-    theta = np.linspace(-1, 1, 9)
-    obj.hvp(theta, np.ones((2, 9)))
+    theta = D(np.linspace(-1, 1, 9))
+    obj.hvp(theta, D(np.ones((2, 9))))
     obj.loss_and_grad(theta)
     with pytest.raises(AssertionError, match="ran again"):
-        tg.hvp(obj._scalar, theta, np.ones(9))  # the public function still checks
+        tg.hvp(obj._scalar, theta, D(np.ones(9)))  # the public function still checks
 
 
 def f_tanh(t):
-    return (Tensor(X) @ t.reshape(3, -1)).tanh().sum()
+    return (Tensor(D(X)) @ t.reshape(3, -1)).tanh().sum()
 
 
 def test_functional_hessian_refuses_before_allocating_beyond_the_budget():
-    x = np.zeros(3 * 4000)  # (12,000)^2 float64 = 1.07 GiB
+    x = D(np.zeros(3 * 4000))  # (12,000)^2 float64 = 1.07 GiB
     with pytest.raises(CurvatureMemoryError, match=r"hessian: n = 12,000 parameters; needs about 1\.07 GiB"):
         tg.hessian(f_tanh, x, memory_budget=2**30)
 
@@ -104,12 +106,12 @@ def test_functional_hessian_refuses_before_allocating_beyond_the_budget():
 def test_functional_hessian_reads_the_session_budget(monkeypatch):
     monkeypatch.setattr(memory, "default_memory_budget", 1000)
     with pytest.raises(CurvatureMemoryError, match="budget is 1,000 bytes"):
-        tg.hessian(f_tanh, np.zeros(12))
+        tg.hessian(f_tanh, D(np.zeros(12)))
 
 
 def test_functional_hessian_within_the_budget_is_exact():
-    x = np.linspace(-0.5, 0.5, 6)
+    x = D(np.linspace(-0.5, 0.5, 6))
     H = tg.hessian(f_tanh, x, memory_budget=10 * 2**20)
     E = np.eye(6)
-    np.testing.assert_allclose(H, np.stack([tg.hvp(f_tanh, x, e) for e in E]), rtol=1e-14)
-    np.testing.assert_allclose(H, H.T, atol=1e-14)
+    npt.assert_allclose(H, np.stack([host(tg.hvp(f_tanh, x, D(e))) for e in E]), rtol=1e-14)
+    npt.assert_allclose(H, H.T, atol=1e-14)

@@ -8,6 +8,7 @@ import pytest
 import nets
 from tinygrad2 import Objective, Tensor, losses
 from tinygrad2.primitives import cross_entropy_grad
+from _helpers import D, host, npt
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -24,7 +25,8 @@ def test_closed_form_output_hessian_equals_forward_over_reverse(name, rng):
     T = rng.standard_normal((3,) + z.shape)
     table = losses.LOSSES[name]
     engine = losses.custom(table.value)  # H_z T by forward-over-reverse through the value
-    np.testing.assert_allclose(table.hessian_vp(z, y, T), engine.hessian_vp(z, y, T), rtol=1e-12, atol=1e-14)
+    z, y, T = D(z), D(y), D(T)
+    npt.assert_allclose(table.hessian_vp(z, y, T), engine.hessian_vp(z, y, T), rtol=1e-12, atol=1e-14)
 
 
 def test_softmax_hessian_product_is_the_closed_form(rng):
@@ -33,23 +35,24 @@ def test_softmax_hessian_product_is_the_closed_form(rng):
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     want = np.stack([[(np.diag(p[i]) - np.outer(p[i], p[i])) @ T[k, i] for i in range(len(z))] for k in range(2)])
-    np.testing.assert_allclose(losses.LOSSES["cross_entropy"].hessian_vp(z, y, T), want / len(z), rtol=1e-13)
+    npt.assert_allclose(losses.LOSSES["cross_entropy"].hessian_vp(D(z), D(y), D(T)), want / len(z), rtol=1e-13)
 
 
 def test_softmax_hessian_product_is_cross_entropy_grads_jvp(rng):
     z, y = batch("cross_entropy", rng)
     T = rng.standard_normal((2,) + z.shape)
+    z, y, T = D(z), D(y), D(T)
     out = cross_entropy_grad(Tensor(z, tangent=T), labels=y)
-    np.testing.assert_array_equal(out.tangent, losses.LOSSES["cross_entropy"].hessian_vp(z, y, T))
+    npt.assert_array_equal(out.tangent, losses.LOSSES["cross_entropy"].hessian_vp(z, y, T))
 
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_objective_nets_and_table_give_one_value(name, rng):
     z, y = batch(name, rng)
-    value = float(losses.LOSSES[name].value(Tensor(z), y).item())
-    assert float(nets.losses.get(name)(Tensor(z), y).item()) == value
-    obj = Objective(lambda th, X: th.reshape(*z.shape), name, np.zeros((z.shape[0], 1)), y)
-    assert obj.loss(z.reshape(-1)) == pytest.approx(value, rel=1e-15)
+    value = float(losses.LOSSES[name].value(Tensor(D(z)), D(y)).item())
+    assert float(nets.losses.get(name)(Tensor(D(z)), D(y)).item()) == value
+    obj = Objective(lambda th, X: th.reshape(*z.shape), name, D(np.zeros((z.shape[0], 1))), D(y))
+    assert obj.loss(D(z.reshape(-1))) == pytest.approx(value, rel=1e-15)
     if name == "cross_entropy":
         shifted = z - z.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import tinygrad2 as tg
 from tinygrad2 import Tensor, check, no_grad
 
-from _helpers import assert_close, central_difference, mlp_loss
+from _helpers import D, assert_close, central_difference, host, mlp_loss, npt
 
 EXACT = 1e-10  # two AD routes: rounding only
 FD = 1e-7  # against 4th-order finite differences
@@ -39,11 +39,11 @@ def relu_away_from_kinks(X, y, rng, hidden=4, C=3):
 
 def fused_cross_entropy(X, y, C=3):
     n, d = X.shape
-    return (lambda theta: (Tensor(X) @ theta.reshape(d, C)).tanh().cross_entropy(y)), d * C
+    return (lambda theta: (Tensor(D(X)) @ theta.reshape(d, C)).tanh().cross_entropy(D(y))), d * C
 
 
 def softplus_regression(X, y):
-    return (lambda theta: ((Tensor(X) @ theta).softplus() ** 2).sum() * 0.1 + (theta * theta).sum()), X.shape[1]
+    return (lambda theta: ((Tensor(D(X)) @ theta).softplus() ** 2).sum() * 0.1 + (theta * theta).sum()), X.shape[1]
 
 
 @st.composite
@@ -69,6 +69,7 @@ def test_all_modes_agree(problem, seed):
     kind, f, theta = problem
     n = theta.shape[0]
     V = np.random.default_rng(seed).standard_normal((3, n))
+    theta, V = D(theta), D(V)
     value, g = tg.value_and_grad(f)(theta)
     # forward mode: J v = g . v, for three directions at once
     f0, Jv = tg.jvp(f, theta, V)
@@ -76,7 +77,7 @@ def test_all_modes_agree(problem, seed):
     assert_close(Jv, V @ g, EXACT, 1e-13, f"{kind}: jvp vs grad . v")
     # the vjp pullback of the scalar: J^T 1 = g
     _, pullback = tg.vjp(f, theta)
-    assert_close(pullback(np.ones(())), g, EXACT, 0, f"{kind}: vjp vs grad")
+    assert_close(pullback(D(np.ones(()))), g, EXACT, 0, f"{kind}: vjp vs grad")
     # second order: forward-over-reverse, reverse-over-reverse, finite differences
     Hv = tg.hvp(f, theta, V)
     assert_close(Hv, tg.hvp_reverse_over_reverse(f, theta, V), EXACT, 1e-13, f"{kind}: fwd-over-rev vs rev-over-rev")
@@ -93,6 +94,7 @@ def test_check_reports_on_a_relu_network_near_its_kinks():
     X, y = rng.standard_normal((6, 3)), rng.integers(0, 3, 6)
     f, theta = relu_away_from_kinks(X, y, rng)
     V = rng.standard_normal((4, theta.size))
+    theta, V = D(theta), D(V)
     for report in (check.check_grad(f, theta), check.check_jvp(f, theta, V), check.check_hvp(f, theta, V)):
         assert report.rel_error < 1e-8, str(report)
         assert report.directions in (theta.size, 4)
@@ -102,30 +104,30 @@ def test_check_reports_on_a_relu_network_near_its_kinks():
 
 
 def quartic(theta):
-    return ((theta * theta).sum() ** 2) * 0.25 + (theta.tanh() * Tensor(np.arange(theta.shape[0], dtype=float))).sum()
+    return ((theta * theta).sum() ** 2) * 0.25 + (theta.tanh() * Tensor(D(np.arange(theta.shape[0], dtype=float)))).sum()
 
 
 def test_jvp_with_one_direction_and_with_a_batch():
     rng = np.random.default_rng(0)
     x, V = rng.standard_normal(5), rng.standard_normal((3, 5))
     f = lambda t: t.tanh() * 2.0  # vector valued
-    value, single = tg.jvp(f, x, V[1])
-    _, batch = tg.jvp(f, x, V)
-    np.testing.assert_allclose(value, 2 * np.tanh(x), rtol=1e-15)
+    value, single = tg.jvp(f, D(x), D(V[1]))
+    _, batch = tg.jvp(f, D(x), D(V))
+    npt.assert_allclose(value, 2 * np.tanh(x), rtol=1e-15)
     assert single.shape == (5,) and batch.shape == (3, 5)
-    np.testing.assert_array_equal(batch[1], single)
-    np.testing.assert_allclose(batch, 2 * (1 - np.tanh(x) ** 2) * V, rtol=1e-14)
+    npt.assert_array_equal(batch[1], single)
+    npt.assert_allclose(batch, 2 * (1 - np.tanh(x) ** 2) * V, rtol=1e-14)
     # a batch of one stays a batch
-    assert tg.jvp(f, x, V[:1])[1].shape == (1, 5)
+    assert tg.jvp(f, D(x), D(V[:1]))[1].shape == (1, 5)
 
 
 def test_hvp_single_and_batched():
     rng = np.random.default_rng(1)
     x, V = rng.standard_normal(6), rng.standard_normal((4, 6))
-    batch = tg.hvp(quartic, x, V)
+    batch = tg.hvp(quartic, D(x), D(V))
     assert batch.shape == (4, 6)
     for k in range(4):
-        single = tg.hvp(quartic, x, V[k])
+        single = tg.hvp(quartic, D(x), D(V[k]))
         assert single.shape == (6,)
         assert_close(single, batch[k], 1e-14, 0, "single vs batched hvp")
     # the closed form of the quartic part plus tanh: H = |x|^2 I + 2 x x^T + diag(-2 tanh sech^2 * i)
@@ -137,8 +139,8 @@ def test_hvp_single_and_batched():
 @pytest.mark.parametrize("chunk", [1, 3, 7, None])
 def test_hessian_chunk_sizes_agree(chunk):
     x = np.random.default_rng(2).standard_normal(7)
-    reference = tg.hessian(quartic, x, chunk=7)
-    H = tg.hessian(quartic, x, chunk=chunk)
+    reference = tg.hessian(quartic, D(x), chunk=7)
+    H = tg.hessian(quartic, D(x), chunk=chunk)
     assert H.shape == (7, 7) and H.dtype == np.float64
     assert_close(H, reference, 1e-15, 0, f"chunk {chunk}")
     t = np.tanh(x)
@@ -147,20 +149,20 @@ def test_hessian_chunk_sizes_agree(chunk):
 
 
 def test_functions_that_do_not_depend_on_x():
-    x, V = np.ones(3), np.ones((2, 3))
-    constant = lambda t: Tensor(np.array(2.0))
-    linear = lambda t: (t * Tensor(np.array([1.0, 2.0, 3.0]))).sum()
+    x, V = D(np.ones(3)), D(np.ones((2, 3)))
+    constant = lambda t: Tensor(D(np.array(2.0)))
+    linear = lambda t: (t * Tensor(D(np.array([1.0, 2.0, 3.0])))).sum()
     value, g = tg.value_and_grad(constant)(x)
     assert value == 2.0
-    np.testing.assert_array_equal(g, np.zeros(3))
+    npt.assert_array_equal(g, np.zeros(3))
     value, Jv = tg.jvp(constant, x, V)
     assert value == 2.0 and Jv.shape == (2,) and not Jv.any()
-    np.testing.assert_array_equal(tg.hvp(constant, x, V), np.zeros((2, 3)))
-    np.testing.assert_array_equal(tg.hvp(linear, x, V), np.zeros((2, 3)))
-    np.testing.assert_array_equal(tg.hvp_reverse_over_reverse(linear, x, V), np.zeros((2, 3)))
-    np.testing.assert_array_equal(tg.hessian(linear, x), np.zeros((3, 3)))
+    npt.assert_array_equal(tg.hvp(constant, x, V), np.zeros((2, 3)))
+    npt.assert_array_equal(tg.hvp(linear, x, V), np.zeros((2, 3)))
+    npt.assert_array_equal(tg.hvp_reverse_over_reverse(linear, x, V), np.zeros((2, 3)))
+    npt.assert_array_equal(tg.hessian(linear, x), np.zeros((3, 3)))
     _, pullback = tg.vjp(constant, x)
-    np.testing.assert_array_equal(pullback(np.ones(())), np.zeros(3))
+    npt.assert_array_equal(pullback(D(np.ones(()))), np.zeros(3))
 
 
 # ---------------------------------------------------------------- graph bookkeeping
@@ -169,53 +171,53 @@ def test_functions_that_do_not_depend_on_x():
 def test_vjp_pullback_can_be_called_twice():
     x = np.array([0.3, -1.2, 2.0])
     f = lambda t: (t * t).tanh() * t  # vector valued
-    value, pullback = tg.vjp(f, x)
+    value, pullback = tg.vjp(f, D(x))
     u1, u2 = np.array([1.0, -2.0, 0.5]), np.array([0.0, 1.0, 3.0])
-    first, second, again = pullback(u1), pullback(u2), pullback(u1)
+    first, second, again = pullback(D(u1)), pullback(D(u2)), pullback(D(u1))
     J = np.diag(np.tanh(x**2) + x * (1 - np.tanh(x**2) ** 2) * 2 * x)
-    np.testing.assert_allclose(first, J @ u1, rtol=1e-14)
-    np.testing.assert_allclose(second, J @ u2, rtol=1e-14)
-    np.testing.assert_array_equal(again, first)  # no accumulation across calls
-    np.testing.assert_allclose(value, np.tanh(x**2) * x, rtol=1e-15)
+    npt.assert_allclose(first, J @ u1, rtol=1e-14)
+    npt.assert_allclose(second, J @ u2, rtol=1e-14)
+    npt.assert_array_equal(again, first)  # no accumulation across calls
+    npt.assert_allclose(value, np.tanh(x**2) * x, rtol=1e-15)
 
 
 def test_gradients_accumulate_across_backward_calls_with_retain_graph():
-    x = Tensor(np.array([1.0, 2.0, -3.0]), requires_grad=True)
+    x = Tensor(D(np.array([1.0, 2.0, -3.0])), requires_grad=True)
     loss = (x * x).sum()
     loss.backward(retain_graph=True)
-    np.testing.assert_array_equal(x.grad.data, 2 * x.data)
+    npt.assert_array_equal(x.grad.data, 2 * x.data)
     loss.backward()
-    np.testing.assert_array_equal(x.grad.data, 4 * x.data)
+    npt.assert_array_equal(x.grad.data, 4 * x.data)
     # a fresh graph accumulates on top as well
     (x * 3.0).sum().backward()
-    np.testing.assert_array_equal(x.grad.data, 4 * x.data + 3)
+    npt.assert_array_equal(x.grad.data, 4 * x.data + 3)
 
 
 def test_a_reused_tensor_gets_the_sum_of_its_paths():
-    x = Tensor(np.array([0.5, -1.5]), requires_grad=True)
+    x = Tensor(D(np.array([0.5, -1.5])), requires_grad=True)
     y = x.exp()
     (y * y + y + x).sum().backward()  # diamond: y used three times, x twice
-    np.testing.assert_allclose(x.grad.data, 2 * np.exp(2 * x.data) + np.exp(x.data) + 1, rtol=1e-15)
+    npt.assert_allclose(x.grad.data, 2 * np.exp(2 * x.data) + np.exp(x.data) + 1, rtol=1e-15)
 
 
 def test_detach_stops_gradients_and_tangents():
-    x = Tensor(np.array([1.0, 2.0]), requires_grad=True, tangent=np.array([[1.0, 0.0]]))
+    x = Tensor(D(np.array([1.0, 2.0])), requires_grad=True, tangent=D(np.array([[1.0, 0.0]])))
     y = x * x.detach()  # d/dx = x only (the detached factor is a constant)
     assert x.detach().tangent is None and not x.detach().requires_grad
-    np.testing.assert_array_equal(y.tangent, [[1.0, 0.0]])
+    npt.assert_array_equal(y.tangent, [[1.0, 0.0]])
     y.sum().backward()
-    np.testing.assert_array_equal(x.grad.data, x.data)
-    z = Tensor(np.array([1.0]), requires_grad=True)
+    npt.assert_array_equal(x.grad.data, x.data)
+    z = Tensor(D(np.array([1.0])), requires_grad=True)
     with pytest.raises(RuntimeError, match="does not depend"):
         (z.detach() * 2.0).sum().backward()
 
 
 def test_no_grad_records_nothing_but_tangents_still_flow():
-    x = Tensor(np.array([0.1, 0.2, 0.3]), requires_grad=True, tangent=np.eye(3))
+    x = Tensor(D(np.array([0.1, 0.2, 0.3])), requires_grad=True, tangent=D(np.eye(3)))
     with no_grad():
         y = (x.tanh() * 2.0).sum()
     assert y.requires_grad is False and y._node is None
-    np.testing.assert_allclose(y.tangent, 2 * (1 - np.tanh(x.data) ** 2)[:, None].reshape(3), rtol=1e-15)
+    npt.assert_allclose(y.tangent, 2 * (1 - np.tanh(x.data) ** 2)[:, None].reshape(3), rtol=1e-15)
     with pytest.raises(RuntimeError, match="does not depend"):
         y.backward()
     z = (x * 2.0).sum()  # recording is back on after the block
@@ -223,26 +225,26 @@ def test_no_grad_records_nothing_but_tangents_still_flow():
 
 
 def test_comparisons_are_not_differentiable():
-    x = Tensor(np.array([-1.0, 0.0, 2.0]), requires_grad=True, tangent=np.ones((2, 3)))
-    for mask in (x > 0, x >= 0, x < 0, x <= 0, x == 0, x != 0, x > Tensor(np.zeros(3))):
+    x = Tensor(D(np.array([-1.0, 0.0, 2.0])), requires_grad=True, tangent=D(np.ones((2, 3))))
+    for mask in (x > 0, x >= 0, x < 0, x <= 0, x == 0, x != 0, x > Tensor(D(np.zeros(3)))):
         assert mask.dtype == bool
         assert not mask.requires_grad and mask.tangent is None and mask._node is None
-    np.testing.assert_array_equal((x > 0).data, [False, False, True])
+    npt.assert_array_equal((x > 0).data, [False, False, True])
     # a mask used as a constant factor carries no derivative of its own
     y = (x * Tensor((x > 0).data.astype(float))).sum()
     y.backward()
-    np.testing.assert_array_equal(x.grad.data, [0.0, 0.0, 1.0])
+    npt.assert_array_equal(x.grad.data, [0.0, 0.0, 1.0])
 
 
 def test_repr_shows_shape_and_op():
-    x = Tensor(np.ones((2, 3)), requires_grad=True)
+    x = Tensor(D(np.ones((2, 3))), requires_grad=True)
     y = x.tanh()
     assert "shape=(2, 3)" in repr(x) and "requires_grad=True" in repr(x)
     assert "shape=(2, 3)" in repr(y) and "op=tanh" in repr(y)
     assert "op=sum" in repr(y.sum()) and "shape=()" in repr(y.sum())
-    t = Tensor(np.zeros(4), tangent=np.zeros((5, 4)))
+    t = Tensor(D(np.zeros(4)), tangent=D(np.zeros((5, 4))))
     assert "directions=5" in repr(t) and "float64" in repr(t)
-    big = Tensor(np.arange(100.0).reshape(10, 10))
+    big = Tensor(D(np.arange(100.0).reshape(10, 10)))
     assert "shape=(10, 10)" in repr(big) and "99" in repr(big)
 
 
@@ -253,33 +255,34 @@ def test_forward_over_reverse_on_tensors_directly():
     A = rng.standard_normal((4, 4))
     A = A + A.T
     V = rng.standard_normal((2, 4))
-    x = Tensor(rng.standard_normal(4), requires_grad=True, tangent=V)
-    loss = (x * (Tensor(A) @ x)).sum() * 0.5 + x.exp().sum()
+    x = Tensor(D(rng.standard_normal(4)), requires_grad=True, tangent=D(V))
+    loss = (x * (Tensor(D(A)) @ x)).sum() * 0.5 + x.exp().sum()
     loss.backward()
     assert x.grad.tangent.shape == (2, 4)
-    H = A + np.diag(np.exp(x.data))
-    np.testing.assert_allclose(x.grad.tangent, V @ H, rtol=1e-13)
-    np.testing.assert_allclose(x.grad.data, A @ x.data + np.exp(x.data), rtol=1e-13)
+    xh = host(x.data)
+    H = A + np.diag(np.exp(xh))
+    npt.assert_allclose(x.grad.tangent, V @ H, rtol=1e-13)
+    npt.assert_allclose(x.grad.data, A @ xh + np.exp(xh), rtol=1e-13)
 
 
 def test_reverse_over_reverse_on_tensors_directly():
-    x = Tensor(np.array([0.5, -0.25]), requires_grad=True)
+    x = Tensor(D(np.array([0.5, -0.25])), requires_grad=True)
     loss = (x**3).sum()
     loss.backward(create_graph=True)
     g = x.grad
     assert g.requires_grad
-    np.testing.assert_allclose(g.data, 3 * x.data**2)
+    npt.assert_allclose(g.data, 3 * x.data**2)
     x.grad = None
-    (g * Tensor(np.array([1.0, 0.0]))).sum().backward()
-    np.testing.assert_allclose(x.grad.data, [6 * 0.5, 0.0])
+    (g * Tensor(D(np.array([1.0, 0.0])))).sum().backward()
+    npt.assert_allclose(x.grad.data, [6 * 0.5, 0.0])
 
 
 def test_float32_stays_float32_through_all_modes():
-    x = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    x = D(np.array([0.5, -1.0, 2.0], dtype=np.float32))
     f = lambda t: (t.tanh() * t).sum()
     assert tg.grad(f)(x).dtype == np.float32
-    assert tg.jvp(f, x, np.ones(3, dtype=np.float32))[1].dtype == np.float32
-    assert tg.hvp(f, x, np.ones(3, dtype=np.float32)).dtype == np.float32
+    assert tg.jvp(f, x, D(np.ones(3, dtype=np.float32)))[1].dtype == np.float32
+    assert tg.hvp(f, x, D(np.ones(3, dtype=np.float32))).dtype == np.float32
     assert Tensor([1.0, 2.0]).dtype == np.float32
 
 
@@ -292,12 +295,12 @@ P = importlib.import_module("tinygrad2.primitives")  # the module (the package's
 def test_a_zero_tangent_slice_of_a_flat_vector_is_a_symbolic_zero():
     V = np.zeros((3, 8))
     V[:, 5:] = np.arange(9.0).reshape(3, 3)
-    theta = Tensor(np.linspace(-1, 1, 8), tangent=V)
+    theta = Tensor(D(np.linspace(-1, 1, 8)), tangent=D(V))
     assert theta[0:5].tangent is None  # zero in every direction: skipped downstream
-    np.testing.assert_array_equal(theta[4:6].tangent, V[:, 4:6])
+    npt.assert_array_equal(theta[4:6].tangent, V[:, 4:6])
     # a 2-D tensor keeps its (zero) tangent: the economy is only for flat parameter vectors
-    M = Tensor(np.ones((2, 4)), tangent=np.zeros((3, 2, 4)))
-    np.testing.assert_array_equal(M[0].tangent, np.zeros((3, 4)))
+    M = Tensor(D(np.ones((2, 4))), tangent=D(np.zeros((3, 2, 4))))
+    npt.assert_array_equal(M[0].tangent, np.zeros((3, 4)))
 
 
 def test_hvp_with_block_sparse_directions_equals_the_dense_hessian():
@@ -311,21 +314,21 @@ def test_hvp_with_block_sparse_directions_equals_the_dense_hessian():
         p = layout.unflatten(theta)
         return (X @ p["W1"] + p["b1"]).tanh() @ p["W2"] + p["b2"]
 
-    obj = tg.Objective(model, "cross_entropy", X, y, layout)
-    theta = 0.5 * rng.standard_normal(layout.n)
+    obj = tg.Objective(model, "cross_entropy", D(X), D(y), layout)
+    theta = D(0.5 * rng.standard_normal(layout.n))
     Q = rng.standard_normal((layout.n, layout.n))  # dense directions: nothing is a symbolic zero
-    H = np.linalg.solve(Q, obj.hvp(theta, Q))  # the rows of hvp(Q) are (Q H)ᵢ, so H = Q⁻¹ (Q H)
-    np.testing.assert_allclose(H, H.T, atol=1e-10)
-    np.testing.assert_allclose(obj.hessian(theta), H, atol=1e-10)
+    H = np.linalg.solve(Q, host(obj.hvp(theta, D(Q))))  # the rows of hvp(Q) are (Q H)ᵢ, so H = Q⁻¹ (Q H)
+    npt.assert_allclose(H, H.T, atol=1e-10)
+    npt.assert_allclose(obj.hessian(theta), H, atol=1e-10)
     block = np.zeros((2, layout.n))
     block[:, layout["W2"].slice] = rng.standard_normal((2, 15))
-    np.testing.assert_allclose(obj.hvp(theta, block), block @ H, atol=1e-10)
+    npt.assert_allclose(obj.hvp(theta, D(block)), block @ H, atol=1e-10)
 
 
 def test_backward_frees_each_intermediate_once_its_consumers_are_done():
     import weakref
 
-    x = Tensor(np.linspace(0.1, 1, 6), requires_grad=True, tangent=np.eye(6))
+    x = Tensor(D(np.linspace(0.1, 1, 6)), requires_grad=True, tangent=D(np.eye(6)))
     y1 = x * 2.0
     y2 = y1.tanh()
     loss = (y2 * y2).sum()
@@ -346,27 +349,27 @@ def test_backward_frees_each_intermediate_once_its_consumers_are_done():
         P.REGISTRY["mul"].vjp = mul_vjp
     assert seen == [True]
     t = np.tanh(2 * x.data)
-    np.testing.assert_allclose(x.grad.data, 4 * t * (1 - t * t))  # d/dx tanh²(2x), t = tanh(2x)
+    npt.assert_allclose(x.grad.data, 4 * t * (1 - t * t))  # d/dx tanh²(2x), t = tanh(2x)
     # d/dx [4 t (1 - t²)] = 4 (1 - 3 t²) dt/dx, dt/dx = 2 (1 - t²)
-    np.testing.assert_allclose(np.diag(x.grad.tangent), 8 * (1 - t * t) * (1 - 3 * t * t), rtol=1e-12)
+    npt.assert_allclose(np.diag(x.grad.tangent), 8 * (1 - t * t) * (1 - 3 * t * t), rtol=1e-12)
 
 
 def test_no_tangent_records_the_graph_but_pushes_no_tangent():
-    x = Tensor(np.array([0.3, -0.2]), requires_grad=True, tangent=np.eye(2))
+    x = Tensor(D(np.array([0.3, -0.2])), requires_grad=True, tangent=D(np.eye(2)))
     z = x.tanh()
     with tg.no_tangent():
         loss = (z * z).sum()
     assert loss.tangent is None and loss.requires_grad
     loss.backward()
     t = np.tanh(x.data)  # d²/dx² tanh² = 2 (1 - t²)(1 - 3 t²)
-    np.testing.assert_allclose(np.diag(x.grad.tangent), 2 * (1 - t * t) * (1 - 3 * t * t), rtol=1e-12)
+    npt.assert_allclose(np.diag(x.grad.tangent), 2 * (1 - t * t) * (1 - 3 * t * t), rtol=1e-12)
 
 
 @pytest.mark.parametrize("rule", ["mul", "tanh_grad"])
 def test_direction_by_direction_products_equal_the_vectorized_ones(rule, monkeypatch):
     rng = np.random.default_rng(4)
-    a, b = rng.standard_normal((70, 64)), rng.standard_normal((70, 1))  # broadcasting operands
-    ta, tb = rng.standard_normal((3, 70, 64)), rng.standard_normal((3, 70, 1))
+    a, b = D(rng.standard_normal((70, 64))), D(rng.standard_normal((70, 1)))  # broadcasting operands
+    ta, tb = D(rng.standard_normal((3, 70, 64))), D(rng.standard_normal((3, 70, 1)))
     prim = P.REGISTRY[rule]
     out = prim.forward(a, b)
     monkeypatch.setattr(P, "BLOCK_ELEMENTS", 1)
@@ -374,34 +377,34 @@ def test_direction_by_direction_products_equal_the_vectorized_ones(rule, monkeyp
     monkeypatch.setattr(P, "BLOCK_ELEMENTS", 10**9)
     vectorized = prim.jvp([a, b], [ta, tb], out)
     assert blocked.shape == vectorized.shape == (3, 70, 64)
-    np.testing.assert_allclose(blocked, vectorized, rtol=1e-14, atol=1e-14)
+    npt.assert_allclose(blocked, vectorized, rtol=1e-14, atol=1e-14)
     eps = 1e-6  # and both are the directional derivative
     fd = (prim.forward(a + eps * ta[1], b + eps * tb[1]) - prim.forward(a - eps * ta[1], b - eps * tb[1])) / (2 * eps)
-    np.testing.assert_allclose(blocked[1], fd, rtol=1e-7, atol=1e-8)
+    npt.assert_allclose(blocked[1], fd, rtol=1e-7, atol=1e-8)
 
 
 def test_matmul_jvp_folding_directions_into_one_gemm_is_exact(monkeypatch):
     rng = np.random.default_rng(5)
-    a, b = rng.standard_normal((9, 7)), rng.standard_normal((7, 4))
-    ta, tb = rng.standard_normal((5, 9, 7)), rng.standard_normal((5, 7, 4))
+    a, b = D(rng.standard_normal((9, 7))), D(rng.standard_normal((7, 4)))
+    ta, tb = D(rng.standard_normal((5, 9, 7))), D(rng.standard_normal((5, 7, 4)))
     prim = P.REGISTRY["matmul"]
     monkeypatch.setattr(P, "FOLD_ELEMENTS", 1)
     folded = prim.jvp([a, b], [ta, tb], a @ b)
     assert folded.flags.c_contiguous
     monkeypatch.setattr(P, "FOLD_ELEMENTS", 10**9)
     batched = prim.jvp([a, b], [ta, tb], a @ b)
-    np.testing.assert_allclose(folded, batched, rtol=1e-13)
-    np.testing.assert_allclose(folded, ta @ b + a @ tb, rtol=1e-13)
+    npt.assert_allclose(folded, batched, rtol=1e-13)
+    npt.assert_allclose(folded, ta @ b + a @ tb, rtol=1e-13)
 
 
 def test_slice_buffers_are_never_shared_between_two_gradients():
     # add hands the same cotangent to both inputs; a later slice of one input must
     # not add into the other's gradient
-    a = Tensor(np.arange(4.0), requires_grad=True)
-    b = Tensor(np.ones(4), requires_grad=True)
+    a = Tensor(D(np.arange(4.0)), requires_grad=True)
+    b = Tensor(D(np.ones(4)), requires_grad=True)
     head = a[0:1]            # a getitem on a, recorded before a + b
     x = a + b
     loss = (x[0:2] * 3.0).sum() + (head * 5.0).sum()
     loss.backward()
-    np.testing.assert_array_equal(a.grad.data, [8, 3, 0, 0])
-    np.testing.assert_array_equal(b.grad.data, [3, 3, 0, 0])
+    npt.assert_array_equal(a.grad.data, [8, 3, 0, 0])
+    npt.assert_array_equal(b.grad.data, [3, 3, 0, 0])

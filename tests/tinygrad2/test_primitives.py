@@ -32,7 +32,10 @@ from tinygrad2.tensor import kink_monitor
 from tinygrad2 import primitives as P
 
 from _helpers import (
+    D,
     assert_close,
+    host,
+    npt,
     central_difference,
     flat,
     forward_over_reverse,
@@ -483,6 +486,23 @@ rows = pytest.mark.parametrize("spec", TABLE, ids=[s.name for s in TABLE])
 # deliberately broken rule can be shown to fail them; see test_checks_catch_a_broken_*_rule)
 
 
+def on_device(case):
+    """(arrays, params) of a case as backend arrays: the inputs, and the array
+    parameters (cond, labels, index arrays) -- a scatter-add takes no host index."""
+    def dev(v):
+        if isinstance(v, np.ndarray):
+            return D(v)
+        if isinstance(v, tuple):
+            return tuple(dev(i) for i in v)
+        return v
+
+    return [D(a) for a in case.arrays], {k: dev(v) for k, v in case.params.items()}
+
+
+def _dev(Vs):
+    return [None if v is None else D(v) for v in Vs]
+
+
 def _directions(rng, arrays, K, mask):
     return [rng.standard_normal((K,) + a.shape) if m else None for a, m in zip(arrays, mask)]
 
@@ -491,35 +511,38 @@ def assert_away_from_kinks(spec, case, Vs, step=1e-3):
     """The stencil (reach 2h, h = step / max|v|) stays well clear of every kink
     along every direction, so a mismatch is the rule's fault, not the step's.
     Rows without ``kink=True`` must not meet a kink primitive at all."""
+    arrays, params = on_device(case)
     with no_grad(), kink_monitor() as margins:
-        spec.fn(*[Tensor(a, tangent=v) for a, v in zip(case.arrays, Vs)], **case.params)
+        spec.fn(*[Tensor(a, tangent=v) for a, v in zip(arrays, _dev(Vs))], **params)
     assert bool(margins) == spec.kink, f"{spec.name}: kink={spec.kink} but margins {margins}"
     if margins:
-        distance = np.min(np.stack(margins), axis=0)
+        distance = np.min(np.stack([host(m) for m in margins]), axis=0)
         scale = np.max([np.abs(v).reshape(v.shape[0], -1).max(axis=1, initial=0.0) for v in Vs if v is not None], axis=0)
         reach = 2 * step / scale
         assert np.all(distance > 5 * reach), f"{spec.name}: kink at {distance} within 5x the stencil's reach {reach}"
 
 
 def check_forward(spec, case):
-    out = spec.fn(*[Tensor(a) for a in case.arrays], **case.params)
+    arrays, params = on_device(case)
+    out = spec.fn(*[Tensor(a) for a in arrays], **params)
     expected = np.asarray(spec.ref(*case.arrays, **case.params))
     assert out.dtype == np.float64, f"{spec.name}: float64 inputs gave {out.dtype}"
     assert out.shape == expected.shape, f"{spec.name}: shape {out.shape} != NumPy's {expected.shape}"
-    np.testing.assert_allclose(out.data, expected, rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(out.data, expected, rtol=1e-12, atol=1e-12)
 
 
 def check_jvp(spec, case, K, mask, seed):
     """K directions at once on the inputs in ``mask``; the others carry no tangent."""
     Vs = _directions(np.random.default_rng(seed), case.arrays, K, mask)
+    arrays, params = on_device(case)
     with no_grad():
-        out = spec.fn(*[Tensor(a, tangent=v) for a, v in zip(case.arrays, Vs)], **case.params)
-    plain = values(spec.fn, case.params)(list(case.arrays))
-    np.testing.assert_array_equal(out.data, plain)  # tangents do not change the value
+        out = spec.fn(*[Tensor(a, tangent=v) for a, v in zip(arrays, _dev(Vs))], **params)
+    plain = values(spec.fn, params)(arrays)
+    npt.assert_array_equal(out.data, plain)  # tangents do not change the value
     assert out.tangent is not None, f"{spec.name}: no tangent on the output"
     assert out.tangent.shape == (K,) + out.shape, f"{spec.name}: tangent {out.tangent.shape}, out {out.shape}"
     assert_away_from_kinks(spec, case, Vs)
-    fd = central_difference(values(spec.fn, case.params), list(case.arrays), Vs)
+    fd = central_difference(values(spec.fn, params), arrays, _dev(Vs))
     assert_close(out.tangent, fd, FD_RTOL, FD_ATOL, f"{spec.name} jvp vs finite differences")
 
 
@@ -528,11 +551,13 @@ def check_adjoint(spec, case, K, mask, seed):
     on the inputs in ``mask`` (the others are constants)."""
     rng = np.random.default_rng(seed)
     Vs = _directions(rng, case.arrays, K, mask)
+    arrays, params = on_device(case)
+    Vs = _dev(Vs)
     with no_grad():
-        out = spec.fn(*[Tensor(a, tangent=v) for a, v in zip(case.arrays, Vs)], **case.params)
-    u = rng.standard_normal(out.shape)
-    ts = [Tensor(a, requires_grad=m) for a, m in zip(case.arrays, mask)]
-    y = spec.fn(*ts, **case.params)
+        out = spec.fn(*[Tensor(a, tangent=v) for a, v in zip(arrays, Vs)], **params)
+    u = D(rng.standard_normal(out.shape))
+    ts = [Tensor(a, requires_grad=m) for a, m in zip(arrays, mask)]
+    y = spec.fn(*ts, **params)
     y.backward(u)
     for t, m in zip(ts, mask):
         if not m:
@@ -552,8 +577,9 @@ def check_adjoint(spec, case, K, mask, seed):
 def scalar_of(spec, case, seed):
     """s(x) = sum(w * y) + 0.5 * sum(y * y), y = op(x): the linear term sees the
     op's own curvature, the square makes J^T J appear even for linear ops."""
-    y_shape = values(spec.fn, case.params)(list(case.arrays)).shape
-    w = np.random.default_rng(seed).standard_normal(y_shape)
+    arrays, params = on_device(case)
+    y_shape = values(spec.fn, params)(arrays).shape
+    w = D(np.random.default_rng(seed).standard_normal(y_shape))
 
     def s(*ts, **params):
         y = spec.fn(*ts, **params)
@@ -567,12 +593,13 @@ def check_hvp(spec, case, K, seed):
     first two against finite differences of reverse-mode gradients."""
     rng = np.random.default_rng(seed)
     s = scalar_of(spec, case, seed + 1)
-    arrays = list(case.arrays)
-    Vs = [rng.standard_normal((K,) + a.shape) for a in arrays]
-    fwd = flat(forward_over_reverse(s, arrays, Vs, case.params))
-    rev = flat(reverse_over_reverse(s, arrays, Vs, case.params))
-    grad_flat = lambda xs: flat([g[None] for g in gradients(s, xs, case.params)])[0]
-    assert_away_from_kinks(spec, case, [v[:2] for v in Vs])
+    arrays, params = on_device(case)
+    host_Vs = [rng.standard_normal((K,) + a.shape) for a in arrays]
+    Vs = _dev(host_Vs)
+    fwd = flat(forward_over_reverse(s, arrays, Vs, params))
+    rev = flat(reverse_over_reverse(s, arrays, Vs, params))
+    grad_flat = lambda xs: flat([g[None] for g in gradients(s, xs, params)])[0]
+    assert_away_from_kinks(spec, case, [v[:2] for v in host_Vs])
     fd = central_difference(grad_flat, arrays, [v[:2] for v in Vs])
     assert_close(fwd[:2], fd, FD_RTOL, FD_ATOL, f"{spec.name}: forward-over-reverse H·V vs differences of gradients")
     assert_close(fwd, rev, EXACT_RTOL, 1e-12, f"{spec.name}: forward-over-reverse vs reverse-over-reverse")
@@ -581,7 +608,7 @@ def check_hvp(spec, case, K, seed):
     n = sum(a.size for a in arrays)
     if n == 0:
         return
-    H = flat(forward_over_reverse(s, arrays, split(np.eye(n), arrays), case.params))
+    H = flat(forward_over_reverse(s, arrays, split(D(np.eye(n)), arrays), params))
     assert_close(H, H.T, EXACT_RTOL, 1e-12, f"{spec.name}: Hessian symmetry")
     assert_close(flat(Vs) @ H, fwd, EXACT_RTOL, 1e-12, f"{spec.name}: V H vs batched H·V")
 
@@ -671,8 +698,9 @@ def test_row_really_runs_the_primitives_it_covers(spec, data):
     """A row that claims a primitive must call it: record every primitive the
     forward pass applies (with tangents, so forward mode is exercised too)."""
     case = data.draw(spec.cases, label="case")
+    arrays, params = on_device(case)
     with applied_primitives() as seen:
-        spec.fn(*[Tensor(a, tangent=np.ones((2,) + a.shape)) for a in case.arrays], **case.params)
+        spec.fn(*[Tensor(a, tangent=D(np.ones((2,) + a.shape))) for a in arrays], **params)
     missing = set(spec.covers) - set(seen)
     assert not missing, f"row '{spec.name}' claims {sorted(missing)} but its forward pass applied {sorted(set(seen))}"
 
@@ -729,25 +757,25 @@ def test_checks_pass_on_the_same_cases():
 
 
 def test_getitem_with_repeated_indices_accumulates_gradients():
-    x = Tensor(np.arange(4.0), requires_grad=True)
-    x[np.array([0, 2, 0, 0, -1])].sum().backward()
-    np.testing.assert_array_equal(x.grad.data, [3.0, 0.0, 1.0, 1.0])
+    x = Tensor(D(np.arange(4.0)), requires_grad=True)
+    x[D(np.array([0, 2, 0, 0, -1]))].sum().backward()
+    npt.assert_array_equal(x.grad.data, [3.0, 0.0, 1.0, 1.0])
 
 
 def test_scatter_add_direct_accumulates_repeats():
-    g = Tensor(np.array([1.0, 2.0, 3.0]), tangent=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
-    out = P.scatter_add(g, index=(np.array([1, 1, 0]),), shape=(3,), src=(3,))
-    np.testing.assert_array_equal(out.data, [3.0, 3.0, 0.0])
-    np.testing.assert_array_equal(out.tangent, [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    g = Tensor(D(np.array([1.0, 2.0, 3.0])), tangent=D(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])))
+    out = P.scatter_add(g, index=(D(np.array([1, 1, 0])),), shape=(3,), src=(3,))
+    npt.assert_array_equal(out.data, [3.0, 3.0, 0.0])
+    npt.assert_array_equal(out.tangent, [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
 
 
 def test_scatter_add_is_getitems_vjp_when_the_backward_pass_is_recorded():
-    x = Tensor(np.ones((3, 2)), requires_grad=True)
-    y = x[np.array([2, 2])]
+    x = Tensor(D(np.ones((3, 2))), requires_grad=True)
+    y = x[D(np.array([2, 2]))]
     with applied_primitives() as seen:
-        y.backward(np.ones((2, 2)), create_graph=True)
+        y.backward(D(np.ones((2, 2))), create_graph=True)
     assert seen == ["scatter_add"]
-    np.testing.assert_array_equal(x.grad.data, [[0, 0], [0, 0], [2, 2]])
+    npt.assert_array_equal(x.grad.data, [[0, 0], [0, 0], [2, 2]])
 
 
 def test_plain_backward_sums_slices_into_one_buffer_with_their_tangents():
@@ -758,22 +786,22 @@ def test_plain_backward_sums_slices_into_one_buffer_with_their_tangents():
     w = rng.standard_normal(7)
 
     def f(t):
-        return (t[0:3] * t[2:5]).sum() + (t[np.array([6, 6, 1])] ** 2).sum() + (t * Tensor(w)).sum()
+        return (t[0:3] * t[2:5]).sum() + (t[D(np.array([6, 6, 1]))] ** 2).sum() + (t * Tensor(D(w))).sum()
 
-    plain = Tensor(x, requires_grad=True, tangent=V)
+    plain = Tensor(D(x), requires_grad=True, tangent=D(V))
     loss = f(plain)
     with applied_primitives() as seen:
         loss.backward()
     assert "scatter_add" not in seen
-    recorded = Tensor(x, requires_grad=True, tangent=V)
+    recorded = Tensor(D(x), requires_grad=True, tangent=D(V))
     f(recorded).backward(create_graph=True)
-    np.testing.assert_allclose(plain.grad.data, recorded.grad.data, rtol=1e-14)
-    np.testing.assert_allclose(plain.grad.tangent, recorded.grad.tangent, rtol=1e-14)
+    npt.assert_allclose(plain.grad.data, recorded.grad.data, rtol=1e-14)
+    npt.assert_allclose(plain.grad.tangent, recorded.grad.tangent, rtol=1e-14)
     H = np.zeros((7, 7))  # closed form: t0 t2 + t1 t3 + t2 t4 + 2 t6² + t1² + w·t
     for i, j in ((0, 2), (1, 3), (2, 4)):
         H[i, j] = H[j, i] = 1
     H[6, 6], H[1, 1] = 4, 2
-    np.testing.assert_allclose(plain.grad.tangent, V @ H, atol=1e-13)
+    npt.assert_allclose(plain.grad.tangent, V @ H, atol=1e-13)
 
 
 @given(case=index_cases(), K=st.integers(1, 3), seed=SEEDS)
@@ -782,19 +810,20 @@ def test_getitem_in_place_accumulate_equals_its_general_vjp(case, K, seed):
     # (getitem.vjp = scatter_add, taken when the backward pass is recorded), values
     # and tangents, on every index kind of the op table
     rng = np.random.default_rng(seed)
-    (x,), index = case.arrays, case.params["index"]
-    V = rng.standard_normal((K,) + x.shape)
+    (x,), params = on_device(case)
+    index = params["index"]
+    V = D(rng.standard_normal((K,) + x.shape))
     grads = []
     for create_graph in (False, True):
         t = Tensor(x, requires_grad=True, tangent=V)
         y = t[index]
-        u = Tensor(rng.standard_normal(y.shape) if not grads else u_data, tangent=None)
+        u = Tensor(D(rng.standard_normal(y.shape) if not grads else u_data), tangent=None)
         u_data = u.data
         (y * y * u).sum().backward(create_graph=create_graph)
         grads.append(t.grad)
     plain, recorded = grads
-    np.testing.assert_allclose(plain.data, recorded.data, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(plain.tangent, recorded.tangent, rtol=1e-13, atol=1e-13)
+    npt.assert_allclose(plain.data, recorded.data, rtol=1e-13, atol=1e-13)
+    npt.assert_allclose(plain.tangent, recorded.tangent, rtol=1e-13, atol=1e-13)
 
 
 def test_getitem_int_and_array_separated_by_a_slice_in_forward_mode():
@@ -802,32 +831,32 @@ def test_getitem_int_and_array_separated_by_a_slice_in_forward_mode():
     x, V = rng.standard_normal((3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
     index = (np.array([0, 2]), slice(None), 1)
     # beside an array, NumPy treats the int as an advanced index too; the direction axis must stay first
-    xt = Tensor(x, tangent=V, requires_grad=True)
-    out = xt[index]
-    np.testing.assert_allclose(out.data, x[index])
-    np.testing.assert_allclose(out.tangent, np.stack([v[index] for v in V]))
+    xt = Tensor(D(x), tangent=D(V), requires_grad=True)
+    out = xt[(D(index[0]),) + index[1:]]
+    npt.assert_allclose(out.data, x[index])
+    npt.assert_allclose(out.tangent, np.stack([v[index] for v in V]))
     u = rng.standard_normal(out.shape)
-    out.backward(u)
+    out.backward(D(u))
     expected = np.zeros_like(x)
     np.add.at(expected, index, u)
-    np.testing.assert_allclose(xt.grad.data, expected)
+    npt.assert_allclose(xt.grad.data, expected)
 
 
 def test_getitem_separated_array_indices_are_refused_clearly():
     with pytest.raises(NotImplementedError, match="getitem"):
-        Tensor(np.zeros((3, 4, 5)))[np.array([0, 1]), :, np.array([1, 2])]
+        Tensor(D(np.zeros((3, 4, 5))))[D(np.array([0, 1])), :, D(np.array([1, 2]))]
 
 
 def test_power_zero_exponent_at_zero_has_zero_derivative():
     """d(x**0)/dx = 0 everywhere; exponent * x**(exponent - 1) would be 0 * inf = nan at 0."""
-    x = np.array([0.0, 1.5])
+    x = D(np.array([0.0, 1.5]))
     with np.errstate(divide="raise", invalid="raise"):
         g = tg.grad(lambda t: (t**0).sum())(x)
-        _, jv = tg.jvp(lambda t: t**0, x, np.ones(2))
-        hv = tg.hvp(lambda t: (t**0).sum(), x, np.ones(2))
-    np.testing.assert_array_equal(g, [0.0, 0.0])
-    np.testing.assert_array_equal(jv, [0.0, 0.0])
-    np.testing.assert_array_equal(hv, [0.0, 0.0])
+        _, jv = tg.jvp(lambda t: t**0, x, D(np.ones(2)))
+        hv = tg.hvp(lambda t: (t**0).sum(), x, D(np.ones(2)))
+    npt.assert_array_equal(g, [0.0, 0.0])
+    npt.assert_array_equal(jv, [0.0, 0.0])
+    npt.assert_array_equal(hv, [0.0, 0.0])
 
 
 # ---------------------------------------------------------------- kink-safe steps
@@ -845,10 +874,10 @@ KINKS = {
 @pytest.mark.parametrize("name", sorted(KINKS))
 def test_safe_steps_shrink_near_a_kink(name):
     f, near, _ = KINKS[name]
-    steps = check.safe_steps(f, np.array(near), np.eye(3), step=1e-3)
+    steps = check.safe_steps(f, D(np.array(near)), D(np.eye(3)), step=1e-3)
     assert steps[0] < 1e-4, f"{name}: step {steps[0]:.1e} at distance 1e-3 from the kink"
     assert steps[2] == 1e-3, f"{name}: a direction that does not approach the kink was shrunk to {steps[2]:.1e}"
-    report = check.check_grad(f, np.array(near))
+    report = check.check_grad(f, D(np.array(near)))
     assert report.rel_error < 1e-9, str(report)
 
 
@@ -856,9 +885,9 @@ def test_safe_steps_shrink_near_a_kink(name):
 def test_safe_steps_refuse_a_point_on_a_kink(name):
     f, _, on = KINKS[name]
     with pytest.raises(ValueError, match="kink"):
-        check.safe_steps(f, np.array(on), np.eye(3))
+        check.safe_steps(f, D(np.array(on)), D(np.eye(3)))
     # along a direction that keeps the point on its kink there is nothing to refuse
-    steps = check.safe_steps(f, np.array(on), np.eye(3)[2:])
+    steps = check.safe_steps(f, D(np.array(on)), D(np.eye(3)[2:]))
     assert steps[0] == 1e-3
 
 

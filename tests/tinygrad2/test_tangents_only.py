@@ -9,6 +9,7 @@ import pytest
 from nets import MLP, Linear, ReLU, ResNet18, Sequential, SmallCNN, WeightNorm
 from tinygrad2 import Tensor, primitives
 from tinygrad2.graph import reachable, values_skippable
+from _helpers import D, npt
 
 NETS = {
     "mlp": (lambda: MLP([12, 7, 3]), (6, 12)),
@@ -24,9 +25,9 @@ def _pass(name, rng, K, tangents_only):
     net = make()
     X, y = rng.standard_normal(shape), rng.integers(0, 3, shape[0])
     theta = net.init_theta(seed=1, dtype=np.float64)
-    V = np.random.default_rng(7).standard_normal((K, theta.shape[0]))
+    V = D(np.random.default_rng(7).standard_normal((K, theta.shape[0])))
     th = Tensor(theta, requires_grad=True, tangent=V)
-    loss = net.apply(th, Tensor(X)).cross_entropy(y)
+    loss = net.apply(th, Tensor(D(X))).cross_entropy(D(y))
     loss.backward(tangents_only=tangents_only)
     return th.grad
 
@@ -36,7 +37,7 @@ def _pass(name, rng, K, tangents_only):
 def test_tangents_are_those_of_the_full_pass(name, K, float64):
     full = _pass(name, np.random.default_rng(0), K, False)
     only = _pass(name, np.random.default_rng(0), K, True)
-    np.testing.assert_array_equal(only.tangent, full.tangent)
+    npt.assert_array_equal(only.tangent, full.tangent)
 
 
 @pytest.fixture
@@ -65,8 +66,8 @@ def test_the_first_layers_weight_product_is_skipped(name, skipped, matmuls, floa
 
 def test_only_bilinear_nodes_on_dead_inputs_without_partner_tangents_are_skippable(float64):
     rng = np.random.default_rng(0)
-    X = Tensor(rng.standard_normal((5, 4)))
-    theta = Tensor(rng.standard_normal(4 * 3 + 3 * 2), requires_grad=True, tangent=rng.standard_normal((2, 18)))
+    X = Tensor(D(rng.standard_normal((5, 4))))
+    theta = Tensor(D(rng.standard_normal(4 * 3 + 3 * 2)), requires_grad=True, tangent=D(rng.standard_normal((2, 18))))
     W1, W2 = theta[:12].reshape(4, 3), theta[12:].reshape(3, 2)
     first = X @ W1                   # skippable: X has no tangent, W1 a slice of θ
     second = first.tanh() @ W2       # not: its left operand carries a tangent
