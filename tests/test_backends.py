@@ -214,3 +214,14 @@ def test_a_checkpoint_resumes_on_the_other_backend_bit_identical(first, then, wh
     assert got.keys() == want.keys()
     for key in want:
         close(got[key], want[key], key, exact=True)
+
+
+def test_a_host_index_array_is_moved_to_the_device_and_backpropagates(device_backend):
+    # CuPy indexes with host arrays but its scatter (add.at) refuses them: the
+    # index goes to the device once, in Tensor.__getitem__
+    from tinygrad2 import Tensor
+
+    x = Tensor(backend.to_device(np.arange(5.0)), requires_grad=True)
+    picked = x[np.array([0, 3, 3])]
+    picked.sum().backward()
+    np.testing.assert_array_equal(backend.to_host(x.grad.data), [1.0, 0.0, 0.0, 2.0, 0.0])

@@ -438,6 +438,7 @@ def test_the_table_has_at_least_100_cases():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("setup, make, exc, match", CASES)
 def test_bad_input_raises_a_named_error_and_changes_no_file(tmp_path, setup, make, exc, match):
     if setup is not None:
@@ -453,6 +454,7 @@ def test_bad_input_raises_a_named_error_and_changes_no_file(tmp_path, setup, mak
 # ---------------------------------------------------------------- the policy, beyond single rows
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_finite_inputs_still_work_and_the_errors_are_floating_point_errors():
     assert np.isfinite(OBJ.hvp(THETA, V)).all()
     with pytest.raises(FloatingPointError):
@@ -461,6 +463,7 @@ def test_finite_inputs_still_work_and_the_errors_are_floating_point_errors():
         tg.grad(f_quad)(np.array([np.nan]))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_integer_directions_are_accepted_as_real():
     np.testing.assert_allclose(OBJ.hvp(THETA, np.eye(N, dtype=int)[:2]), OBJ.hvp(THETA, np.eye(N)[:2]))
 

@@ -471,8 +471,8 @@ def _normalize_index(index, shape):
     for i in index:
         if isinstance(i, Tensor):
             i = i.data
-        elif isinstance(i, list):
-            i = B.xp.asarray(i)
+        elif isinstance(i, list) or (B.xp is not B.numpy and isinstance(i, B.numpy.ndarray) and i.ndim):
+            i = B.xp.asarray(i)  # a host index array goes to the device once (its backward scatters with it)
         out.append(i)
     advanced = [k for k, i in enumerate(out) if P._is_advanced(i)]
     if advanced and advanced[-1] - advanced[0] != len(advanced) - 1:

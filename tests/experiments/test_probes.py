@@ -33,6 +33,7 @@ def measure(name, ctx, **kw):
 # ---------------------------------------------------------------- against dense linear algebra
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_spectrum_probes_match_eigh(rng):
     _, obj, theta = small(rng)
     ctx = ProbeContext(obj, theta, step=3)
@@ -52,6 +53,7 @@ def test_spectrum_probes_match_eigh(rng):
     assert (weights * nodes ** 2).sum() == pytest.approx((eig ** 2).mean(), rel=0.5)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_sharpness_ratio_is_lr_times_lambda_max(rng):
     _, obj, theta = small(rng)
     ctx = ProbeContext(obj, theta, optimizer=optimizers.SGD(lr=0.3), info={"lr": 0.3})
@@ -59,6 +61,7 @@ def test_sharpness_ratio_is_lr_times_lambda_max(rng):
         0.3 * np.linalg.eigvalsh(obj.hessian(theta))[-1], rel=1e-8)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_grad_noise_from_the_same_batches(rng):
     _, obj, theta = small(rng)
     batches = [(rng.standard_normal((4, 5)), rng.integers(0, 3, 4)) for _ in range(probes.NOISE_BATCHES)]
@@ -72,6 +75,7 @@ def test_grad_noise_from_the_same_batches(rng):
     assert got["grad_noise:b_simple"] == pytest.approx(4 * var / g2, rel=1e-10)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_diag_error_of_adahessian_against_the_exact_diagonal(rng):
     _, obj, theta0 = small(rng)
     opt = optimizers.AdaHessian(lr=0.01, seed=2)
@@ -86,6 +90,7 @@ def test_diag_error_of_adahessian_against_the_exact_diagonal(rng):
         {f"diag_error:{p.name}" for p in obj.layout}
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_newton_cosine_is_one_for_newtons_own_step_and_lbfgs_pairs_agree_on_a_quadratic(rng):
     model = nets.MLP((5, 3), activation="tanh")  # softmax regression: convex, H = G
     X = rng.standard_normal((30, 5))
@@ -112,6 +117,7 @@ def test_newton_cosine_is_one_for_newtons_own_step_and_lbfgs_pairs_agree_on_a_qu
     assert got["newton_cosine:cg_residual"] == info["cg_residual"] and got["newton_cosine:newton"] > 0.999
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_grad_spectral_norm_per_matrix_and_per_filter(rng):
     model = nets.Sequential(nets.Conv2d(2, 3, 3), nets.Tanh(), nets.Flatten(), nets.Linear(12, 3))
     obj = model.objective("cross_entropy", rng.standard_normal((4, 2, 4, 4)), rng.integers(0, 3, 4))
@@ -124,6 +130,7 @@ def test_grad_spectral_norm_per_matrix_and_per_filter(rng):
     assert set(got) == {"grad_spectral_norm:0.weight", "grad_spectral_norm:3.weight"}
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_dead_units_counts_relus_that_never_fire(rng):
     model, obj, theta = small(rng, activation="relu")
     theta = theta.copy()
@@ -132,6 +139,7 @@ def test_dead_units_counts_relus_that_never_fire(rng):
     assert measure("dead_units", ProbeContext(obj, theta)) == {"dead_units:3": pytest.approx(2 / 6)}
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_offdiag_mass_of_each_small_block(rng):
     _, obj, theta = small(rng)
     H = obj.hessian(theta)
@@ -145,6 +153,7 @@ def test_offdiag_mass_of_each_small_block(rng):
 # ---------------------------------------------------------------- forecasts and names
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_probe_over_budget_is_skipped_with_one_line(rng):
     _, obj, theta = small(rng)
     lines, skipped = [], {}
@@ -236,6 +245,7 @@ def test_the_curvature_study_runs_at_quick_scale(tmp_path, capsys):
         assert list(run.probes["step"]) == [0, 1, 2] and len(run.probe_batch) == 100
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_sharpness_ratio_is_decided_by_the_probe_not_by_when_the_prober_starts(rng):
     """At step 0 a method that picks its own step has no lr yet: NaN, not a skip, so a prober that starts
     later (a resumed run) records the same columns as one that ran from step 0."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nets import VGG, ResNet18, SmallCNN
-from tinygrad2 import primitives, tensor
+from tinygrad2 import backend, primitives, tensor
 
 NETS = {
     "SmallCNN": (lambda: SmallCNN(), (4, 3, 32, 32)),
@@ -31,9 +31,10 @@ def test_no_primitive_upcasts_a_float32_pass(name, monkeypatch):
     monkeypatch.setattr(primitives.Primitive, "__call__", watched)
     make, shape = NETS[name]
     net, rng = make(), np.random.default_rng(0)
-    obj = net.objective("cross_entropy", rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, shape[0]))
-    theta = net.init_theta(seed=0, dtype=np.float32)
+    D = backend.to_device
+    obj = net.objective("cross_entropy", D(rng.standard_normal(shape).astype(np.float32)), D(rng.integers(0, 10, shape[0])))
+    theta = D(net.init_theta(seed=0, dtype=np.float32))
     _, g = obj.loss_and_grad(theta)
-    hv = obj.hvp(theta, rng.standard_normal((2, theta.size)).astype(np.float32))
+    hv = obj.hvp(theta, D(rng.standard_normal((2, theta.size)).astype(np.float32)))
     assert g.dtype == hv.dtype == np.float32
     assert not upcasts, sorted(set(upcasts))

@@ -67,6 +67,7 @@ def _joint(name):
     return f, np.concatenate([theta, x.ravel()]), rng
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", LAYERS)
 def test_vjp_is_the_adjoint_of_jvp(name, float64):
     """<u, J v> == <Jᵀ u, v> on random directions (parameters and input)."""
@@ -80,6 +81,7 @@ def test_vjp_is_the_adjoint_of_jvp(name, float64):
         assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs)), (name, lhs, rhs)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", LAYERS)
 def test_jvp_matches_finite_differences(name, float64):
     f, z, _ = _joint(name)
@@ -87,6 +89,7 @@ def test_jvp_matches_finite_differences(name, float64):
     assert report.rel_error < 1e-8, report
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", LAYERS)
 def test_dense_hessian_matches_finite_differences(name, float64):
     """The Hessian of s(z) = Σ c ⊙ tanh(layer(z)) (c random) over parameters
@@ -130,6 +133,7 @@ CONV_CASES = [  # (C, O, kernel, stride, padding, H, W)
 ]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("patches", ["slices", "im2col"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_forward_equals_direct_loops(case, patches, float64):
@@ -169,6 +173,7 @@ POOL_CASES = [  # (kernel, stride, padding, H, W)
 ]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("reduce", ["max", "mean"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 def test_pooling_forward_equals_direct_loops(case, reduce, float64):
@@ -181,6 +186,7 @@ def test_pooling_forward_equals_direct_loops(case, reduce, float64):
     np.testing.assert_allclose(out, ref, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_max_pool_padding_is_minus_infinity_not_zero(float64):
     """All-negative inputs: zero padding would win every border window."""
     x = -1.0 - np.random.default_rng(2).random((1, 1, 4, 4))
@@ -189,6 +195,7 @@ def test_max_pool_padding_is_minus_infinity_not_zero(float64):
     np.testing.assert_array_equal(out, pool_reference(x, (3, 3), (2, 2), (1, 1), "max"))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_max_pool_gradient_goes_to_the_first_maximal_entry(float64):
     """Ties: the first maximal entry of a window in row-major order gets the
     whole derivative (PyTorch's choice), never a padded entry."""
@@ -201,12 +208,14 @@ def test_max_pool_gradient_goes_to_the_first_maximal_entry(float64):
     assert g.sum() == 4 and np.all(g >= 0)  # 4 windows, each routes 1 to a real entry
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_gelu_is_the_tanh_approximation(float64):
     x = np.linspace(-5, 5, 41)
     ref = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
     np.testing.assert_allclose(nets.GELU().apply(np.zeros(0), x[None]).data[0], ref, rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_weight_norm_equals_the_plain_layer_at_init_and_scales_with_g(float64):
     for plain, x in ((nets.Linear(4, 3), np.ones((2, 4))), (nets.Conv2d(2, 3, 3), np.ones((1, 2, 4, 4)))):
         wn = nets.WeightNorm(plain)

@@ -45,6 +45,7 @@ def test_resnet_names_follow_torchvision():
     assert "layer1.0.downsample.0.weight" not in names  # same shape: identity shortcut
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_init_theta_is_seeded_pytorch_default_init():
     model = nets.Sequential(nets.Linear(50, 20), nets.BatchNorm1d(20), nets.Linear(20, 7))
     a, b, c = model.init_theta(0), model.init_theta(0), model.init_theta(1)
@@ -65,6 +66,7 @@ def test_init_theta_is_seeded_pytorch_default_init():
     assert np.abs(w).max() <= 1 / np.sqrt(75) and np.std(w) == pytest.approx(1 / np.sqrt(75) / np.sqrt(3), rel=0.15)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_apply_is_pure_and_buffers_stay_apart(float64):
     model = nets.Sequential(nets.Conv2d(2, 3, 3, padding=1), nets.BatchNorm2d(3), nets.ReLU(),
                             nets.GlobalAvgPool(), nets.Linear(3, 2))
@@ -80,6 +82,7 @@ def test_apply_is_pure_and_buffers_stay_apart(float64):
         model[0].weight
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_apply_as_objective_model_fn_and_curvature_leave_buffers_alone(float64):
     model = nets.Sequential(nets.Linear(3, 4), nets.BatchNorm1d(4), nets.Tanh(), nets.Linear(4, 2))
     theta = model.init_theta(0, dtype=np.float64)
@@ -101,6 +104,7 @@ def test_apply_as_objective_model_fn_and_curvature_leave_buffers_alone(float64):
 # ================================================================ BatchNorm
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_batchnorm_train_uses_batch_statistics_and_eval_running_ones(float64):
     bn = nets.BatchNorm2d(3)
     theta = bn.init_theta(0, dtype=np.float64)  # gamma = 1, beta = 0
@@ -118,6 +122,7 @@ def test_batchnorm_train_uses_batch_statistics_and_eval_running_ones(float64):
     np.testing.assert_allclose(bn.apply(th, x).data, expect, rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_running_statistics_follow_pytorchs_formulas(float64):
     """momentum 0.1, unbiased variance; updated once per training-mode pass
     inside updating_running_stats() or by update_running_stats(), else never."""
@@ -183,6 +188,7 @@ def _gamma_block(model, loss, X, y, seed, perturb=0.0):
     return H, obj, theta
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("act, seed", [("relu", 0), ("tanh", 2)])
 def test_bn_gamma_block_is_not_diagonal_when_a_later_layer_mixes_channels(act, seed, float64):
     """∂²L/∂γ_c∂γ_d = Σ x̂_c (∂²L/∂a_c∂a_d) x̂_d ≠ 0 when a Linear after the BN
@@ -200,6 +206,7 @@ def test_bn_gamma_block_is_not_diagonal_when_a_later_layer_mixes_channels(act, s
     assert not np.allclose(H.sum(axis=1), np.diag(H), rtol=0.05)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_bn_gamma_block_is_diagonal_when_the_loss_is_separable_per_channel(float64):
     """L = Σ_c mean_i f_c(y_ic) with y the BN output: no term couples channels."""
     rng = np.random.default_rng(7)
@@ -247,6 +254,7 @@ def test_parameter_counts():
     assert nets.VGG(19, "bn").num_parameters() == 20_040_522
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_small_models_run_forward_and_backward():
     rng = np.random.default_rng(8)
     cases = [
@@ -266,6 +274,7 @@ def test_small_models_run_forward_and_backward():
         assert np.isfinite(loss) and np.all(np.isfinite(g)) and np.any(g != 0), repr(model)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_resnet18_gradient_matches_finite_differences(float64):
     model = nets.ResNet18(1, 3, stem="imagenet", width=1 / 32)  # 2..16 channels
     rng = np.random.default_rng(9)
@@ -281,6 +290,7 @@ def test_resnet18_gradient_matches_finite_differences(float64):
 # ================================================================ losses
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", ["cross_entropy", "mse"])
 def test_named_and_nets_losses_agree(name, float64):
     rng = np.random.default_rng(10)
@@ -301,6 +311,7 @@ def test_named_and_nets_losses_agree(name, float64):
     assert ours.loss(theta) == pytest.approx(expect, rel=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_loss_errors():
     with pytest.raises(ValueError, match=r"mse: outputs have shape \(2, 3\) but targets have shape \(2,\)"):
         nets.losses.mse(Tensor(np.zeros((2, 3))), np.zeros(2))
@@ -311,6 +322,7 @@ def test_loss_errors():
 # ================================================================ errors
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_bad_inputs_name_the_layer_and_the_shapes():
     conv = nets.Conv2d(3, 6, 5)
     th = conv.init_theta()
@@ -355,6 +367,7 @@ def test_bad_inputs_name_the_layer_and_the_shapes():
 # ================================================================ save / load
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_save_load_round_trip(tmp_path, float64):
     model = nets.Sequential(nets.Conv2d(1, 2, 3), nets.BatchNorm2d(2), nets.Flatten(), nets.Linear(8, 3))
     theta = model.init_theta(4, dtype=np.float64)

@@ -96,6 +96,7 @@ def run(opt, objective, theta, steps, state=None):
 # ---------------------------------------------------------------- AdaHessian
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_draws_contain_both_signs(float64):
     obj = Quadratic(np.diag(np.arange(1.0, 65.0)))
     calls = record_hvps(obj)
@@ -107,6 +108,7 @@ def test_adahessian_draws_contain_both_signs(float64):
     assert not np.array_equal(calls[0], calls[1])  # a fresh vector per step
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_estimate_is_exact_when_the_hessian_is_diagonal(float64):
     a = np.array([3.0, -0.5, 7.0, 1e-3, -2.0, 11.0])  # indefinite on purpose
     obj = Quadratic(np.diag(a), np.ones(6))
@@ -115,6 +117,7 @@ def test_adahessian_estimate_is_exact_when_the_hessian_is_diagonal(float64):
     assert info[0]["hessian_diag_mean"] == pytest.approx(np.abs(a).mean())
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_is_newton_on_a_diagonal_spd_quadratic(float64):
     a = np.array([0.5, 2.0, 9.0, 40.0])
     obj = Quadratic(np.diag(a), np.array([1.0, -2.0, 3.0, 0.5]))
@@ -126,6 +129,7 @@ def test_adahessian_is_newton_on_a_diagonal_spd_quadratic(float64):
     np.testing.assert_allclose(theta, obj.minimizer, rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_with_power_zero_is_bias_corrected_momentum_sgd(float64):
     rng = np.random.default_rng(3)
     M = rng.normal(size=(6, 6))
@@ -140,6 +144,7 @@ def test_adahessian_with_power_zero_is_bias_corrected_momentum_sgd(float64):
     np.testing.assert_allclose(got, x, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_averages_4d_params_over_kh_kw_and_blocks_only_when_asked(float64):
     layout = Layout([("K", (2, 3, 2, 2), "weight"), ("W", (3, 4), "weight"), ("b", (4,), "bias"),
                      ("T", (2, 2, 2), "weight")])
@@ -170,6 +175,7 @@ def test_adahessian_averages_4d_params_over_kh_kw_and_blocks_only_when_asked(flo
     np.testing.assert_array_equal(D["T"], parts["T"])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_update_each_reuses_the_estimate(float64):
     obj, theta = mlp((5, 4, 3), *small_data())
     calls = record_hvps(obj)
@@ -190,6 +196,7 @@ def momentum_sgd(obj, theta, lr, mu, wd, steps):
     return theta
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("wd", [0.0, 1e-2])
 def test_sgdph_without_1d_params_is_momentum_sgd(float64, wd):
     obj, theta0 = mlp((5, 4, 3), *small_data(), with_bias=False)
@@ -209,6 +216,7 @@ def fd_hessian_product(obj, theta, v, h=1e-5):
     return (obj.grad(theta + h * v) - obj.grad(theta - h * v)) / (2 * h)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_sgdph_row_sums_and_exact_diagonal_match_finite_differences(float64):
     obj, theta = mlp((5, 4, 3), *small_data())
     for name in ("b1", "b2"):
@@ -226,6 +234,7 @@ def test_sgdph_row_sums_and_exact_diagonal_match_finite_differences(float64):
     assert np.abs(rows[0] - diag[0]).max() > 0.1 * np.abs(diag[0]).max()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_sgdph_row_sums_of_a_softmax_output_bias_vanish(float64):
     """Why the official code hands the last 1-D tensor to SGD: adding a constant
     to every output bias leaves softmax cross-entropy unchanged, so H_kk · 1 = 0
@@ -236,6 +245,7 @@ def test_sgdph_row_sums_of_a_softmax_output_bias_vanish(float64):
     assert np.abs(rows[0]).max() < 1e-14 and diag[0].min() > 1e-2
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_sgdph_visits_1d_tensors_round_robin_with_one_row_sum_hvp_each(float64):
     obj, theta = mlp((5, 4, 4, 3), *small_data())  # 1-D: b1, b2, b3
     calls = record_hvps(obj)
@@ -252,6 +262,7 @@ def test_sgdph_visits_1d_tensors_round_robin_with_one_row_sum_hvp_each(float64):
     assert len(calls) == 2 and calls[0].shape == (3, obj.n) and state["visits"] == [2, 2, 2]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("quirk", [False, True])
 def test_sgdph_first_step_follows_the_update_rule(float64, quirk):
     obj, theta = mlp((5, 4, 3), *small_data())
@@ -276,6 +287,7 @@ def test_sgdph_first_step_follows_the_update_rule(float64, quirk):
 # ---------------------------------------------------------------- Hybrid
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hybrid_switches_once_then_is_a_fresh_adahessian(float64):
     obj, theta0 = mlp((5, 4, 3), *small_data())
     hyb = Hybrid(threshold=1.0, sgd_lr=0.05, sgd_momentum=0.9, ada_lr=0.02, seed=7)
@@ -346,6 +358,7 @@ def _hybrid_switched(obj, theta):
     return hyb, theta, state
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("case", ["adahessian", "adahessian_update_each", "sgdph", "sgdph_exact_all",
                                   "hybrid_sgd", "hybrid_switched"])
 def test_state_round_trips_through_hdf5_with_an_identical_next_step(float64, tmp_path, case):
@@ -372,6 +385,7 @@ def test_state_round_trips_through_hdf5_with_an_identical_next_step(float64, tmp
 # ---------------------------------------------------------------- digits
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", ["adahessian", "sgdph", "sgdph_exact", "hybrid"])
 def test_each_optimizer_decreases_the_loss_of_an_mlp_on_digits(float64, name):
     obj, theta = mlp((64, 16, 10), *digits())

@@ -49,6 +49,7 @@ def run(opt, objective, theta, steps):
 # ================================================================ SGD
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_momentum_under_a_constant_gradient_is_a_geometric_series(float64, nesterov):
     """f = -bᵀθ has ∇f = g = -b everywhere: b_t = (1 - μ^t)/(1 - μ) g and
@@ -68,6 +69,7 @@ def test_sgd_momentum_under_a_constant_gradient_is_a_geometric_series(float64, n
         np.testing.assert_allclose(thetas[t], theta0 - lr * total * g, rtol=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("kw", [
     dict(momentum=0.0),
     dict(momentum=0.9),
@@ -92,6 +94,7 @@ def test_sgd_matches_pytorch_semantics_by_hand(float64, kw):
 # ================================================================ Adam / AdamW
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("wd, decoupled", [(0.0, False), (0.1, False), (0.1, True)])
 def test_adam_matches_pytorch_semantics_by_hand(float64, wd, decoupled):
     """Written in the paper's form m̂ = m/(1-β1^t), v̂ = v/(1-β2^t) with ε on
@@ -114,6 +117,7 @@ def test_adam_matches_pytorch_semantics_by_hand(float64, wd, decoupled):
     np.testing.assert_allclose(state["exp_avg_sq"], v, rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adam_first_step_is_lr_g_over_abs_g_plus_eps(float64):
     obj, _, _ = quadratic(6)
     theta0 = np.linspace(-2, 2, 6)
@@ -125,6 +129,7 @@ def test_adam_first_step_is_lr_g_over_abs_g_plus_eps(float64):
     np.testing.assert_allclose(step, -lr * np.sign(g), rtol=1e-6)  # |g| >> eps here
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adamw_decay_is_decoupled_from_the_moments(float64):
     """With a zero gradient AdamW only shrinks θ geometrically, θ_t = (1 - lr·wd)^t θ_0,
     and its moments stay 0; Adam's L2 decay instead feeds wd·θ into the moments
@@ -164,6 +169,7 @@ def test_bb_step_is_an_inverse_rayleigh_quotient(float64):
     assert bb_step_size(v[:, -1], A @ v[:, -1], m) == pytest.approx(1 / (m * ev.max()), rel=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("beta", [1.0, 0.3])
 def test_bb_on_a_full_batch_quadratic_follows_the_formula(float64, beta):
     """Full-batch quadratic, m steps per epoch, end_epoch after each epoch.
@@ -203,6 +209,7 @@ def test_bb_on_a_full_batch_quadratic_follows_the_formula(float64, beta):
     np.testing.assert_array_equal(thetas[-1], ends[-1])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_bb_tau_bounds_fallback_and_zero_curvature_guard(float64):
     obj, A, b = quadratic(4)
     m, lr0 = 4, 0.05
@@ -274,6 +281,7 @@ def linear_cg(A, b, x, iterations):
     return xs
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("history", [2, 10])
 def test_lbfgs_with_exact_line_search_reproduces_cg_on_a_quadratic(float64, history):
     n = 7
@@ -384,6 +392,7 @@ class Cliff:
         return self.loss_and_grad(x)[0]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
 def test_lbfgs_nan_guard_reverts_resets_and_reports(float64, line_search):
     obj, opt = Cliff(), LBFGS(line_search=line_search)
@@ -400,6 +409,7 @@ def test_lbfgs_nan_guard_reverts_resets_and_reports(float64, line_search):
     assert np.isfinite(result.x).all() and math.isfinite(result.fun)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_lbfgs_halves_the_next_step_after_a_nan_revert(float64):
     """From (1, 0), steepest descent with t = 1 lands on x[0] = 2 (NaN); after
     the revert the next call tries t = 1/2 and reaches the edge (1.5, 0)."""
@@ -410,6 +420,7 @@ def test_lbfgs_halves_the_next_step_after_a_nan_revert(float64):
     assert infos[1]["lr"] == 0.5 and state["shrink"] == 1.0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_lbfgs_skips_pairs_without_positive_curvature_and_counts_them(float64):
     """On f = ½(-x₀² + x₁²) every step has sᵀy = -s₀² + s₁² < 0 here."""
     obj = Quadratic(np.diag([-1.0, 1.0]))
@@ -418,6 +429,7 @@ def test_lbfgs_skips_pairs_without_positive_curvature_and_counts_them(float64):
     assert all(info["curvature"] < 0 and info["memory"] == 0 for info in infos)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_lbfgs_skip_test_is_scale_aware(float64):
     """On f = 1e-12·½||x||², sᵀy = 1e-12 ||s||² (an absolute 1e-10 test would
     skip every pair); the relative test keeps them, and L-BFGS then takes
@@ -428,6 +440,7 @@ def test_lbfgs_skip_test_is_scale_aware(float64):
     assert 0 < infos[0]["curvature"] < 1e-10
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_lbfgs_same_batch_pairs_use_one_batch_and_fixed_mode_caches(float64):
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(64, 4)), rng.integers(0, 2, 64).astype(float)
@@ -483,6 +496,7 @@ def _optimizers():
     }
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("key", list(_optimizers()))
 def test_state_round_trips_through_hdf5_with_an_identical_next_step(float64, tmp_path, key):
     opt = _optimizers()[key]
@@ -520,6 +534,7 @@ def digits():
     return Objective(model_fn, "cross_entropy", X, y, layout), theta0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("key, minibatch", [
     ("sgd", True), ("adam", True), ("bb", True), ("lbfgs_same_batch", True), ("lbfgs_full", False),
 ])

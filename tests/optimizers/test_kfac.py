@@ -37,6 +37,7 @@ def kfac_blocks(obj, theta, factor="exact", seed=0):
     return [(layer, *capture.kronecker_factors(layer)) for layer in cap.layers]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_one_example_dense_blocks_are_the_exact_gauss_newton_blocks(loss, rng):
     model = nets.MLP((5, 4, 3), activation="tanh")
@@ -52,6 +53,7 @@ def test_one_example_dense_blocks_are_the_exact_gauss_newton_blocks(loss, rng):
         assert not np.allclose(np.kron(omega, gamma), G[np.ix_(idx, idx)], atol=1e-8)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_one_location_conv_block_is_the_exact_gauss_newton_block(rng):
     """KFC with T = 1: a 3 x 3 kernel over a 3 x 3 input gives one output location."""
     model = nets.Sequential(nets.Conv2d(2, 4, 3), nets.Tanh(), nets.Flatten(), nets.Linear(4, 3))
@@ -64,6 +66,7 @@ def test_one_location_conv_block_is_the_exact_gauss_newton_block(rng):
     np.testing.assert_allclose(np.kron(gamma, omega), G[np.ix_(idx, idx)], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_kfc_normalisation_over_locations(rng):
     """T > 1: Ω sums over locations and is averaged over examples; Γ averages over
     locations. Both are checked on their own definitions, and on a batch the Kronecker
@@ -81,6 +84,7 @@ def test_kfc_normalisation_over_locations(rng):
     np.testing.assert_allclose(gamma, np.einsum("knto,kntp->op", g, g) / 4, rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_the_sampled_factor_averages_to_the_exact_one(rng):
     model = nets.MLP((3, 4, 3), activation="tanh")
     obj = model.objective("cross_entropy", rng.standard_normal((4, 3)), rng.integers(0, 3, 4))
@@ -104,6 +108,7 @@ def mlp_problem(rng, batch=16):
     return obj, model.init_theta(0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_damped_inverses_use_the_pi_correction():
     omega, gamma = 4 * np.eye(2), np.eye(3)  # mean eigenvalues 4 and 1: π = 2
     inv_omega, inv_gamma = KFAC.damped_inverses(omega, gamma, 0.09)  # γ = 0.3
@@ -111,6 +116,7 @@ def test_damped_inverses_use_the_pi_correction():
     np.testing.assert_allclose(inv_gamma, np.eye(3) / (1 + 0.3 / 2), rtol=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_the_direction_is_the_dense_kronecker_solve(rng):
     obj, theta = mlp_problem(rng)
     opt = KFAC(damping=0.3, lr=1.0)
@@ -128,6 +134,7 @@ def test_the_direction_is_the_dense_kronecker_solve(rng):
         np.testing.assert_allclose(Delta[idx], -np.linalg.solve(damped, g[idx]), rtol=1e-10)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_alpha_and_mu_minimise_the_quadratic_model(rng):
     obj, theta = mlp_problem(rng)
     opt = KFAC(damping=0.1, adapt="fixed")
@@ -146,6 +153,7 @@ def test_alpha_and_mu_minimise_the_quadratic_model(rng):
     np.testing.assert_allclose(delta, info2["lr"] * Delta + info2["mu"] * prev, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_factor_averages_follow_the_papers_decay(rng):
     obj, theta = mlp_problem(rng)
     opt = KFAC(factor_decay=0.95, lr=0.1, adapt="fixed")
@@ -163,6 +171,7 @@ def test_factor_averages_follow_the_papers_decay(rng):
     np.testing.assert_allclose(states[3]["gamma"][key], want, rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_levenberg_marquardt_uses_omega_to_the_t1(rng):
     obj, theta = mlp_problem(rng)
     opt = KFAC(damping=0.5, adapt_every=2)
@@ -180,6 +189,7 @@ def test_levenberg_marquardt_uses_omega_to_the_t1(rng):
         assert infos[k + 1]["damping"] == pytest.approx(want, rel=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_damping_never_falls_below_its_floor():
     """On a quadratic the model is exact (ρ = 1), so λ falls by 19/20 per step (T₁ = 1) to the floor."""
     q = Quadratic(np.diag([1.0, 4.0, 9.0]), np.array([1.0, -2.0, 3.0]))
@@ -194,6 +204,7 @@ def test_damping_never_falls_below_its_floor():
     assert dampings == pytest.approx([0.019, 0.01805, 0.0175], rel=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_step_that_raises_the_loss_is_rejected():
     q = Quadratic(np.diag([1.0, 4.0]), np.array([1.0, -2.0]))
     theta = np.array([3.0, 3.0])
@@ -210,6 +221,7 @@ def test_a_step_that_raises_the_loss_is_rejected():
     assert info["fallback"] is None and q.loss(new) > q.loss(theta)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_parameters_outside_the_layers_take_the_diagonal_fallback():
     A = np.diag([1.0, 4.0, 9.0])
     q = Quadratic(A, np.array([1.0, -2.0, 3.0]))
@@ -222,6 +234,7 @@ def test_parameters_outside_the_layers_take_the_diagonal_fallback():
     assert info["kfac_layers"] == 0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_non_finite_direction_keeps_the_statistics_of_before_and_raises_damping(rng, monkeypatch):
     import optimizers.kfac as kfac_module
 
@@ -239,6 +252,7 @@ def test_a_non_finite_direction_keeps_the_statistics_of_before_and_raises_dampin
     assert info["fallback"] is None and info["inverses_refreshed"]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_inverses_are_refreshed_every_t3_steps(rng):
     obj, theta = mlp_problem(rng)
     opt = KFAC(inverse_every=3, adapt="fixed")
@@ -250,6 +264,7 @@ def test_inverses_are_refreshed_every_t3_steps(rng):
     assert refreshed == [True, False, False, True, False, False, True]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_state_round_trip_and_identical_next_step(rng, tmp_path):
     obj, theta = mlp_problem(rng)
     opt = KFAC(factor="sample", seed=5)
@@ -263,6 +278,7 @@ def test_state_round_trip_and_identical_next_step(rng, tmp_path):
     assert np.array_equal(a, b) and states_equal(sa, sb)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_trains_a_small_mlp(rng):
     obj, theta = mlp_problem(rng, batch=64)
     opt = KFAC()

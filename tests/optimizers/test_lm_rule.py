@@ -114,6 +114,7 @@ OPTIMIZERS = {
 }
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("rho, factor", [
     (0.05, 1.5), (0.2, 1.5),                 # poor agreement: grow
@@ -133,6 +134,7 @@ def test_optimizer_step_with_known_rho_updates_the_damping(name, rho, factor):
     np.testing.assert_allclose(x1 - x0, -g / (obj.s * obj.a + lam), rtol=1e-10)  # the step assumed above
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_optimizer_clips_the_damping_and_boosts_after_a_rise(name):
     lam = 0.1
@@ -151,6 +153,7 @@ def test_optimizer_clips_the_damping_and_boosts_after_a_rise(name):
     assert info["rho"] == -math.inf and info["actual"] > 0 and state["damping"] == 0.12
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_fixed_adaptation_ignores_rho(name):
     lam = 0.1

@@ -28,6 +28,7 @@ def diagonal_quadratic(eigenvalues, dtype=np.float64):
     return tg.Quadratic(np.diag(a), np.ones(a.size, dtype=dtype)), a
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("lr, rejected", [(0.8, False), (2.5, True)])
 def test_damped_newton_info_figures_are_the_closed_forms(lr, rejected):
@@ -53,6 +54,7 @@ def test_damped_newton_info_figures_are_the_closed_forms(lr, rejected):
     assert state["step"] == 1 and state["damping"] == lam
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_saddle_free_reports_the_extreme_eigenvalues():
     # f = ½ xᵀ D x + ¼ Σ x⁴ at x = 0: H = D, four distinct eigenvalues
@@ -66,6 +68,7 @@ def test_saddle_free_reports_the_extreme_eigenvalues():
     assert info["max_eig"] == pytest.approx(H[3, 3], rel=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflows on purpose
 @pytest.mark.parametrize("make", [lambda: DampedNewton(), lambda: Newton()], ids=["damped_newton", "newton"])
@@ -82,6 +85,7 @@ def test_a_non_finite_loss_leaves_theta_counts_the_step_and_says_why(make):
     assert x1 is not x0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_a_step_that_leaves_the_loss_exactly_equal_is_taken():
     # f = ½||x||²: from x the step x - 2x = -x has the same loss, bit for bit
@@ -94,6 +98,7 @@ def test_a_step_that_leaves_the_loss_exactly_equal_is_taken():
     np.testing.assert_array_equal(x1, -x0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_damped_step_keeps_float32():
     with backend.precision("float32"):
         obj, _ = diagonal_quadratic([0.5, 2.0, 4.0], dtype=np.float32)
@@ -148,6 +153,7 @@ def iterates_at(*steps):
     return [(i, np.array([float(i)])) for i in steps]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_backtracking_walks_back_while_the_loss_decreases():
     # θ = 0, lr = 2: the iterates 5, 7, 9, 11 land at 10, 14, 18, 22; f = (x - 14)²
@@ -160,6 +166,7 @@ def test_cg_backtracking_walks_back_while_the_loss_decreases():
     assert obj.calls == [22.0]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_backtracking_stops_at_an_equal_loss():
     obj = Table(lambda x: (x - 20.0) ** 2)  # 22 and 18 give the same loss: keep the later iterate
@@ -167,6 +174,7 @@ def test_cg_backtracking_stops_at_an_equal_loss():
     assert (i, f, evals) == (11, 4.0, 2)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_armijo_takes_the_first_trial_that_decreases_enough():
     opt = HessianFree(lr=1.0, line_search=True, line_search_c1=0.1, line_search_shrink=0.5, line_search_max=3)
@@ -179,6 +187,7 @@ def test_armijo_takes_the_first_trial_that_decreases_enough():
     assert obj.calls == []
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_armijo_gives_up_after_line_search_max_trials():
     opt = HessianFree(lr=1.0, line_search=True, line_search_c1=0.1, line_search_shrink=0.5, line_search_max=3)
@@ -187,6 +196,7 @@ def test_armijo_gives_up_after_line_search_max_trials():
     assert obj.calls == [0.5, 0.25, 0.125]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_armijo_with_an_ascent_slope_asks_for_no_increase():
     opt = HessianFree(lr=1.0, line_search=True, line_search_c1=0.1, line_search_max=1)
@@ -195,6 +205,7 @@ def test_armijo_with_an_ascent_slope_asks_for_no_increase():
     assert opt._armijo(obj, np.zeros(1), np.ones(1), 0.5, 0.0, 0.01) == (0.0, 0.0, 1)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_martens_preconditioner_floor_keeps_the_dtype_eps():
     with backend.precision("float32"):
         opt = HessianFree(preconditioner="martens", precond_exponent=1.0)
@@ -204,6 +215,7 @@ def test_martens_preconditioner_floor_keeps_the_dtype_eps():
     np.testing.assert_array_equal(M, np.array([4.0 * eps, 4.0, 0.25], dtype=np.float32))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_martens_preconditioner_of_a_zero_gradient_is_one():
     opt = HessianFree(preconditioner="martens")
@@ -212,6 +224,7 @@ def test_martens_preconditioner_of_a_zero_gradient_is_one():
     assert opt._precond(Table(None), np.zeros(0), np.zeros(0), 0.0).shape == (0,)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hessian_free_init_state():
     x0 = np.array([1.0, 2.0, 3.0])
@@ -225,6 +238,7 @@ def ill_conditioned(n=40):
     return tg.Quadratic(np.diag(a), np.ones(n)), a
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hessian_free_warm_starts_cg_at_the_decayed_previous_iterate():
     from optimizers.cg import cg
@@ -243,6 +257,7 @@ def test_hessian_free_warm_starts_cg_at_the_decayed_previous_iterate():
     assert np.abs(res.x - cold.x).max() > 1e-3  # the warm start matters here
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hessian_free_passes_its_cg_stops_on():
     from optimizers.cg import cg
@@ -264,6 +279,7 @@ def test_hessian_free_passes_its_cg_stops_on():
             assert info["cg_residual"] <= 0.1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("line_search_max, shrink", [(60, 0.5), (1, 0.9)], ids=["shrinks", "fails"])
 def test_hessian_free_line_search_step_and_info_figures(line_search_max, shrink):
@@ -297,6 +313,7 @@ def test_hessian_free_line_search_step_and_info_figures(line_search_max, shrink)
     assert state["step"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hessian_free_without_line_search_counts_no_trials():
     obj = tg.Quadratic(np.diag([1.0, 4.0]), np.ones(2))
@@ -307,6 +324,7 @@ def test_hessian_free_without_line_search_counts_no_trials():
     np.testing.assert_allclose(x1, [0.5, 0.125], rtol=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hessian_free_residual_loss_change_and_carried_cg_iterate():
     from optimizers.cg import cg
@@ -327,6 +345,7 @@ def test_hessian_free_residual_loss_change_and_carried_cg_iterate():
     np.testing.assert_allclose(x1, x0 + res.x, rtol=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hessian_free_at_a_stationary_point_reports_a_zero_residual():
     obj = tg.Quadratic(np.diag([1.0, 4.0]), np.array([1.0, 4.0]))
@@ -337,6 +356,7 @@ def test_hessian_free_at_a_stationary_point_reports_a_zero_residual():
     np.testing.assert_array_equal(x1, x0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hessian_free_does_not_warm_start_from_a_steepest_descent_fallback():
     obj = tg.Quadratic(np.diag([-1.0, -2.0]), np.ones(2))  # negative curvature on CG's first direction
@@ -390,6 +410,7 @@ def test_cg_save_points_are_the_ceilings_of_5_times_1_3_to_the_j():
     assert save_points(24) == [5, 7, 9, 11, 15, 19]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_with_a_callable_preconditioner_matches_the_diagonal():
     from optimizers.cg import cg
@@ -402,6 +423,7 @@ def test_cg_with_a_callable_preconditioner_matches_the_diagonal():
     assert by_callable.iterations == by_diagonal.iterations == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("kwargs, message", [
     ({"M": np.eye(2)}, "cg: M must be None, an (n,) diagonal or a callable, got an array of shape (2, 2)"),
@@ -420,6 +442,7 @@ def test_cg_refuses_bad_arguments_by_name(kwargs, message):
     assert str(err.value) == message
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_cg_refuses_a_matrix_right_hand_side():
     from optimizers.cg import cg
 
@@ -428,6 +451,7 @@ def test_cg_refuses_a_matrix_right_hand_side():
     assert str(err.value) == "cg: b must be a vector (n,), got shape (2, 2)"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_allows_a_martens_gap_of_one():
     from optimizers.cg import cg
@@ -437,6 +461,7 @@ def test_cg_allows_a_martens_gap_of_one():
     assert res.reason == "martens"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_warm_start_phi_and_dtype():
     from optimizers.cg import cg
@@ -452,6 +477,7 @@ def test_cg_warm_start_phi_and_dtype():
     assert exact.reason == "converged" and exact.iterations == 0 and exact.x.dtype == np.float64
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_of_a_zero_right_hand_side_is_the_zero_solution():
     from optimizers.cg import cg
@@ -464,6 +490,7 @@ def test_cg_of_a_zero_right_hand_side_is_the_zero_solution():
     assert unit.reason == "converged" and unit.iterations == 1 and unit.x.tolist() == [0.5, 0.0, 0.0]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_phi_zero_tolerance_and_zero_curvature():
     from optimizers.cg import cg
@@ -492,6 +519,7 @@ def martens_stop(phi, gap, eps):
     return None
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("gap, eps, scale", [(1, 1e-2, 0.0), (10, 5e-4, 0.3)], ids=["k-grows-with-i", "phi-positive"])
 def test_cg_martens_rule_stops_where_the_docstring_says(gap, eps, scale):
@@ -506,6 +534,7 @@ def test_cg_martens_rule_stops_where_the_docstring_says(gap, eps, scale):
     assert res.reason == "martens" and res.iterations == expected and expected > 30
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cg_martens_rule_needs_more_than_k_iterations():
     from optimizers.cg import cg
@@ -518,6 +547,7 @@ def test_cg_martens_rule_needs_more_than_k_iterations():
 # ---------------------------------------------------------------- Newton and cholesky_shifted (second pass)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_newton_info_figures_are_the_closed_forms():
     obj, a = diagonal_quadratic([0.5, 2.0, 4.0])
@@ -538,6 +568,7 @@ def test_newton_info_figures_are_the_closed_forms():
     np.testing.assert_allclose(x1, x0 + lr * d, rtol=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_newton_at_a_stationary_point_is_not_a_descent():
     obj = tg.Quadratic(np.eye(2), np.ones(2))
@@ -545,6 +576,7 @@ def test_newton_at_a_stationary_point_is_not_a_descent():
     assert info["descent"] is False and info["step_norm"] == 0.0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("fallback, expected", [("none", "lstsq"), ("lstsq", "lstsq"), ("gradient", "gradient")])
 def test_newton_on_a_singular_hessian(fallback, expected):
@@ -557,6 +589,7 @@ def test_newton_on_a_singular_hessian(fallback, expected):
     np.testing.assert_allclose(x1, x0 + (np.array([0.0, -1.5]) if expected == "lstsq" else -g), rtol=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_newton_status_thresholds_use_rcond_times_the_top_eigenvalue():
     obj = tg.Quadratic(np.diag([1e-3, 4.0]), np.ones(2))
@@ -571,6 +604,7 @@ def test_newton_status_thresholds_use_rcond_times_the_top_eigenvalue():
         assert info["status"] == status, rcond
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_newton_keeps_an_eigenvalue_exactly_at_the_bound_out_of_the_solve():
     obj = tg.Quadratic(np.diag([1e-3, 4.0]), np.ones(2))
@@ -595,6 +629,7 @@ def test_newton_allows_fallback_none():
     assert Newton(fallback="none", rcond=1e-8).fallback == "none"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_cholesky_shifted_shifts_and_doubles():
     from optimizers.newton import cholesky_shifted
@@ -613,6 +648,7 @@ def test_cholesky_shifted_shifts_and_doubles():
     assert str(err.value) == "cholesky_shifted: no positive definite A + τI found up to τ = 1"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_newton_default_rcond_uses_the_dtype_of_theta():
     with backend.precision("float32"):
         # 1e-7 is below 2·eps(float32) = 2.4e-7 but far above 2·eps(float64)
@@ -622,6 +658,7 @@ def test_newton_default_rcond_uses_the_dtype_of_theta():
     assert info["status"] == "singular"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_newton_fallback_none_solves_an_indefinite_hessian_directly():
     obj = tg.Quadratic(np.diag([-1.0, 2.0]), np.ones(2))
@@ -630,6 +667,7 @@ def test_newton_fallback_none_solves_an_indefinite_hessian_directly():
     np.testing.assert_allclose(x1, [-1.0, 0.5], rtol=1e-13)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_cholesky_shifted_first_shift_and_float32():
     from optimizers.newton import cholesky_shifted
 
@@ -916,6 +954,7 @@ def test_lbfgs_defaults_and_init_state():
         "skipped_total": 0, "nan_reverts_total": 0, "resets_total": 0, "shrink": 1.0, "x": None, "f": None, "g": None}
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("line_search", [None, "strong_wolfe", "exact"])
 def test_lbfgs_info_figures_and_counters(line_search):
@@ -944,6 +983,7 @@ def test_lbfgs_info_figures_and_counters(line_search):
     assert state0 == opt.init(theta)  # the caller's state is not changed in place
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_at_a_stationary_point_or_within_tolerance_grad_takes_no_iteration():
     obj = tg.Quadratic(np.diag([1.0, 2.0]), np.array([1.0, 2.0]))  # minimizer (1, 1), g = 0 there exactly
@@ -974,6 +1014,7 @@ class NanBeyond:
         return f, g
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("part", ["grad", "both"])
 def test_lbfgs_halves_the_initial_step_after_each_nan_revert(part):
@@ -990,6 +1031,7 @@ def test_lbfgs_halves_the_initial_step_after_each_nan_revert(part):
     np.testing.assert_array_equal(theta, [1.125, 0.0])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_started_at_a_nan_gradient_resets_and_clears_the_cache():
     obj, opt = NanBeyond(1.5, "grad"), LBFGS()
@@ -1005,6 +1047,7 @@ def test_lbfgs_started_at_a_nan_gradient_resets_and_clears_the_cache():
         assert state["x"] is None and state["f"] is None and state["g"] is None
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_fixed_mode_recomputes_at_a_theta_other_than_the_cached_one():
     obj, opt = tg.Quadratic(np.diag([1.0, 3.0]), np.ones(2)), LBFGS()
@@ -1026,6 +1069,7 @@ class LyingSlope:
         return float(x.sum()), -np.ones_like(x)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_line_search_failure_keeps_theta_and_resets_the_memory():
     opt = LBFGS(line_search="strong_wolfe", max_iter=3, max_ls=6)
@@ -1039,6 +1083,7 @@ def test_lbfgs_line_search_failure_keeps_theta_and_resets_the_memory():
     assert state["S"] == [] and info["memory"] == 0 and state["resets_total"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_restarts_from_steepest_descent_when_the_memory_gives_no_descent():
     """A memory with sᵀy < 0 (as a state from another objective may hold) makes
@@ -1056,6 +1101,7 @@ def test_lbfgs_restarts_from_steepest_descent_when_the_memory_gives_no_descent()
         np.testing.assert_array_equal(new["S"][0], [-0.5, 0.0])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_restarts_when_the_slope_along_d_is_exactly_zero():
     """g = 1e-170·(1, 1): gᵀd underflows to -0.0, which is not < 0, so d is no descent direction: the
@@ -1066,6 +1112,7 @@ def test_lbfgs_restarts_when_the_slope_along_d_is_exactly_zero():
     assert new["resets_total"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_first_step_is_lr_times_min_1_and_inverse_l1_norm_of_g():
     obj = tg.Quadratic(np.eye(2))  # g = θ
@@ -1075,6 +1122,7 @@ def test_lbfgs_first_step_is_lr_times_min_1_and_inverse_l1_norm_of_g():
         np.testing.assert_array_equal(x, theta - t * theta)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_exact_line_search_without_positive_curvature_keeps_the_initial_step():
     # dᵀH d = 0 (f = ½x₁² - x₀ along d = e₀) and dᵀH d < 0 (f = ½(-x₀² + x₁²)): t stays min(1, 1/||g||_1) = 1
@@ -1085,6 +1133,7 @@ def test_lbfgs_exact_line_search_without_positive_curvature_keeps_the_initial_st
         np.testing.assert_array_equal(x, expected)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_lbfgs_skips_a_pair_with_zero_curvature_even_at_threshold_zero():
     # f = ½x₁² - x₀ from 0: steps along e₀, where y = 0, so sᵀy = 0 is not > 0·||s||·||y||
@@ -1133,6 +1182,7 @@ def test_adahessian_refuses_bad_settings_by_name(kwargs, message):
     assert str(err.value) == f"AdaHessian: {message}"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_defaults_allowed_limits_and_init_state():
     from optimizers.adahessian import AdaHessian
 
@@ -1150,6 +1200,7 @@ def test_adahessian_defaults_allowed_limits_and_init_state():
     assert AdaHessian().average(D, None) is D  # no layout: nothing to average
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("power", [1.0, 0.5])
 def test_adahessian_first_step_with_eps_and_weight_decay_is_the_closed_form(power):
@@ -1172,6 +1223,7 @@ def test_adahessian_first_step_with_eps_and_weight_decay_is_the_closed_form(powe
     assert info["nhvp"] == 0 and info["hessian_refreshed"] is False and state["nhvp"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adahessian_keeps_float32_and_block_averaging_warns_of_nothing():
     import warnings
 
@@ -1240,6 +1292,7 @@ def test_sgdph_defaults():
     assert opt.bias_correction is True and opt.official_last_1d_sgd is True
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sgdph_refuses_a_state_from_another_layout():
     from optimizers.sgdph import SGDPH
@@ -1251,6 +1304,7 @@ def test_sgdph_refuses_a_state_from_another_layout():
     assert str(err.value) == "SGDPH.step: the state has 2 1-D tensors, the layout 3"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sgdph_schedule_all_two_steps_follow_the_update_rule():
     """Every 1-D tensor every step, c_t = 1 - μ_hᵗ, all of them second-order
@@ -1287,6 +1341,7 @@ def test_sgdph_schedule_all_two_steps_follow_the_update_rule():
         x = new
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sgdph_round_robin_quirk_hands_only_the_last_1d_tensor_to_sgd():
     """Three 1-D tensors, the official quirk, no bias correction (c = 1): step 1
@@ -1307,6 +1362,7 @@ def test_sgdph_round_robin_quirk_hands_only_the_last_1d_tensor_to_sgd():
     assert info["nhvp"] == 1 and state["nhvp"] == 1 and state["cursor"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sgdph_without_1d_tensors_reports_zero_curvature_means():
     from optimizers.sgdph import SGDPH
@@ -1339,6 +1395,7 @@ def test_sgd_and_adam_refuse_bad_settings_by_name(make, message):
     assert str(err.value) == message
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sgd_and_adam_allow_their_limits_and_report_lr_and_step_norm():
     # lr = 0 (a frozen run), dampening = 1 (PyTorch allows both), eps = 0
@@ -1381,6 +1438,7 @@ def test_bb_refuses_bad_settings_by_name(kwargs, message):
     assert str(err.value) == f"BB: {message}"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_bb_defaults_limits_and_init_state():
     from optimizers import BB
     from optimizers.bb import bb_step_size
@@ -1421,6 +1479,7 @@ def bb_epochs(opt, obj, epochs, theta=None):
     return theta, state, infos
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_bb_step_info_and_epoch_figures():
     """lr 1, one step per epoch, β = 1 (ĝ = the last g): at k = 2, s = -g₁ = (-2, 0), y = g₁ - g₀ = (2, 0),
@@ -1436,6 +1495,7 @@ def test_bb_step_info_and_epoch_figures():
     assert all(i["bb_skipped"] == 0 and i["bb_fallbacks"] == 0 for i in infos)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("bound, expected_lr, fallbacks", [
     ({"tau_min": 3.0}, 1.0, 0),    # η₂ = 1 = τ_min/(k+1): kept
@@ -1458,6 +1518,7 @@ def test_bb_bounds_are_tau_over_k_plus_1_and_closed(bound, expected_lr, fallback
     assert flagged >= 2 and state["bb_fallbacks"] == flagged  # counted once per epoch that falls back
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_bb_curvature_guard_is_relative_to_s_and_y_norms():
     """s = (-2, 0), y = (-δ, -10): sᵀy = 2δ = 1e-3 against ε ||s|| ||y|| = 1e-4·2·10.0 = 2e-3: skipped.
@@ -1475,6 +1536,7 @@ def test_bb_curvature_guard_is_relative_to_s_and_y_norms():
     assert state["bb_skipped"] == 2 and state["lr"] == 1.0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_bb_end_epoch_after_no_steps_and_after_one_step():
     from optimizers import BB
@@ -1491,6 +1553,7 @@ def test_bb_end_epoch_after_no_steps_and_after_one_step():
     assert state["epoch_info"] == {"epoch": 3, "m": 1, "s_dot_y": -4.0, "bb": 1.0}
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_bb_smoothing_is_the_geometric_mean_recurrence():
     """c_k = c_{k-1}^((k-2)/(k-1)) (η_k k)^(1/(k-1)), c_1 = 1, η_k <- c_k / k, from the raw BB values."""
@@ -1541,6 +1604,7 @@ def test_hybrid_defaults_limits_and_init_state():
     assert state["ada"] is None and state["phase"] == "sgd" and state["sgd"] == SGD(0.1).init(np.zeros(2))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_hybrid_switches_only_below_the_threshold_and_reports_it():
     from optimizers.hybrid import Hybrid
@@ -1566,6 +1630,7 @@ def memory_h5(name="state.h5"):
     return h5py.File(name, "w", driver="core", backing_store=False)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_state_round_trip_keeps_tuples_lists_and_non_finite_floats():
     from optimizers.state import load_state, save_state
 
@@ -1640,6 +1705,7 @@ def test_gauss_newton_passes_lr_on():
 # ---------------------------------------------------------------- base.py: minimize, results, checks (third pass)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_minimize_status_message_and_counts_for_each_stop():
     obj = tg.Quadratic(np.eye(2))  # f = ½||x||²: SGD with lr 1 lands on 0 in one step
@@ -1675,6 +1741,7 @@ def test_minimize_status_message_and_counts_for_each_stop():
     assert r.nhvp == 3 and r.nfev == r.njev == 4
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("scale, ftol_of", [(1.0, lambda d: d[2]), (1.0, lambda d: 0.75 * d[2]), (16.0, lambda d: 0.75)])
 def test_minimize_ftol_compares_the_loss_change_with_ftol_times_max_1_abs_f(scale, ftol_of):
@@ -1731,6 +1798,7 @@ def test_type_errors_name_the_argument_and_show_the_value(make, message):
     assert str(err.value) == message
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_check_state_messages_and_check_choice_of_a_bool():
     from optimizers.base import check_choice
@@ -1757,6 +1825,7 @@ def test_optimizer_repr_and_hyperparameters_leave_out_private_attributes():
                                                 "ada_lr": 0.001, "ada_kwargs": {"seed": 2}}
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_minimize_without_counts_with_maxiter_0_and_a_gtol_stop_on_the_step_info():
     r = SGD(0.5).minimize(ScriptedGradients([1.0, 1.0]), np.zeros(2), maxiter=2)  # no ``counts``: zeros
@@ -1790,6 +1859,7 @@ def _kfac_bn_net(seed=0, batch=16):
     return model.objective("cross_entropy", X, rng.integers(0, 3, batch)), model.init_theta(seed)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_init_state_is_empty_and_fresh():
     theta = np.array([0.5, -1.0, 2.0])
@@ -1805,6 +1875,7 @@ def test_kfac_init_state_is_empty_and_fresh():
     assert state["stale"] is False
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_kfac_solve_small_solves_and_falls_back_to_least_squares_then_to_zero():
     M = np.array([[2.0, 1.0], [1.0, 3.0]])
     np.testing.assert_allclose(_solve_small(M, M @ np.array([1.5, -0.5])), [1.5, -0.5], rtol=1e-14)
@@ -1822,6 +1893,7 @@ def test_kfac_solve_small_solves_and_falls_back_to_least_squares_then_to_zero():
     np.testing.assert_array_equal(_solve_small(np.array([[0.0]]), np.array([0.0])), [0.0])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_refuses_a_state_whose_layer_changed_its_input_size():
     # MLP 4-5-3 and MLP 6-4-3 both have 43 parameters and the layer names "1.weight", ...
@@ -1834,6 +1906,7 @@ def test_kfac_refuses_a_state_whose_layer_changed_its_input_size():
     assert str(err.value) == "KFAC: layer '1.weight' changed its input size since the state was made"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_both_factors_follow_the_decay_min_of_1_minus_1_over_k_and_factor_decay():
     obj, theta = _kfac_mlp()
@@ -1857,6 +1930,7 @@ def test_kfac_both_factors_follow_the_decay_min_of_1_minus_1_over_k_and_factor_d
     assert [s["updates"] for s in states] == [0, 1, 2, 3]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_on_layers_only_draws_one_seed_per_step_and_keeps_no_diagonal():
     obj, theta = _kfac_mlp()
@@ -1868,6 +1942,7 @@ def test_kfac_on_layers_only_draws_one_seed_per_step_and_keeps_no_diagonal():
         assert not state["diag"].any()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_diagonal_of_the_parameters_outside_the_layers_is_seeded_and_averaged():
     """Draw j of a run seeded s uses seed s·2³² + j; each step draws the factor sample (j even) and
@@ -1894,6 +1969,7 @@ def test_kfac_diagonal_of_the_parameters_outside_the_layers_is_seeded_and_averag
     assert np.isfinite(states[1]["diag"]).all()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_diagonal_step_floors_a_negative_estimate_at_zero_and_adds_damping_and_weight_decay():
     """-(g + ηθ) / (max(d, 0) + λ + η): with A = diag(a) - c (z zᵀ - I) for the z of the seed,
@@ -1914,6 +1990,7 @@ def test_kfac_diagonal_step_floors_a_negative_estimate_at_zero_and_adds_damping_
     assert info["kfac_layers"] == 0 and info["lr"] == 1.0 and info["mu"] == 0.0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_kfac_step_on_an_objective_without_capture_names_the_objective_and_the_method():
     class NoCapture:
         layout = None
@@ -1926,6 +2003,7 @@ def test_kfac_step_on_an_objective_without_capture_names_the_objective_and_the_m
                               "K-FAC reads its layers and gradient from (tinygrad2.ObjectiveInterface)")
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_two_steps_on_a_quadratic_are_the_closed_forms():
     """No layers: Δ = -(g + ηθ)/(max(d, 0) + λ + η), d the average of z ⊙ (A z) over the draws z (seed s:
@@ -1980,6 +2058,7 @@ def test_kfac_two_steps_on_a_quadratic_are_the_closed_forms():
         assert info["mu"] == 0.0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_with_a_fixed_lr_takes_a_fresh_product_on_adaptation_steps_and_boosts_a_poor_rho():
     """lr = 10 overshoots: ρ < ¼, so λ ← λ / (19/20)^T₁ (T₁ = 1); predicted uses G δ of this step."""
@@ -2008,6 +2087,7 @@ def test_kfac_with_a_fixed_lr_takes_a_fresh_product_on_adaptation_steps_and_boos
     assert info["predicted"] < 0 and info["actual"] is None and info["rho"] is None
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_accepts_an_exactly_equal_loss_and_rejects_a_small_rise():
     """f = ½||x||², d = 1, λ = 1: Δ = -x/2, so lr 4 lands on -x (same loss, bit for bit) and lr 4.5 on
@@ -2030,6 +2110,7 @@ def test_kfac_accepts_an_exactly_equal_loss_and_rejects_a_small_rise():
     assert info["fallback"] is None and info["inverses_refreshed"] and again["stale"] is False
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("adapt", ["lm", "fixed"])
 def test_kfac_non_finite_direction_info_and_state(adapt, monkeypatch):
@@ -2051,6 +2132,7 @@ def test_kfac_non_finite_direction_info_and_state(adapt, monkeypatch):
     assert after["damping"] == (pytest.approx(0.1 / (19 / 20) ** 3, rel=1e-14) if adapt == "lm" else 0.1)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_inverses_are_damped_with_lambda_plus_weight_decay():
     obj, theta = _kfac_mlp()
@@ -2087,6 +2169,7 @@ def test_kfac_defaults_limits_and_exact_messages():
         assert str(err.value) == message
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_kfac_direction_of_a_layer_without_bias_is_the_dense_kronecker_solve():
     from nets.layers import Flatten, Linear, Sequential, Tanh
@@ -2112,6 +2195,7 @@ def test_kfac_direction_of_a_layer_without_bias_is_the_dense_kronecker_solve():
 # ---------------------------------------------------------------- Sophia (fourth pass)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_sophia_defaults_and_init_state():
     opt = Sophia()
     assert (opt.lr, opt.betas, opt.gamma, opt.eps, opt.weight_decay, opt.update_each, opt.clip, opt.estimator,
@@ -2125,6 +2209,7 @@ def test_sophia_defaults_and_init_state():
     assert state["hessian_diag_mean"] == 0.0 and type(state["hessian_diag_mean"]) is float
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sophia_exact_estimator_draws_nothing_and_the_state_keeps_the_latest_mean():
     a = np.array([1.0, 2.0, 4.0])
@@ -2140,6 +2225,7 @@ def test_sophia_exact_estimator_draws_nothing_and_the_state_keeps_the_latest_mea
         assert info["hessian_diag_mean"] == pytest.approx(a.mean(), rel=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sophia_hessian_estimate_of_gnb_costs_no_hvp_and_one_draw():
     class Cap:
@@ -2156,6 +2242,7 @@ def test_sophia_hessian_estimate_of_gnb_costs_no_hvp_and_one_draw():
     assert (hvps, draws) == (0, 1)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_sophia_counts_a_ratio_exactly_at_clip_as_not_clipped_and_reports_lr_and_step_norm():
     """β₁ = β₂ = 0, γ = 1, exact diagonal a = (1, 2, 4): the ratio is g/a = (1, 2, ½) exactly;
@@ -2175,6 +2262,7 @@ def test_sophia_counts_a_ratio_exactly_at_clip_as_not_clipped_and_reports_lr_and
 # ---------------------------------------------------------------- Shampoo (fourth pass)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_shampoo_new_tensor_entries_start_at_eps_with_no_roots():
     from tinygrad2.layout import Layout as _Layout
@@ -2194,6 +2282,7 @@ def test_shampoo_new_tensor_entries_start_at_eps_with_no_roots():
     np.testing.assert_array_equal(entry["h"], [0.5, 0.5, 0.5])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_shampoo_precondition_makes_one_eigh_call_per_full_side_it_refreshes():
     from tinygrad2.layout import Layout as _Layout
@@ -2212,6 +2301,7 @@ def test_shampoo_precondition_makes_one_eigh_call_per_full_side_it_refreshes():
     assert calls == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_shampoo_objective_with_no_layout_attribute_is_one_1d_parameter():
     q = Quadratic(np.diag([1.0, 2.0, 4.0]), np.ones(3))
@@ -2229,6 +2319,7 @@ def test_shampoo_objective_with_no_layout_attribute_is_one_1d_parameter():
     assert [e["path"] for e in state["tensors"]] == ["diagonal"] and info["diagonal_tensors"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_shampoo_refuses_a_layout_of_another_size_with_its_message():
     q = Quadratic(np.eye(4), np.ones(4))
@@ -2239,6 +2330,7 @@ def test_shampoo_refuses_a_layout_of_another_size_with_its_message():
     assert str(err.value) == "Shampoo.step: the objective's layout has n = 4, but theta has size 3"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_shampoo_adam_graft_moments_in_the_state():
     q = Quadratic(np.diag([1.0, 2.0, 4.0]), np.ones(3))
@@ -2255,6 +2347,7 @@ def test_shampoo_adam_graft_moments_in_the_state():
     np.testing.assert_allclose(s2["exp_avg_sq"], b2 * (1 - b2) * g1 * g1 + (1 - b2) * g2 * g2, rtol=1e-14)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.usefixtures("float64")
 def test_shampoo_counts_a_refresh_of_one_full_side_and_reports_lr_step_norm_and_graft_scale():
     """W (2 × 3) with the size limit 2: L full (one eigh), R diagonal; b (3,) diagonal with a zero gradient,

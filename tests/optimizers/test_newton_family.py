@@ -80,6 +80,7 @@ def full_hf(cls=HessianFree, **kw):
 # ================================================================ Newton and damped Newton
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_newton_solves_an_spd_quadratic_in_one_step():
     obj, A, _, _ = quadratic(n=10, high=1e3)
     x0 = np.random.default_rng(5).normal(size=10)
@@ -95,6 +96,7 @@ def test_newton_solves_an_spd_quadratic_in_one_step():
     np.testing.assert_allclose(result.x, x1, rtol=1e-11)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_damping_scales_each_eigencomponent_by_a_over_a_plus_lambda():
     obj, A, Q, a = quadratic(n=8)
     x0 = np.random.default_rng(3).normal(size=8)
@@ -111,6 +113,7 @@ def test_damping_scales_each_eigencomponent_by_a_over_a_plus_lambda():
     np.testing.assert_allclose(Q.T @ (x1_hf - x0), expected, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_newton_reports_indefinite_and_singular_hessians_and_falls_back():
     x0 = np.array([1e-3, -1e-3, 2e-3, 2e-3])  # gᵀH⁻¹g ≈ x0ᵀ D x0 < 0
     saddle = quartic_saddle([2.0, 1.0, -1.0, -3.0])
@@ -129,6 +132,7 @@ def test_newton_reports_indefinite_and_singular_hessians_and_falls_back():
     assert np.array_equal(x1[2:], [0.0, 0.0])  # the minimum-norm step leaves the null space alone
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_damped_newton_is_safe_on_singular_and_indefinite_hessians():
     saddle = quartic_saddle([2.0, 1.0, -1.0, -3.0])
     x0 = np.array([1e-3, -2e-3, 1.5e-3, 1e-3])
@@ -156,6 +160,7 @@ def test_damped_newton_is_safe_on_singular_and_indefinite_hessians():
     assert info["shift"] > 0 and np.all(np.isfinite(x1)) and flat.loss(x1) < flat.loss(x0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("make", [
     lambda: DampedNewton(damping=1.0, adapt="lm"),
     lambda: HessianFree(damping=1.0),
@@ -171,6 +176,7 @@ def test_exact_quadratic_gives_rho_one_and_shrinks_damping(make):
     assert state["damping"] == pytest.approx(2 / 3, rel=1e-15) and info["damping"] == 1.0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("make", [
     lambda: DampedNewton(lr=3.0, damping=1e-3, adapt="lm"),
     lambda: HessianFree(lr=3.0, damping=1e-3),
@@ -188,6 +194,7 @@ def test_a_step_that_raises_the_loss_is_rejected_and_boosts_damping(make):
 # ================================================================ conjugate gradient
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_cg_converges_in_at_most_n_iterations():
     n = 30  # κ = 10: in floating point, larger κ loses orthogonality and needs more than n
     A, _ = spd(np.geomspace(1, 10, n), seed=2)
@@ -198,6 +205,7 @@ def test_cg_converges_in_at_most_n_iterations():
     assert all(b2 <= b1 + 1e-14 * abs(b1) for b1, b2 in zip(res.phi, res.phi[1:]))  # φ never rises
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("k", [1, 2, 4, 6])
 def test_cg_converges_in_k_iterations_for_k_distinct_eigenvalues(k):
     n = 40
@@ -226,6 +234,7 @@ def test_cg_iterates_match_scipy(iterations, preconditioned):
     np.testing.assert_allclose(res.x, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_cg_stops_at_negative_curvature_and_reports_it():
     # A has a negative eigenvalue; CG's first direction b sees positive curvature
     A = np.diag([4.0, 3.0, 2.0, -1.0])
@@ -242,6 +251,7 @@ def test_cg_stops_at_negative_curvature_and_reports_it():
     np.testing.assert_array_equal(res.x, b / 2)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_martens_relative_progress_stop_triggers_on_an_ill_conditioned_quadratic():
     n = 300
     A, _ = spd(np.geomspace(1e-4, 1.0, n), seed=6)
@@ -260,6 +270,7 @@ def test_martens_relative_progress_stop_triggers_on_an_ill_conditioned_quadratic
     assert cg(lambda v: A @ v, b, max_iter=250, martens_eps=None).reason == "max_iter"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_cg_saves_iterates_at_ceil_5_times_1_3_to_the_j():
     assert save_points(30) == [5, 7, 9, 11, 15, 19, 25]
     n = 40
@@ -271,6 +282,7 @@ def test_cg_saves_iterates_at_ceil_5_times_1_3_to_the_j():
     np.testing.assert_array_equal(res.iterates[2][1], short.x)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_cg_warm_start_matches_a_cold_start_at_convergence():
     n = 20
     A, _ = spd(np.geomspace(1, 10, n), seed=8)
@@ -284,6 +296,7 @@ def test_cg_warm_start_matches_a_cold_start_at_convergence():
 # ================================================================ Hessian-free
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("cls", [HessianFree, GaussNewton])
 def test_hf_with_no_damping_and_full_cg_is_the_newton_step(cls):
     obj, A, _, _ = quadratic(n=15, high=50.0)
@@ -295,6 +308,7 @@ def test_hf_with_no_damping_and_full_cg_is_the_newton_step(cls):
     assert info["cg_reason"] == "converged"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_gauss_newton_equals_hf_newton_on_logistic_regression_and_least_squares():
     obj = logistic()
     w = np.zeros(obj.n)
@@ -342,6 +356,7 @@ def test_reaches_scipys_logistic_regression_optimum(make):
     assert result.fun <= ref.fun + 1e-12
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("make", [
     lambda: HessianFree(),
@@ -368,6 +383,7 @@ def test_hf_info_reports_what_a_researcher_plots():
     assert info["predicted"] < 0 and 0 < info["lr"] <= 1 and state["cg_x"].shape == (4,)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_martens_preconditioner_uses_per_example_squares_or_the_batch_approximation():
     obj = logistic(n=40)
     w = np.random.default_rng(11).normal(size=obj.n) * 0.1
@@ -395,6 +411,7 @@ def test_martens_preconditioner_uses_per_example_squares_or_the_batch_approximat
     assert wrapped.calls == 2 and obj.loss(w1) < obj.loss(w)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_non_finite_loss_stops_newton_without_moving():
     bad = tg.Function(lambda x: (x.log()).sum(), 3, name="log")
     x0 = np.array([1.0, -1.0, 2.0])
@@ -489,6 +506,7 @@ def digits_mlp():
     return (X, y, layout, model), theta0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("make, steps", [
     (lambda: HessianFree(), 5),
     (lambda: HessianFree(damping=1.0, line_search=True), 5),

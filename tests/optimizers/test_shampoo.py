@@ -66,6 +66,7 @@ def steps(opt, objective, theta, k):
 # ---------------------------------------------------------------- the matrix update
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("beta2", [None, 0.9])
 def test_two_steps_on_a_matrix_are_L_inv_quarter_G_R_inv_quarter(beta2):
     layout = Layout([("W", (3, 5), "weight")])
@@ -86,6 +87,7 @@ def test_two_steps_on_a_matrix_are_L_inv_quarter_G_R_inv_quarter(beta2):
         assert infos[t]["preconditioner_refreshed"] is True and infos[t]["graft_scale_mean"] is None
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_scaled_orthogonal_gradient_is_divided_by_sqrt_of_eps_plus_s_squared():
     # G = s Q: G Gᵀ = Gᵀ G = s² I, so L = R = (ε + s²) I and D = G / √(ε + s²)
     Q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(4, 4)))
@@ -97,6 +99,7 @@ def test_a_scaled_orthogonal_gradient_is_divided_by_sqrt_of_eps_plus_s_squared()
     np.testing.assert_allclose(theta1, -s * Q.reshape(-1) / np.sqrt(eps + s**2), rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_rank_one_gradient_keeps_its_direction_with_length_s_over_sqrt_eps_plus_s_squared():
     # G = s u vᵀ (unit u, v): L^{-1/4} u = (ε + s²)^{-1/4} u, vᵀ R^{-1/4} = (ε + s²)^{-1/4} vᵀ
     rng = np.random.default_rng(3)
@@ -112,6 +115,7 @@ def test_a_rank_one_gradient_keeps_its_direction_with_length_s_over_sqrt_eps_plu
     np.testing.assert_allclose(state["tensors"][0]["L"], eps * np.eye(3) + G @ G.T, rtol=1e-15)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_eigenvalues_are_floored_at_eps_so_roundoff_gives_no_nan():
     # G = s u vᵀ with s = 1e8: L = εI + s² u uᵀ has eigenvalues >= ε = 1e-12 exactly, but eigh's
     # round-off is ~ 1e-16 · ||L|| = 1, so computed eigenvalues come out negative
@@ -132,6 +136,7 @@ def test_eigenvalues_are_floored_at_eps_so_roundoff_gives_no_nan():
 # ---------------------------------------------------------------- diagonal fallbacks
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_1d_parameter_gets_diagonal_adagrad_and_a_matrix_next_to_it_shampoo():
     layout = Layout([("W", (2, 3), "weight"), ("b", (3,), "bias")])
     objective, eps, lr = quadratic_on(layout, seed=4), 1e-4, 0.1
@@ -159,6 +164,7 @@ class WithoutLayout:
         return getattr(self.objective, name)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_objective_without_layout_is_one_1d_parameter():
     objective = WithoutLayout(quadratic_on(Layout.single(5), seed=6))
     theta0 = np.ones(5)
@@ -171,6 +177,7 @@ def test_objective_without_layout_is_one_1d_parameter():
     assert info["preconditioner_refreshed"] is False
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("limit, full_sides", [(5, "L"), (2, "")])
 def test_a_side_over_the_size_limit_uses_the_diagonal_of_its_preconditioner(limit, full_sides):
     layout = Layout([("W", (3, 7), "weight")])
@@ -197,6 +204,7 @@ def per_tensor_step_norms(layout, before, after):
     return np.array([np.linalg.norm(after[p.slice] - before[p.slice]) for p in layout])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_sgd_grafting_gives_each_tensor_the_sgd_step_norm():
     layout = Layout([("W", (3, 4), "weight"), ("b", (4,), "bias"), ("K", (2, 2, 2, 2), "weight")])
     objective, lr = quadratic_on(layout, seed=9), 0.05
@@ -208,6 +216,7 @@ def test_sgd_grafting_gives_each_tensor_the_sgd_step_norm():
         assert infos[t]["graft_scale_mean"] > 0
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adam_grafting_gives_each_tensor_adams_step_norm():
     layout = Layout([("W", (3, 4), "weight"), ("b", (4,), "bias")])
     objective, lr, (b1, b2), eps_a = quadratic_on(layout, seed=11), 0.01, (0.8, 0.95), 1e-6
@@ -221,6 +230,7 @@ def test_adam_grafting_gives_each_tensor_adams_step_norm():
         np.testing.assert_allclose(per_tensor_step_norms(layout, thetas[t - 1], thetas[t]), expected, rtol=1e-10)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_adam_graft_on_a_1d_problem_matches_adam_step_norm_of_optimizers_adam():
     objective = quadratic_on(Layout.single(6), seed=13)
     theta0 = np.random.default_rng(14).normal(size=6)
@@ -230,6 +240,7 @@ def test_adam_graft_on_a_1d_problem_matches_adam_step_norm_of_optimizers_adam():
     assert np.linalg.norm(theta_s - theta0) == pytest.approx(np.linalg.norm(theta_a - theta0), rel=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_zero_gradient_tensor_takes_no_step_and_no_nan():
     layout = Layout([("W", (2, 3), "weight"), ("b", (2,), "bias")])
     c = np.concatenate([np.zeros(6), [1.0, -2.0]])
@@ -242,6 +253,7 @@ def test_a_zero_gradient_tensor_takes_no_step_and_no_nan():
 # ---------------------------------------------------------------- schedule, conv, momentum
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_roots_are_recomputed_exactly_on_steps_1_plus_multiples_of_T():
     T, k, lr = 3, 8, 0.1
     layout = Layout([("W", (3, 2), "weight")])
@@ -265,6 +277,7 @@ def test_roots_are_recomputed_exactly_on_steps_1_plus_multiples_of_T():
         np.testing.assert_allclose(thetas[t + 1], expected, rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_conv_kernel_is_preconditioned_as_out_by_in_kh_kw():
     layout = Layout([("conv", (2, 3, 2, 2), "weight"), ("bias", (2,), "bias")])
     objective, eps, lr = quadratic_on(layout, seed=17), 1e-3, 0.1
@@ -279,6 +292,7 @@ def test_a_conv_kernel_is_preconditioned_as_out_by_in_kh_kw():
     assert info["matrix_tensors"] == 1 and info["diagonal_tensors"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_heavy_ball_momentum_and_decoupled_weight_decay():
     layout = Layout([("W", (2, 2), "weight")])
     objective, lr, mu, wd = quadratic_on(layout, seed=19), 0.1, 0.5, 0.01
@@ -302,6 +316,7 @@ def mlp_objective(seed=0):
     return model.objective("cross_entropy", X, y), model.init_theta(seed, dtype=np.float64)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("kw", [{}, {"graft": "sgd", "lr": 0.5}, {"graft": None, "lr": 0.05},
                                 {"precondition_every": 3, "beta2": 0.99, "momentum": 0.5}])
 def test_decreases_the_loss_of_a_small_mlp(kw):
@@ -313,6 +328,7 @@ def test_decreases_the_loss_of_a_small_mlp(kw):
     assert infos[0]["matrix_tensors"] == 2 and infos[0]["diagonal_tensors"] == 2
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("layout", [Layout.single(12), Layout([("W", (3, 4), "weight")]),
                                     Layout([("W", (2, 5), "weight"), ("b", (2,), "bias")])])
 def test_decreases_a_convex_quadratic(layout):
@@ -326,6 +342,7 @@ def test_decreases_a_convex_quadratic(layout):
 # ---------------------------------------------------------------- state
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_state_round_trips_through_hdf5_with_an_identical_next_step(tmp_path):
     objective, theta = mlp_objective(seed=1)
     opt = Shampoo(lr=0.01, momentum=0.9, precondition_every=2, max_preconditioner_dim=6)
@@ -341,6 +358,7 @@ def test_state_round_trips_through_hdf5_with_an_identical_next_step(tmp_path):
     assert fresh["tensors"] == [] and fresh["exp_avg"].shape == theta.shape
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_state_for_another_layout_is_refused():
     theta = np.zeros(6)
     opt = Shampoo()
@@ -381,6 +399,7 @@ def test_bad_hyperparameters_raise_naming_the_argument(kw, error):
 # ---------------------------------------------------------------- dtype and overflow
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_float32_parameters_keep_float32_state_and_steps():
     layout = Layout([("W", (3, 4), "weight"), ("b", (4,), "bias")])
     objective = quadratic_on(layout, seed=23)
@@ -392,6 +411,7 @@ def test_float32_parameters_keep_float32_state_and_steps():
     assert len(arrays) == 3 + 3 + 1 and all(a.dtype == np.float32 for a in arrays)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_an_overflowed_gradient_gives_a_nan_step_not_an_eigh_error():
     layout = Layout([("W", (2, 2), "weight")])
     opt = Shampoo(graft=None)

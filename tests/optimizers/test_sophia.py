@@ -106,6 +106,7 @@ def softmax_regression(n=24, seed=0):
     return objective, model.init_theta(seed, dtype=np.float64)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("case", ["softmax_regression", "rosenbrock"])
 def test_one_step_with_the_exact_diagonal_is_the_diagonal_newton_step(case):
     if case == "rosenbrock":
@@ -123,6 +124,7 @@ def test_one_step_with_the_exact_diagonal_is_the_diagonal_newton_step(case):
     assert info["clipped_fraction"] == 0.0 and info["nhvp"] == theta.size and info["hessian_refreshed"]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_negative_curvature_coordinates_take_a_clipped_sign_step():
     # a tanh MLP has negative diagonal entries: there max(γh, ε) = ε and m/ε saturates the clip
     _, objective, theta = tiny_mlp()
@@ -136,6 +138,7 @@ def test_negative_curvature_coordinates_take_a_clipped_sign_step():
     assert info["clipped_fraction"] >= negative.mean()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("estimator", ["exact", "hutchinson"])
 def test_a_separable_quadratic_is_solved_in_one_step_with_lr_one(estimator):
     # H = diag(a): u ⊙ Hu = a exactly for every Rademacher u, so Sophia-H is exact too
@@ -146,6 +149,7 @@ def test_a_separable_quadratic_is_solved_in_one_step_with_lr_one(estimator):
     assert_close(theta1, b / a, rtol=1e-13, what="minimiser")
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_clipping_bounds_every_coordinate_and_saturated_ones_move_exactly_lr():
     objective, a, b, _ = diagonal_quadratic(n=8)
     theta = np.array([3.0, -3.0, 0.01, -0.01, 2.0, -0.02, 5.0, 0.0])  # ratio (a x - b)/a = x - b/a
@@ -161,6 +165,7 @@ def test_clipping_bounds_every_coordinate_and_saturated_ones_move_exactly_lr():
     assert info["clipped_fraction"] == big.mean()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("clip", [1.0, 0.25])
 def test_clipping_holds_along_a_run_with_momentum_and_noisy_curvature(clip):
     # Sophia-H on an MLP: h can be negative, then max(γh, ε) = ε and the step saturates
@@ -178,6 +183,7 @@ def test_clipping_holds_along_a_run_with_momentum_and_noisy_curvature(clip):
     assert any(info["clipped_fraction"] > 0 for info in infos)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_refresh_schedule_and_the_recursions_match_a_hand_loop():
     _, objective, theta = tiny_mlp()
     k, (b1, b2), lr, gamma, eps, wd, c = 3, (0.9, 0.8), 0.05, 0.3, 1e-8, 0.1, 1.0
@@ -206,6 +212,7 @@ def test_refresh_schedule_and_the_recursions_match_a_hand_loop():
 # ---------------------------------------------------------------- seeded draws
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_estimate_is_u_times_hu_for_the_u_of_the_seed():
     _, objective, theta = tiny_mlp()
     seed = 7
@@ -220,6 +227,7 @@ def test_hutchinson_estimate_is_u_times_hu_for_the_u_of_the_seed():
         assert states[j + 1]["draws"] == j + 1 and states[j + 1]["nhvp"] == j + 1 and infos[j]["nhvp"] == 1
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("estimator", ["hutchinson", "gnb"])
 def test_draws_are_seeded_and_a_resumed_state_continues_identically(estimator, tmp_path):
     model, objective, theta = tiny_mlp()
@@ -242,6 +250,7 @@ def test_draws_are_seeded_and_a_resumed_state_continues_identically(estimator, t
 # ---------------------------------------------------------------- Gauss-Newton-Bartlett
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("objective", gnb_objectives())
 def test_gnb_estimate_is_the_squared_sample_gradient_of_the_seeded_draw(objective):
     theta = tiny_mlp()[2]
@@ -256,6 +265,7 @@ def test_gnb_estimate_is_the_squared_sample_gradient_of_the_seeded_draw(objectiv
     assert np.all(states[-1]["h"] >= 0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("objective", gnb_objectives())
 def test_gnb_estimates_average_to_the_ggn_diagonal(objective):
     theta, S = tiny_mlp()[2], 400
@@ -285,6 +295,7 @@ def test_decreases_a_convex_quadratic():
     assert set(infos[0]) <= set(INFO_KEYS) | NEW_INFO_KEYS
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("estimator", ["hutchinson", "exact", "gnb"])
 def test_decreases_the_loss_of_a_tiny_mlp(estimator):
     model, objective, theta = tiny_mlp(n=60)
@@ -295,6 +306,7 @@ def test_decreases_the_loss_of_a_tiny_mlp(estimator):
     assert objective.loss(thetas[-1]) < 0.9 * losses[0] and all(map(math.isfinite, losses))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("estimator", [
     "hutchinson", "exact",
     pytest.param("gnb", marks=pytest.mark.skipif(not HAS_CAPTURE, reason="Objective.capture not written yet"))])
@@ -310,6 +322,7 @@ def test_each_step_costs_one_loss_and_gradient_evaluation(estimator):
         assert info["loss"] == loss and info["grad_norm"] == np.linalg.norm(g)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_info_and_state_keys():
     _, objective, theta = tiny_mlp()
     opt = Sophia()

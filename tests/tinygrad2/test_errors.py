@@ -15,23 +15,27 @@ def raises(exc, *fragments):
     return pytest.raises(exc, match="".join(f"(?=[\\s\\S]*{re.escape(str(f))})" for f in fragments))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_matmul_inner_dimension_mismatch():
     a, b = Tensor(np.ones((3, 4))), Tensor(np.ones((5, 2)))
     with raises(ValueError, "matmul", "(3, 4)", "(5, 2)", "4 != 5"):
         a @ b
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("sa, sb", [((3,), (4,)), ((2, 3, 4), (5,)), ((2, 3), (3, 2, 3))])
 def test_matmul_other_mismatches(sa, sb):
     with raises(ValueError, "matmul", str(sa), str(sb)):
         Tensor(np.ones(sa)) @ Tensor(np.ones(sb))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_matmul_of_a_scalar():
     with raises(ValueError, "matmul", "()", "(2, 2)"):
         Tensor(np.ones(())) @ Tensor(np.ones((2, 2)))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "maximum"])
 def test_broadcast_mismatch(op):
     a, b = Tensor(np.ones((2, 3))), Tensor(np.ones((4,)))
@@ -41,16 +45,19 @@ def test_broadcast_mismatch(op):
         fn()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_broadcast_to_an_incompatible_shape():
     with raises(ValueError, "broadcast_to", "(3,)", "(2, 4)"):
         Tensor(np.ones(3)).broadcast_to((2, 4))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_grad_of_a_non_scalar_function():
     with raises(ValueError, "value_and_grad", "scalar", "(3,)"):
         tg.grad(lambda t: t * 2.0)(np.ones(3))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_backward_without_grad_on_a_non_scalar():
     x = Tensor(np.ones(3), requires_grad=True)
     with raises(ValueError, "backward", "(3,)"):
@@ -59,6 +66,7 @@ def test_backward_without_grad_on_a_non_scalar():
         (x * 2.0).backward(np.ones(2))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("fn", [tg.hvp, tg.hvp_reverse_over_reverse, tg.jvp], ids=["hvp", "hvp_ror", "jvp"])
 @pytest.mark.parametrize("v_shape", [(4,), (2, 4), (3, 3, 1)])
 def test_direction_of_the_wrong_shape(fn, v_shape):
@@ -67,12 +75,14 @@ def test_direction_of_the_wrong_shape(fn, v_shape):
         fn(f, np.ones(3), np.ones(v_shape))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_vjp_cotangent_of_the_wrong_shape():
     _, pullback = tg.vjp(lambda t: t * 2.0, np.ones(3))
     with raises(ValueError, "vjp", "(2,)", "(3,)"):
         pullback(np.ones(2))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_second_backward_through_a_freed_graph():
     x = Tensor(np.ones(3), requires_grad=True)
     loss = (x.tanh() * x).sum()
@@ -81,6 +91,7 @@ def test_second_backward_through_a_freed_graph():
         loss.backward()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_freed_graph_is_named_at_the_first_freed_op_reached():
     x = Tensor(np.ones(3), requires_grad=True)
     y = x.exp()
@@ -89,23 +100,27 @@ def test_freed_graph_is_named_at_the_first_freed_op_reached():
         (y * 2.0).sum().backward()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("shape", [(4,), (2, 2), (7, -1), (-1, -1)])
 def test_reshape_to_an_incompatible_shape(shape):
     with raises(ValueError, "reshape", "(2, 3)", str(shape)):
         Tensor(np.ones((2, 3))).reshape(shape)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("tangent_shape", [(3,), (2, 3), (1, 4), (2, 3, 2), (1, 1, 2, 2)])
 def test_tangent_of_the_wrong_shape(tangent_shape):
     with raises(ValueError, "tangent", str(tangent_shape), "(2, 2)"):
         Tensor(np.ones((2, 2)), tangent=np.ones(tangent_shape))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_tangent_without_the_direction_axis_is_one_direction():
     assert Tensor(np.ones((2, 2)), tangent=np.ones((2, 2))).tangent.shape == (1, 2, 2)
     assert Tensor(np.ones((2, 2)), tangent=np.ones((3, 2, 2))).tangent.shape == (3, 2, 2)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_tangents_with_different_numbers_of_directions():
     a = Tensor(np.ones(2), tangent=np.ones((3, 2)))
     b = Tensor(np.ones(2), tangent=np.ones((4, 2)))
@@ -113,18 +128,21 @@ def test_tangents_with_different_numbers_of_directions():
         a * b
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("fn", [tg.grad, tg.value_and_grad], ids=["grad", "value_and_grad"])
 def test_gradient_of_a_2d_x(fn):
     with raises(ValueError, "1-D", "(2, 2)"):
         fn(lambda t: t.sum())(np.ones((2, 2)))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("fn", [tg.jvp, tg.hvp, tg.hvp_reverse_over_reverse], ids=["jvp", "hvp", "hvp_ror"])
 def test_jvp_and_hvp_on_a_2d_x(fn):
     with raises(ValueError, fn.__name__, "1-D", "(2, 2)"):
         fn(lambda t: t.sum(), np.ones((2, 2)), np.ones(4))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hessian_on_a_2d_x_and_bad_chunk():
     with raises(ValueError, "hessian", "1-D", "(2, 2)"):
         tg.hessian(lambda t: t.sum(), np.ones((2, 2)))
@@ -132,11 +150,13 @@ def test_hessian_on_a_2d_x_and_bad_chunk():
         tg.hessian(lambda t: (t * t).sum(), np.ones(2), chunk=0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_integer_x_is_refused():
     with raises(TypeError, "hvp", "int"):
         tg.hvp(lambda t: t.sum(), np.arange(3), np.ones(3))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_f_returning_something_else():
     with raises(TypeError, "value_and_grad", "Tensor", "float"):
         tg.grad(lambda t: 1.0)(np.ones(2))
@@ -144,11 +164,13 @@ def test_f_returning_something_else():
         tg.jvp(lambda t: 1.0, np.ones(2), np.ones(2))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_backward_on_a_tensor_that_needs_no_grad():
     with raises(RuntimeError, "backward", "requires_grad"):
         Tensor(np.ones(())).backward()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("op, call", [
     ("sum", lambda t: t.sum(axis=2)),
     ("max", lambda t: t.max(axis=-3)),
@@ -160,11 +182,13 @@ def test_axis_out_of_range(op, call):
         call(Tensor(np.ones((2, 3))))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_transpose_with_a_bad_permutation():
     with raises(ValueError, "transpose", "(0, 0)", "(2, 3)"):
         Tensor(np.ones((2, 3))).transpose(0, 0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_pad_width_that_does_not_fit():
     with raises(ValueError, "pad", "(2, 3)"):
         Tensor(np.ones((2, 3))).pad(((1, 1),))
@@ -172,6 +196,7 @@ def test_pad_width_that_does_not_fit():
         Tensor(np.ones((2, 3))).pad(((1, 1), (-1, 0)))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_concatenate_and_stack_shape_mismatch():
     with raises(ValueError, "concatenate", "(2, 3)", "(2, 4)"):
         Tensor.concatenate([Tensor(np.ones((2, 3))), Tensor(np.ones((2, 4)))], axis=0)
@@ -179,16 +204,19 @@ def test_concatenate_and_stack_shape_mismatch():
         Tensor.stack([Tensor(np.ones(2)), Tensor(np.ones(3))])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_index_out_of_range_names_getitem():
     with raises(IndexError, "getitem", "(2, 3)"):
         Tensor(np.ones((2, 3)))[5]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_item_of_a_non_scalar():
     with raises(ValueError, "item", "(2,)"):
         Tensor(np.ones(2)).item()
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_cross_entropy_bad_labels():
     z = Tensor(np.zeros((3, 4)))
     with raises(ValueError, "cross_entropy", "(3,)", "(2,)"):
@@ -199,6 +227,7 @@ def test_cross_entropy_bad_labels():
         Tensor(np.zeros(4)).cross_entropy(np.zeros(4, dtype=np.int64))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_finite_differences_refuse_a_zero_direction():
     from tinygrad2 import check
 

@@ -43,6 +43,7 @@ def _objective(name, rng, on_device=False):
     return obj, move(net.init_theta(seed=1, dtype=np.float64))
 
 
+@pytest.mark.cpu_only  # counts NumPy-backend transfers on host data; the device counts are the SYNCS tests
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_one_mask_transfer_per_hvp_pass(name, rng, float64, transfers):
     obj, theta = _objective(name, rng)
@@ -82,6 +83,7 @@ def test_objective_synchronisations_do_not_grow_with_the_number_of_parameter_sli
     assert counts["mlp"]["hvp"] <= 4 and counts["mlp"]["loss_and_grad"] <= 3, counts
 
 
+@pytest.mark.cpu_only  # counts NumPy-backend transfers on host data; the device counts are the SYNCS tests
 def test_dense_hessian_makes_one_transfer_per_chunk(rng, float64, transfers):
     obj, theta = _objective("cnn", rng)
     n = theta.shape[0]
@@ -93,6 +95,7 @@ def test_dense_hessian_makes_one_transfer_per_chunk(rng, float64, transfers):
     np.testing.assert_allclose(H[:7], tg.functional.checked_hvp(obj._scalar_of("hvp"), theta, E), atol=1e-12)
 
 
+@pytest.mark.cpu_only  # counts NumPy-backend transfers on host data; the device counts are the SYNCS tests
 def test_a_direction_array_changed_in_place_between_passes_is_not_stale(rng, float64):
     # the live mask is cached per leaf tangent object; a caller that reuses its
     # direction buffer (V[:] = ...) must still get the products of the new V
@@ -106,6 +109,7 @@ def test_a_direction_array_changed_in_place_between_passes_is_not_stale(rng, flo
     np.testing.assert_allclose(tg.hvp(f, theta, V), tg.hvp(f, theta, V.copy()), rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # counts NumPy-backend transfers on host data; the device counts are the SYNCS tests
 def test_live_columns_of_a_slice_are_the_parents_on_the_host(rng):
     V = np.zeros((2, 10))
     V[1, 6] = 2.0

@@ -77,6 +77,7 @@ def loss_id(loss):
 # ================================================================ layout
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @given(st.lists(st.lists(st.integers(0, 4), min_size=0, max_size=3), min_size=1, max_size=6))
 def test_layout_slices_tile_theta_exactly(shapes):
     layout = Layout([(f"p{i}", tuple(s)) for i, s in enumerate(shapes)])
@@ -94,6 +95,7 @@ def test_layout_slices_tile_theta_exactly(shapes):
     np.testing.assert_array_equal(ones, np.ones(layout.n))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_layout_groups_find_kinds_and_1d_parameters():
     layout = Layout([("W", (3, 2), "weight"), ("gamma", (2,), "scale"), ("beta", (2,), "shift"), ("b", (2,))])
     assert [p.name for p in layout.groups(ndim=1)] == ["gamma", "beta", "b"]
@@ -108,6 +110,7 @@ def test_layout_groups_find_kinds_and_1d_parameters():
         layout.flatten({"W": np.zeros((2, 3)), "gamma": np.zeros(2), "beta": np.zeros(2), "b": np.zeros(2)})
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_unflatten_of_a_tensor_is_differentiable():
     layout, model = two_layer()
     obj, theta = make()
@@ -123,6 +126,7 @@ def test_unflatten_of_a_tensor_is_differentiable():
 # ================================================================ first order, counts, batches
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_loss_grad_and_counts():
     obj, theta = make()
     value, g = obj.loss_and_grad(theta)
@@ -136,6 +140,7 @@ def test_loss_grad_and_counts():
     assert set(obj.counts.values()) == {0}
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_outputs_and_default_layouts():
     X = np.random.default_rng(0).standard_normal((6, 3))
     model = lambda theta, X: X @ theta.reshape(3, 2)
@@ -146,6 +151,7 @@ def test_outputs_and_default_layouts():
     assert Objective(model, "mse", X, np.zeros((6, 2)), layout=6).layout.n == 6
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_with_batch_changes_the_loss_and_leaves_the_original_unchanged():
     obj, theta = make(batch=12)
     rng = np.random.default_rng(7)
@@ -160,6 +166,7 @@ def test_with_batch_changes_the_loss_and_leaves_the_original_unchanged():
     assert other.layout is obj.layout and other.counts is obj.counts
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_float32_theta_uses_float32_data():
     obj, theta = make()
     t32 = theta.astype(np.float32)
@@ -172,6 +179,7 @@ def test_float32_theta_uses_float32_data():
 # ================================================================ GGN
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("loss", LOSSES, ids=loss_id)
 def test_ggn_equals_hessian_for_linear_models_with_convex_losses(loss):
     obj, theta = make(loss=loss, model="linear", d=4, c=3, batch=10)
@@ -180,6 +188,7 @@ def test_ggn_equals_hessian_for_linear_models_with_convex_losses(loss):
     assert np.linalg.norm(H) > 1e-3
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_linear_least_squares_hessian_closed_form():
     """mse on X W + b: H = (2/m) [X 1]ᵀ[X 1] ⊗ I_c (rows of W, then b)."""
     obj, theta = make(loss="mse", model="linear", d=4, c=3, batch=10)
@@ -188,6 +197,7 @@ def test_linear_least_squares_hessian_closed_form():
     assert rel(obj.hessian(theta), H_true) < 1e-13
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_ggn_is_psd_where_the_hessian_is_indefinite(activation):
     obj, theta = make(activation=activation, batch=30, d=5, h=6, c=4, seed=3)
@@ -199,6 +209,7 @@ def test_ggn_is_psd_where_the_hessian_is_indefinite(activation):
     assert rel(G, G.T) < 1e-13
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("loss", LOSSES, ids=loss_id)
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_ggn_trick_equals_explicit_jacobian_product(loss, activation):
@@ -228,6 +239,7 @@ def test_ggn_trick_equals_explicit_jacobian_product(loss, activation):
     assert rel(obj.ggn_vp(theta, V[0]), G_explicit @ V[0]) < 1e-12
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_softmax_shift_directions_are_in_the_null_space():
     """Adding a vector a to every class's output weights (W2 + a 1ᵀ) and a
     constant s to every output bias leaves every softmax unchanged: H w = 0."""
@@ -247,6 +259,7 @@ def test_softmax_shift_directions_are_in_the_null_space():
 # ================================================================ Hessian diagonal and groups
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("chunk", [None, 1, 7])
 def test_exact_diagonal_equals_the_dense_diagonal(chunk):
     obj, theta = make(activation="relu", seed=4)
@@ -255,6 +268,7 @@ def test_exact_diagonal_equals_the_dense_diagonal(chunk):
     np.testing.assert_allclose(obj.hessian_diag(theta, chunk=chunk), np.diag(H), rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_rademacher_draws_both_signs():
     z = rademacher((4000,), seed=0, dtype=np.float64)
     assert set(np.unique(z).tolist()) == {-1.0, 1.0}
@@ -270,6 +284,7 @@ def spd_with_offdiagonal(n=8, seed=0):
     return M @ M.T / n + np.diag(rng.uniform(1, 2, n))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_is_not_a_row_sum():
     """With all-(-1) "Rademacher" vectors z ⊙ Hz is exactly the row sum H·1."""
     A = spd_with_offdiagonal()
@@ -278,12 +293,14 @@ def test_hutchinson_is_not_a_row_sum():
     assert rel(est, np.diag(A)) < 0.02 and rel(est, A.sum(1)) > 0.2
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_is_exact_in_one_sample_for_a_diagonal_hessian():
     d = np.random.default_rng(1).uniform(-2, 3, 9)
     est = Quadratic(np.diag(d)).hessian_diag(np.zeros(9), method="hutchinson", samples=1, seed=5)
     np.testing.assert_allclose(est, d, rtol=1e-15)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_is_unbiased():
     """Entry i of z ⊙ Hz has mean H_ii and variance σ_i² = Σ_{j≠i} H_ij², so
     the S-sample mean lies within 5 σ_i / √S of H_ii."""
@@ -296,6 +313,7 @@ def test_hutchinson_is_unbiased():
     np.testing.assert_allclose(same, est, rtol=1e-12)  # chunking does not change the draw order
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_error_falls_like_one_over_sqrt_samples():
     """Fit log(mean error) against log(samples): slope about -1/2."""
     A = spd_with_offdiagonal(n=10, seed=3)
@@ -309,6 +327,7 @@ def test_hutchinson_error_falls_like_one_over_sqrt_samples():
     assert -0.62 < slope < -0.38, f"slope {slope:.3f}"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_block_row_sums_and_block_diag():
     """H_gg·1 against central differences of the gradient along 1_g; the exact
     block diagonal against the dense diagonal; and the two differ (the hidden
@@ -340,6 +359,7 @@ def _forbid_allocation(monkeypatch):
         monkeypatch.setattr(backend.xp, fn, refuse)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("what", ["hessian", "ggn", "hessian_diag", "block_diag"])
 def test_memory_forecast_refuses_before_allocating(monkeypatch, what):
     obj, theta = make()
@@ -359,6 +379,7 @@ def test_memory_forecast_refuses_before_allocating(monkeypatch, what):
         assert info.value.needed > budget and info.value.n == n
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_memory_budget_default_is_module_level_and_chunk_shrinks_to_fit(monkeypatch):
     obj, theta = make()
     n, H = obj.n, obj.hessian(theta)
@@ -374,6 +395,7 @@ def test_memory_budget_default_is_module_level_and_chunk_shrinks_to_fit(monkeypa
         obj.hessian(theta, chunk=4)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_draws_are_chunked_to_fit_the_budget():
     A = spd_with_offdiagonal(n=6)
     q = Quadratic(A)
@@ -397,6 +419,7 @@ def test_rosenbrock_matches_scipy(n, seed):
     np.testing.assert_allclose(r.hessian(x), rosen_hess(x), rtol=1e-13, atol=1e-11)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_rosenbrock_gauss_newton():
     """G = 2 J_rᵀ J_r for the residuals r(x) = (10 (x_{i+1} - x_i²), 1 - x_i);
     G = H at the minimizer, where every residual is zero."""
@@ -409,6 +432,7 @@ def test_rosenbrock_gauss_newton():
     assert r.loss(r.minimizer) == 0.0 and r.x0[:2].tolist() == [-1.2, 1.0]
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_quadratic_closed_forms():
     rng = np.random.default_rng(1)
     A, b, x = spd_with_offdiagonal(7), rng.standard_normal(7), rng.standard_normal(7)
@@ -425,6 +449,7 @@ def test_quadratic_closed_forms():
         Quadratic(A, b[:6])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("l2", [0.0, 0.3])
 def test_logistic_regression_closed_forms(l2):
     rng = np.random.default_rng(2)
@@ -445,6 +470,7 @@ def test_logistic_regression_closed_forms(l2):
         LogisticRegression(X, y[:39])
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_function_objective_has_no_ggn():
     f = Function(lambda x: (x * x * x).sum(), 3, name="cubic")
     x = np.array([1.0, -2.0, 0.5])
@@ -456,6 +482,7 @@ def test_function_objective_has_no_ggn():
 # ================================================================ bad inputs
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_bad_inputs_raise_clear_errors():
     obj, theta = make()
     n = obj.n
@@ -488,6 +515,7 @@ def test_bad_inputs_raise_clear_errors():
         Objective(obj.model_fn, lambda out, y: out, obj.X, obj.y, obj.layout).loss(theta)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("n, per, want", [
     (100, 10**7, 16),                 # tiny result, big directions: at least min_chunk
     (20_000, 3 * 2**20, 256),         # (n, n) float64 = 3.2 GB: half of it / per > default_chunk: capped

@@ -85,6 +85,7 @@ def net(float64):
 # top eigenvalues: Lanczos (eigsh)
 # ----------------------------------------------------------------------------
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("which, k", [("LA", 3), ("SA", 2), ("LM", 4)])
 def test_lanczos_eigenvalues_match_eigvalsh_on_a_known_spectrum(float64, which, k):
     lam = np.concatenate([np.linspace(-3.0, 2.0, 37), [4.0, -5.0, 6.5]])
@@ -102,6 +103,7 @@ def test_lanczos_eigenvalues_match_eigvalsh_on_a_known_spectrum(float64, which, 
     assert np.all(info["residuals"] <= 1e-8 * np.abs(values).max())
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("which, k", [("LA", 3), ("SA", 2), ("LM", 2)])
 def test_lanczos_eigenvalues_of_a_network_hessian_match_its_dense_eigvalsh(net, which, k):
     matvec, n, H = net
@@ -120,6 +122,7 @@ def test_lanczos_eigenvalues_of_a_network_hessian_match_its_dense_eigvalsh(net, 
 # top eigenvalues: power / subspace iteration
 # ----------------------------------------------------------------------------
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_power_iteration_finds_the_dominant_eigenvalue_and_reports_its_iterations(float64):
     # |λ2 / λ1| = 0.5: the residual shrinks by 0.5 per iteration
     lam = np.concatenate([[-10.0, 5.0, -4.5], np.linspace(-4.0, 4.0, 47)])
@@ -138,6 +141,7 @@ def test_power_iteration_finds_the_dominant_eigenvalue_and_reports_its_iteration
     np.testing.assert_allclose(np.abs(vector @ A @ vector.T), 10.0, rtol=1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_power_iteration_needs_more_iterations_for_a_smaller_gap(float64):
     counts = []
     for ratio in (0.3, 0.9):
@@ -148,6 +152,7 @@ def test_power_iteration_needs_more_iterations_for_a_smaller_gap(float64):
     assert counts[0] * 3 < counts[1], counts
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("which", ["LM", "LA", "SA"])
 def test_subspace_iteration_finds_k_extreme_eigenvalues(float64, which):
     lam = np.concatenate([[9.0, -7.0, 6.0, -3.0], np.linspace(-1.0, 1.0, 36)])
@@ -161,6 +166,7 @@ def test_subspace_iteration_finds_k_extreme_eigenvalues(float64, which):
     np.testing.assert_allclose(vectors @ A, values[:, None] * vectors, atol=1e-8)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_power_iteration_on_a_network_hessian(net):
     matvec, n, H = net
     lam = np.linalg.eigvalsh(H)
@@ -168,6 +174,7 @@ def test_power_iteration_on_a_network_hessian(net):
     close(top, lam[-1:], 1e-6)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_power_iteration_warns_when_it_runs_out_of_iterations(float64):
     lam = np.concatenate([[1.0, 0.99], np.linspace(0, 0.5, 20)])
     with pytest.warns(RuntimeWarning, match="top_eigenvalues: power iteration"):
@@ -180,6 +187,7 @@ def test_power_iteration_warns_when_it_runs_out_of_iterations(float64):
 # trace estimators
 # ----------------------------------------------------------------------------
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_probes_are_plus_and_minus_one_with_both_signs(float64):
     A = symmetric(np.linspace(1, 2, 50))
     spy = Spy(A)
@@ -190,12 +198,14 @@ def test_hutchinson_probes_are_plus_and_minus_one_with_both_signs(float64):
     assert 0.4 < (V > 0).mean() < 0.6
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_is_exact_on_a_diagonal_matrix(float64):
     d = np.random.default_rng(0).standard_normal(30)
     estimate, error = trace_hutchinson(lambda V: V * d, 30, samples=7, seed=1)
     assert abs(estimate - d.sum()) <= 1e-12 and error <= 1e-12
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_is_unbiased_with_the_predicted_standard_error(float64):
     A = symmetric(np.linspace(-1.0, 3.0, 40), seed=5)
     N = 4000
@@ -208,12 +218,14 @@ def test_hutchinson_is_unbiased_with_the_predicted_standard_error(float64):
     assert abs(np.mean(runs) - np.trace(A)) <= 4 * np.std(runs) / math.sqrt(len(runs))
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchinson_on_a_network_hessian(net):
     matvec, n, H = net
     estimate, error = trace_hutchinson(matvec, n, samples=500, seed=0)
     assert 0 < error and abs(estimate - np.trace(H)) <= 4 * error
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchpp_uses_exactly_its_budget_and_is_exact_for_low_rank(float64):
     lam = np.zeros(60)
     lam[:5] = [5.0, 3.0, -2.0, 1.0, 0.5]
@@ -223,6 +235,7 @@ def test_hutchpp_uses_exactly_its_budget_and_is_exact_for_low_rank(float64):
     assert abs(estimate - lam.sum()) <= 1e-10 and error <= 1e-10
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_hutchpp_beats_hutchinson_at_equal_matvecs_on_a_decaying_spectrum(float64):
     n, m, seeds = 100, 30, 200
     lam = 1.0 / np.arange(1, n + 1) ** 2
@@ -239,6 +252,7 @@ def test_hutchpp_beats_hutchinson_at_equal_matvecs_on_a_decaying_spectrum(float6
 # Lanczos and stochastic Lanczos quadrature
 # ----------------------------------------------------------------------------
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_lanczos_basis_is_orthonormal_and_tridiagonalizes(float64):
     lam = np.linspace(-2.0, 5.0, 30) ** 3
     A = symmetric(lam, seed=8)
@@ -252,12 +266,14 @@ def test_lanczos_basis_is_orthonormal_and_tridiagonalizes(float64):
     close(np.linalg.eigvalsh(T), np.sort(lam), 1e-9)  # steps = n: all of the spectrum
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_lanczos_steps_beyond_n_are_capped(float64):
     A = symmetric(np.arange(1.0, 9.0))
     alphas, betas = lanczos(rows(A), 8, 50, seed=0)
     assert alphas.shape == (8,) and betas.shape == (7,)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("steps", [2, 3, 40])
 def test_gauss_quadrature_moments_are_exact_per_probe_up_to_degree_2m_minus_1(float64, steps):
     lam = np.linspace(-1.0, 2.0, 40) + 0.05 * np.sin(np.arange(40))
@@ -276,6 +292,7 @@ def test_gauss_quadrature_moments_are_exact_per_probe_up_to_degree_2m_minus_1(fl
             assert error > 1e-8, f"degree {k} > 2m - 1 = {2 * m - 1} should not be exact"
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_lanczos_stops_cleanly_on_an_invariant_subspace(float64):
     lam = np.repeat([-1.0, 0.5, 3.0], [7, 6, 7])        # 3 distinct eigenvalues
     A = symmetric(lam, seed=10)
@@ -290,6 +307,7 @@ def test_lanczos_stops_cleanly_on_an_invariant_subspace(float64):
     close(np.sort(support), [-1.0, 0.5, 3.0], 1e-12)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_slq_per_probe_moments_are_exact_and_the_average_is_within_its_error(float64):
     n, samples = 30, 60
     lam = np.linspace(-2.0, 4.0, n) + 0.1 * np.cos(3 * np.arange(n))
@@ -310,6 +328,7 @@ def test_slq_per_probe_moments_are_exact_and_the_average_is_within_its_error(flo
         assert abs(estimate - np.trace(Ak) / n) <= 4 * error, (k, estimate, np.trace(Ak) / n)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_slq_moments_of_a_network_hessian(net):
     matvec, n, H = net
     nodes, weights = slq_quadrature(matvec, n, steps=8, samples=200, seed=1, batch=64)
@@ -319,6 +338,7 @@ def test_slq_moments_of_a_network_hessian(net):
         assert abs(per_probe.mean() - want) <= 4 * per_probe.std(ddof=1) / math.sqrt(200)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_slq_density_integrates_to_one_and_matches_the_broadened_spectrum(float64):
     n = 40
     lam = np.concatenate([np.linspace(0.0, 1.0, 30), np.linspace(3.0, 3.5, 10)])
@@ -339,6 +359,7 @@ def test_slq_density_integrates_to_one_and_matches_the_broadened_spectrum(float6
     assert abs(mass_high - 10 / 40) < 0.03
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_slq_density_on_a_given_grid_and_default_sigma(float64):
     A = symmetric(np.linspace(-1.0, 1.0, 20), seed=13)
     grid = np.linspace(-3.0, 3.0, 601)
@@ -352,6 +373,7 @@ def test_slq_density_on_a_given_grid_and_default_sigma(float64):
 # SciPy LinearOperator
 # ----------------------------------------------------------------------------
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_linear_operator_solves_an_spd_system_with_cg(float64):
     lam = np.linspace(1.0, 10.0, 50)
     A = symmetric(lam, seed=14)
@@ -364,6 +386,7 @@ def test_linear_operator_solves_an_spd_system_with_cg(float64):
     np.testing.assert_allclose(x, np.linalg.solve(A, b), atol=1e-9)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_linear_operator_matmat_adjoint_and_solvers(net):
     matvec, n, H = net
     L = linear_operator(matvec, n)
@@ -385,6 +408,7 @@ def test_linear_operator_matmat_adjoint_and_solvers(net):
 # errors
 # ----------------------------------------------------------------------------
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_a_matvec_returning_the_wrong_shape_is_a_clear_error(float64):
     A = symmetric(np.arange(1.0, 7.0))
     bad = lambda V: (V @ A)[:, :-1]  # noqa: E731
@@ -401,6 +425,7 @@ def test_a_matvec_returning_the_wrong_shape_is_a_clear_error(float64):
         lanczos(lambda V: (V @ A).tolist(), 6, 3)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_bad_sizes_are_clear_errors(float64):
     A = symmetric(np.arange(1.0, 6.0))
     with pytest.raises(ValueError, match=r"top_eigenvalues: .*k < n, got k=5, n=5"):
@@ -425,6 +450,7 @@ def test_bad_sizes_are_clear_errors(float64):
         slq_density(rows(A), 5, steps=3, samples=2, sigma=-1.0)
 
 
+@pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_dtype_follows_the_backend_default_and_can_be_given():
     A = symmetric(np.arange(1.0, 6.0)).astype(np.float32)
     with backend.precision("float32"):
