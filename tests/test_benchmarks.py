@@ -335,10 +335,13 @@ def test_gpu_check_sh_rehearsal(tmp_path):
                     reason="needs bash and coreutils' timeout")
 def test_gpu_check_sh_time_limit_keeps_the_json(tmp_path):
     """The wrapper's timeout (SIGTERM) mid-run: the JSON says which step it stopped and that the
-    rest were not reached (the real pytest step: collecting the suite alone outlasts the limit)."""
+    rest were not reached. The tests step's pytest loads a plugin that sleeps 30 s, so the step
+    outlasts the limit on any machine."""
     env = {k: v for k, v in os.environ.items() if k not in ("TINYGRAD2_DATA", "TINYGRAD2_BACKEND")}
+    (tmp_path / "_sleep_30s.py").write_text("import time\ntime.sleep(30)\n")
     # steps planned for 100 s, the wrapper's limit 8 s: its timeout has to end the run
-    env.update(OMP_NUM_THREADS="1", GPU_CHECK_LIMIT_S="8", GPU_CHECK_TOTAL_S="100")
+    env.update(OMP_NUM_THREADS="1", GPU_CHECK_LIMIT_S="8", GPU_CHECK_TOTAL_S="100",
+               PYTHONPATH=str(tmp_path), PYTEST_ADDOPTS="-p _sleep_30s")
     out = tmp_path / "out"
     run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--rehearse", "--quick"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
