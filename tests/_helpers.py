@@ -9,6 +9,7 @@ import math
 
 import h5py
 import numpy as np
+import pytest
 
 from optimizers import (
     BB, LBFGS, SGD, SGDPH, AdaHessian, Adam, AdamW, DampedNewton, GaussNewton, HessianFree, Hybrid, KFAC, Newton, Shampoo, Sophia,
@@ -247,3 +248,54 @@ def train(opt, objective, theta):
         state = opt.end_epoch(theta, state, {"val_loss": objective.loss(theta)})
         states[-1] = state
     return thetas, states, infos
+
+
+# ---------------------------------------------------------------- generated data files and CuPy
+
+
+def _idx(array):
+    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return head + array.astype(np.uint8).tobytes()
+
+
+def _images(rng, labels, shape):
+    """Class-dependent images (a bright block whose position is the label) plus noise."""
+    X = rng.integers(0, 64, (len(labels), *shape), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        X[i, ..., 2 * c:2 * c + 6, 4:20] = 230
+    return X
+
+
+def write_generated_data(root, mnist=(1400, 200), cifar=(20, 40)):
+    """MNIST (train, test images) and CIFAR-10 (per training batch, test) files in their original
+    formats under ``root``, with learnable generated images; returns ``root``."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    (root / "mnist").mkdir()
+    for prefix, n in zip(("train", "t10k"), mnist):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        images = gzip.compress(_idx(_images(rng, y, (28, 28))), mtime=0)
+        (root / "mnist" / f"{prefix}-images-idx3-ubyte.gz").write_bytes(images)
+        (root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(y), mtime=0))
+    (root / "cifar10").mkdir()
+    per_batch, test = cifar
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+        y = (np.arange(n) % 10).astype(np.uint8)
+        X = _images(rng, y, (3, 32, 32)).reshape(n, -1)
+        (root / "cifar10" / f"{name}.bin").write_bytes(np.concatenate([y[:, None], X], axis=1).tobytes())
+    return root
+
+
+def require_cupy():
+    """Skip unless CuPy imports and sees at least one GPU."""
+    try:
+        import cupy
+    except ImportError:
+        pytest.skip("CuPy is not installed (pip install tinygrad2[gpu])")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # installed but no usable driver/GPU
+        pytest.skip(f"CuPy has no GPU here: {err}")
+    if count <= 0:
+        pytest.skip("CuPy sees no GPU")

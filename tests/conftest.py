@@ -74,27 +74,15 @@ def _backend_state_is_restored(request):
     assert restored, "the test changed the backend state without restoring it"
 
 
-def _require_cupy():
-    """Skip unless CuPy imports and sees at least one GPU."""
-    try:
-        import cupy
-    except ImportError:
-        pytest.skip("CuPy is not installed (pip install tinygrad2[gpu])")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # installed but no usable driver/GPU
-        pytest.skip(f"CuPy has no GPU here: {err}")
-    if count <= 0:
-        pytest.skip("CuPy sees no GPU")
-
-
 @pytest.fixture(params=["numpy", "emulated", "cupy"])
 def device_backend(request):
     """Run the test once per backend (ids contain the name: ``-k cupy`` selects
     the CuPy cases); yields the backend's name, restores the backend after."""
     saved = backend.xp, backend.name
     if request.param == "cupy":
-        _require_cupy()
+        from _helpers import require_cupy
+
+        require_cupy()
         backend.use("cupy")
     elif request.param == "emulated":
         from _device import emulated_xp

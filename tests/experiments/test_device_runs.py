@@ -18,7 +18,6 @@ emulator is not installed, and it has no ``--device`` option.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import json
 import math
@@ -32,6 +31,8 @@ from experiments import catalog, curvature_error
 from experiments.results import load_final, load_run
 from experiments.runner import RunSpec, train
 from tinygrad2 import backend
+
+from _helpers import require_cupy, write_generated_data
 
 MNIST_TRAIN, MNIST_TEST = 2200, 200  # curvature-study's quick subset draws 2,000 + 50 from the training set
 CIFAR_PER_BATCH, CIFAR_TEST = 20, 40
@@ -48,18 +49,6 @@ ROUNDING_COLUMNS = ("offdiag", "rowsum_err", "rowsum_ratio")
 # ---------------------------------------------------------------- data and backends
 
 
-def _idx(array):
-    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return head + array.astype(np.uint8).tobytes()
-
-
-def _images(rng, labels, shape):
-    X = rng.integers(0, 64, (len(labels), *shape), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        X[i, ..., 2 * c:2 * c + 6, 4:20] = 230
-    return X
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_blas_thread():
     with threadpool_limits(1):
@@ -68,41 +57,15 @@ def _one_blas_thread():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    mnist = root / "mnist"
-    mnist.mkdir()
-    for prefix, n in (("train", MNIST_TRAIN), ("t10k", MNIST_TEST)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        (mnist / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(_images(rng, y, (28, 28))), mtime=0))
-        (mnist / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(y), mtime=0))
-    cifar = root / "cifar10"
-    cifar.mkdir()
-    for name, n in [(f"data_batch_{i}", CIFAR_PER_BATCH) for i in range(1, 6)] + [("test_batch", CIFAR_TEST)]:
-        y = (np.arange(n) % 10).astype(np.uint8)
-        X = _images(rng, y, (3, 32, 32)).reshape(n, -1)
-        (cifar / f"{name}.bin").write_bytes(np.concatenate([y[:, None], X], axis=1).tobytes())
-    return root
-
-
-def _require_cupy():
-    try:
-        import cupy
-    except ImportError:
-        pytest.skip("CuPy is not installed (pip install tinygrad2[gpu])")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # installed but no usable driver/GPU
-        pytest.skip(f"CuPy has no GPU here: {err}")
-    if count <= 0:
-        pytest.skip("CuPy sees no GPU")
+    return write_generated_data(tmp_path_factory.mktemp("data"), mnist=(MNIST_TRAIN, MNIST_TEST),
+                                cifar=(CIFAR_PER_BATCH, CIFAR_TEST))
 
 
 @pytest.fixture(params=["emulated", "cupy"])
 def device(request, monkeypatch):
     """The device of ``--device gpu``: the emulator (installed by the CLI's ``backend.use("cupy")``) or CuPy."""
     if request.param == "cupy":
-        _require_cupy()
+        require_cupy()
     else:
         from _device import emulated_xp
 

@@ -2,7 +2,6 @@
 batches, tiny widths) on GENERATED data files in the real formats (MNIST IDX
 .gz, CIFAR-10 binary batches), through the CLI: the table in the paper's
 shape with the paper's numbers, finite results files, the analyses, the PNG."""
-import gzip
 import json
 import math
 import subprocess
@@ -19,24 +18,13 @@ from experiments.__main__ import main
 from experiments.results import load_final, load_run
 from experiments.runner import load_splits
 
+from _helpers import write_generated_data
+
 pytestmark = pytest.mark.cpu_only  # host-bound: paper CLI runs, subprocesses, plots
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST_TRAIN, MNIST_TEST = 1400, 200   # enough for the balanced 2% split: 140 / 20 per class
 CIFAR_PER_BATCH, CIFAR_TEST = 20, 40
-
-
-def _idx(array):
-    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return head + array.astype(np.uint8).tobytes()
-
-
-def _images(rng, labels, shape):
-    """Class-dependent images (a bright block whose position is the label) plus noise."""
-    X = rng.integers(0, 64, (len(labels), *shape), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        X[i, ..., 2 * c:2 * c + 6, 4:20] = 230
-    return X
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,21 +36,8 @@ def _one_blas_thread():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    mnist = root / "mnist"
-    mnist.mkdir()
-    for prefix, n in (("train", MNIST_TRAIN), ("t10k", MNIST_TEST)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        (mnist / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(_images(rng, y, (28, 28))), mtime=0))
-        (mnist / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(y), mtime=0))
-    cifar = root / "cifar10"
-    cifar.mkdir()
-    for name, n in [(f"data_batch_{i}", CIFAR_PER_BATCH) for i in range(1, 6)] + [("test_batch", CIFAR_TEST)]:
-        y = (np.arange(n) % 10).astype(np.uint8)
-        X = _images(rng, y, (3, 32, 32)).reshape(n, -1)
-        (cifar / f"{name}.bin").write_bytes(np.concatenate([y[:, None], X], axis=1).tobytes())
-    return root
+    return write_generated_data(tmp_path_factory.mktemp("data"), mnist=(MNIST_TRAIN, MNIST_TEST),
+                                cifar=(CIFAR_PER_BATCH, CIFAR_TEST))
 
 
 def _run(name, data_dir, out, capsys, *extra):

@@ -120,6 +120,18 @@ def test_live_columns_of_a_slice_are_the_parents_on_the_host(rng):
     np.testing.assert_array_equal(x[4:8].tangent, V[:, 4:8])
 
 
+def _second_step(name, sizes):
+    """(count, kinds) of the synchronisations of an optimizer's second step on an MLP of
+    ``sizes`` (float64, batch 16), with the emulated device installed by the caller."""
+    net, rng = MLP(sizes), np.random.default_rng(0)
+    obj = net.objective("cross_entropy", backend.to_device(rng.standard_normal((16, sizes[0]))),
+                        backend.to_device(rng.integers(0, sizes[-1], 16)))
+    theta = backend.to_device(net.init_theta(seed=1, dtype=np.float64))
+    opt = ROWS[name]()
+    theta, state, _ = opt.step(obj, theta, opt.init(theta))
+    return _synchronisations(lambda: opt.step(obj, theta, state))
+
+
 # synchronisations that legitimately grow with the problem: HF and Gauss-Newton
 # read each CG iteration's residual on the host (their stopping rule), Shampoo
 # checks each preconditioner side for overflow before its eigh on refresh steps
@@ -130,17 +142,8 @@ PER_ITERATION = {"HessianFree", "GaussNewton", "Shampoo"}
 def test_an_optimizer_step_synchronises_as_often_for_two_layers_as_for_five(name):
     from _device import emulated
 
-    def second_step(sizes):
-        net, rng = MLP(sizes), np.random.default_rng(0)
-        obj = net.objective("cross_entropy", backend.to_device(rng.standard_normal((16, sizes[0]))),
-                            backend.to_device(rng.integers(0, sizes[-1], 16)))
-        theta = backend.to_device(net.init_theta(seed=1, dtype=np.float64))
-        opt = ROWS[name]()
-        theta, state, _ = opt.step(obj, theta, opt.init(theta))
-        return _synchronisations(lambda: opt.step(obj, theta, state))
-
     with emulated():
-        shallow, deep = second_step([6, 5, 3]), second_step([6, 5, 5, 5, 5, 3])
+        shallow, deep = _second_step(name, [6, 5, 3]), _second_step(name, [6, 5, 5, 5, 5, 3])
     assert shallow == deep
     assert shallow[0] <= 40, shallow
 
@@ -150,19 +153,10 @@ def sync_table():
     emulated device, MLP 6-5-3 and 6-5-5-5-5-3, float64, batch 16."""
     from _device import SYNCS, emulated
 
-    def second_step(name, sizes):
-        net, rng = MLP(sizes), np.random.default_rng(0)
-        obj = net.objective("cross_entropy", backend.to_device(rng.standard_normal((16, sizes[0]))),
-                            backend.to_device(rng.integers(0, sizes[-1], 16)))
-        theta = backend.to_device(net.init_theta(seed=1, dtype=np.float64))
-        opt = ROWS[name]()
-        theta, state, _ = opt.step(obj, theta, opt.init(theta))
-        return _synchronisations(lambda: opt.step(obj, theta, state))
-
     rows = ["| optimizer | 2 layers | 5 layers | by kind (5 layers) |", "|---|---|---|---|"]
     with emulated():
         for name in ROWS:
-            (a, _), (b, kinds) = second_step(name, [6, 5, 3]), second_step(name, [6, 5, 5, 5, 5, 3])
+            (a, _), (b, kinds) = _second_step(name, [6, 5, 3]), _second_step(name, [6, 5, 5, 5, 5, 3])
             rows.append(f"| {name} | {a} | {b} | {', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))} |")
     SYNCS.clear()
     return "\n".join(rows)
