@@ -28,7 +28,9 @@ a warm-up (``benchmarks.harness.run_rounds``):
   HVP by ``torch.func.jvp(torch.func.grad(f))`` (forward-over-reverse).
 
 Every "grad" call returns the loss and the gradient; every "HVP" call returns
-one Hessian-vector product (K = 1 direction).
+one Hessian-vector product (K = 1 direction). One more cell pushes K = 16
+random directions through one flat HVP pass; its paired ratio to the flat
+gradient is reported divided by 16 (the cost per direction).
 
 The tinygrad2 loss is ``logits.cross_entropy(y)`` (the engine's fused
 primitive) when the engine has it, else (or with ``--composed-loss``)
@@ -61,6 +63,7 @@ VALIDATION_TOL = 1e-10
 # targets: tinygrad2 HVP <= 2.0x its own gradient; tinygrad2 gradient <= the
 # given multiple of the hand-written NumPy gradient
 HVP_OVER_GRAD_TARGET = 2.0
+DIRECTIONS = 16  # the batched-directions cell: K HVPs in one pass, reported per direction
 GRAD_OVER_NUMPY_TARGET = {64: 2.5, 1000: 1.5}
 
 
@@ -248,6 +251,7 @@ def run_batch(batch, X, y, params, V, torch_kit, args, rng):
     Xb, yb = X[:batch], y[:batch]
     shapes = [p.shape for p in params]
     theta, v = ref.flatten(params), ref.flatten(V)
+    v16 = rng.standard_normal((DIRECTIONS, theta.size)).astype(theta.dtype)
     mod_grad, mod_hvp = make_tg_module(Xb, yb)
     flat_grad, flat_hvp = make_tg_flat(Xb, yb, shapes)
 
@@ -266,6 +270,7 @@ def run_batch(batch, X, y, params, V, torch_kit, args, rng):
         "mod_hvp": lambda: mod_hvp(params, V),
         "flat_grad": lambda: flat_grad(theta),
         "flat_hvp": lambda: flat_hvp(theta, v),
+        "flat_hvp16": lambda: flat_hvp(theta, v16),  # K directions in one pass
     }
     if torch_kit is not None:
         t_grad, t_hvp, to_torch, _ = torch_kit.make(Xb, yb)
@@ -287,6 +292,10 @@ def run_batch(batch, X, y, params, V, torch_kit, args, rng):
         f"{style} HVP/grad": timings.ratio(f"{key}_hvp", f"{key}_grad")
         for style, key in (("module", "mod"), ("flat", "flat"))
     })
+    per_direction = timings.ratio("flat_hvp16", "flat_grad")
+    paired[f"flat HVP per direction (K={DIRECTIONS} in one pass)/grad"] = H.Ratio(
+        per_direction.median / DIRECTIONS, per_direction.lo / DIRECTIONS, per_direction.hi / DIRECTIONS,
+        per_direction.n)
     return timings.medians, timings.reps, worst, paired
 
 
@@ -351,6 +360,7 @@ def profile_batch64(X, y, params, V, rng):
     Xb, yb = X[:batch], y[:batch]
     shapes = [p.shape for p in params]
     theta, v = ref.flatten(params), ref.flatten(V)
+    v16 = rng.standard_normal((DIRECTIONS, theta.size)).astype(theta.dtype)
     mod_grad, mod_hvp = make_tg_module(Xb, yb)
     flat_grad, flat_hvp = make_tg_flat(Xb, yb, shapes)
     jobs = {
