@@ -451,7 +451,7 @@ class Objective(BaseObjective):
         GV = None
         if out.requires_grad and out.tangent is not None:
             U = self._loss_hessian_times(out, out.tangent)
-            out.backward(grad=Tensor(B.xp.zeros_like(out.data), tangent=U))
+            out.backward(grad=Tensor(B.xp.zeros_like(out.data), tangent=U), tangents_only=True)
             GV = th.grad.tangent if th.grad is not None else None
         if GV is None:  # the outputs do not move along V
             GV = B.xp.zeros_like(V)

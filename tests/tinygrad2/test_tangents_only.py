@@ -74,3 +74,20 @@ def test_only_bilinear_nodes_on_dead_inputs_without_partner_tangents_are_skippab
     loss = (second * second).sum()
     skippable = values_skippable(reachable(loss)[0])
     assert skippable == {id(first)}
+
+
+def test_gauss_newton_products_skip_the_same_product_and_are_unchanged(matmuls, monkeypatch, float64):
+    from tinygrad2 import tensor
+
+    rng = np.random.default_rng(0)
+    net = MLP([12, 7, 3])
+    obj = net.objective("cross_entropy", D(rng.standard_normal((6, 12))), D(rng.integers(0, 3, 6)))
+    theta = D(net.init_theta(seed=1, dtype=np.float64))
+    V = D(rng.standard_normal((2, theta.shape[0])))
+    skipping = obj.ggn_vp(theta, V)
+    counted, matmuls[0] = matmuls[0], 0
+    full = tensor.Tensor.backward
+    monkeypatch.setattr(tensor.Tensor, "backward",
+                        lambda self, *args, tangents_only=False, **kwargs: full(self, *args, **kwargs))
+    npt.assert_array_equal(obj.ggn_vp(theta, V), skipping)
+    assert matmuls[0] - counted == 1
