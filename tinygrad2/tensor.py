@@ -512,14 +512,25 @@ def apply(prim, *inputs, **params):
     """Run one primitive: forward, the jvp when any input carries a tangent,
     and a graph node when recording and any input requires grad."""
     datas = [x.data for x in inputs]
-    carried = _tangents_enabled and any(x.tangent is not None for x in inputs)
-    out = None if carried and _values_skipped else _forward(prim, datas, params)
+    carried = False
+    if _tangents_enabled:
+        for x in inputs:
+            if x.tangent is not None:
+                carried = True
+                break
+    if carried and _values_skipped:
+        out = None
+    else:
+        try:
+            out = prim.forward(*datas, **params)
+        except (ValueError, TypeError, IndexError) as err:
+            raise _named(prim, datas, err) from None
     t = Tensor.__new__(Tensor)
     t.grad, t.tangent, t._node, t.requires_grad = None, None, None, False
     if carried:
         t.tangent = _push_tangents(prim, inputs, datas, out, params)
         if out is None:  # a value nobody reads (Tensor.backward(tangents_only=True))
-            out = _forward(prim, datas, params) if t.tangent is None else B.xp.zeros(t.tangent.shape[1:], t.tangent.dtype)
+            out = prim.forward(*datas, **params) if t.tangent is None else B.xp.zeros(t.tangent.shape[1:], t.tangent.dtype)
     t.data = out
     if _grad_enabled:
         for x in inputs:
@@ -529,12 +540,9 @@ def apply(prim, *inputs, **params):
     return t
 
 
-def _forward(prim, datas, params):
-    try:
-        return prim.forward(*datas, **params)
-    except (ValueError, TypeError, IndexError) as err:
-        shapes = ", ".join(str(d.shape) for d in datas)
-        raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None
+def _named(prim, datas, err):
+    shapes = ", ".join(str(d.shape) for d in datas)
+    return type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}")
 
 
 def _push_tangents(prim, inputs, datas, out, params):
