@@ -5,7 +5,7 @@ library draws itself. Random draws use the backend's generator
 (``xp.random.default_rng`` where it exists), seeded by an int, None or a
 generator passed in.
 
-``live_columns`` keeps on the host which entries of a batch of directions are
+``tracked`` keeps on the host which entries of a batch of directions are
 nonzero, so that slicing parameters out of a flat θ (``getitem``'s jvp) can
 drop the tangents of blocks no direction touches without a device sync per
 slice.
@@ -47,18 +47,27 @@ def rademacher(shape, seed=None, dtype=None):
     return (2 * bits - 1).astype(dtype or B.default_dtype)
 
 
-_live = {}  # id(flat tangent) -> (weak reference to it, its live_columns)
+_live = {}  # id(flat tangent) -> (weak reference to it, its live columns)
 
 
-def live_columns(tangent):
-    """Host booleans: which entries of a flat (K, n) tangent are nonzero in
-    some direction. One device-to-host transfer per leaf tangent and pass;
-    the slices getitem cuts from it inherit their part of the mask on the
-    host, so a tree of P parameter slices costs one transfer, not 2P."""
+def tracked(tangent):
+    """A fresh view of a (K, n) tangent whose live columns (the entries
+    nonzero in some direction) are computed now, in one device-to-host
+    transfer, and kept on the host for ``getitem``: the slices it cuts from
+    the view inherit their part of the mask, so a tree of P parameter slices
+    costs one transfer per pass instead of one per slice. For the leaves the
+    library makes for one pass (``hvp``, ``ggn_vp``): the view is new every
+    time, so a caller's direction array changed in place is never seen
+    through a stale mask. Untracked tangents are checked slice by slice."""
+    view = tangent[...]
+    remember_live(view, B.to_host(B.xp.any(view, axis=0)))
+    return view
+
+
+def known_live(tangent):
+    """The live-column mask of a tracked tangent (or a slice of one), else None."""
     entry = _live.get(id(tangent))
-    if entry is not None and entry[0]() is tangent:
-        return entry[1]
-    return remember_live(tangent, B.to_host(B.xp.any(tangent, axis=0)))
+    return entry[1] if entry is not None and entry[0]() is tangent else None
 
 
 def remember_live(tangent, mask):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from . import backend as B
 from . import memory
-from .directions import unit_rows
+from .directions import tracked, unit_rows
 from .guard import as_real, check_finite
 from .tensor import Tensor, no_grad
 
@@ -120,8 +120,12 @@ def hvp(f, x, v):
 
 def checked_hvp(f, x, V):
     """H V for checked ``x`` (n,) and directions ``V`` (K, n): the
-    forward-over-reverse pass itself, without :func:`hvp`'s argument checks."""
+    forward-over-reverse pass itself, without :func:`hvp`'s argument checks.
+    Its backward pass reads only tangents (``tangents_only``): other leaves
+    that ``f`` closes over get exact ``.grad.tangent`` but ``.grad.data`` that
+    is not their gradient."""
     xt = Tensor(x, requires_grad=True, tangent=V)
+    xt.tangent = tracked(xt.tangent)  # its live columns on the host: one transfer per pass
     out = _scalar(f(xt), "hvp")
     HV = None
     if out.requires_grad:

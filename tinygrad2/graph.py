@@ -37,6 +37,8 @@ def values_skippable(nodes):
     dead, skippable = set(), set()
     for t in sorted(nodes, key=lambda t: t._node[3]):  # inputs before their consumers
         prim, inputs = t._node[0], t._node[1]
+        if inputs is None:  # freed by an earlier backward(), which says so
+            continue
         wanted = [i for i, x in enumerate(inputs) if x.requires_grad]
         if not all(inputs[i]._node is None or id(inputs[i]) in dead for i in wanted):
             continue

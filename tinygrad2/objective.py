@@ -62,7 +62,7 @@ from . import capture as _capture
 from . import functional
 from . import losses as L
 from . import memory
-from .directions import generator, rademacher, unit_rows
+from .directions import generator, rademacher, tracked, unit_rows
 from .guard import as_real, check_finite
 from .capture import Capture
 from .layout import Layout
@@ -447,6 +447,7 @@ class Objective(BaseObjective):
         V, single = self._directions(V, theta, "ggn_vp")
         self.counts["nggnvp"] += V.shape[0]
         th = Tensor(theta, requires_grad=True, tangent=V)
+        th.tangent = tracked(th.tangent)  # its live columns on the host: one transfer per pass
         out = self._model(th)
         GV = None
         if out.requires_grad and out.tangent is not None:

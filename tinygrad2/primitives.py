@@ -26,7 +26,8 @@ Conventions
 from __future__ import annotations
 
 from . import backend as B
-from .directions import live_columns, remember_live
+from .directions import known_live, remember_live
+from .shapes import on_host
 from .tensor import Tensor, apply
 
 
@@ -495,8 +496,11 @@ class getitem:  # out = x[index]; old: the input's shape
         # Hessians, diagonals, group products) then skip every product with the
         # other blocks' tangents
         t = tangents[0][_lead(tangents[0], len(old)) + index]
-        if len(old) == 1 and t.size and not any(_is_advanced(i) for i in index):
-            live = live_columns(tangents[0])[index]
+        if len(old) == 1 and t.size:
+            live = known_live(tangents[0])
+            if live is None or not all(map(on_host, index)):  # ask the device (one sync per slice)
+                return t if B.to_host(B.xp.any(t)) else None
+            live = live[index]
             if not live.any():
                 return None
             remember_live(t, live)

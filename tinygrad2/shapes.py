@@ -3,6 +3,7 @@ indices (host-side Python; no array math)."""
 from __future__ import annotations
 
 import math
+import numbers
 
 
 def axes(axis, ndim, op):
@@ -39,3 +40,11 @@ def resolve_shape(shape, old):
 
 def is_int(i):
     return isinstance(i, int) or (hasattr(i, "dtype") and i.ndim == 0 and i.dtype.kind in "iu")
+
+
+def on_host(i):
+    """Whether an index entry is plain host data (an int, a slice of ints,
+    None, Ellipsis) that can index a host array without a device transfer."""
+    if isinstance(i, slice):
+        return all(b is None or isinstance(b, numbers.Integral) for b in (i.start, i.stop, i.step))
+    return i is None or i is Ellipsis or isinstance(i, numbers.Integral)

@@ -447,7 +447,7 @@ def _check_tangent(tangent, shape):
             f"Tensor: tangent of shape {tangent.shape} does not fit data of shape {shape}; "
             f"expected {shape} or (K, *{shape})"
         )
-    return tangent[...]  # a view of the caller's array, new for every leaf (see directions.live_columns)
+    return tangent
 
 
 def _lift(value, like: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Host synchronisation audit: on a GPU every device-to-host transfer stalls the
 stream, so a forward-over-reverse pass may make at most one (getitem's mask of
-which entries of the flat tangent are live, see ``directions.live_columns``),
+which entries of the flat tangent are live, see ``directions.tracked``),
 however many parameter slices the net cuts from θ."""
 from __future__ import annotations
 
@@ -109,15 +109,60 @@ def test_a_direction_array_changed_in_place_between_passes_is_not_stale(rng, flo
     np.testing.assert_allclose(tg.hvp(f, theta, V), tg.hvp(f, theta, V.copy()), rtol=1e-12)
 
 
-@pytest.mark.cpu_only  # counts NumPy-backend transfers on host data; the device counts are the SYNCS tests
-def test_live_columns_of_a_slice_are_the_parents_on_the_host(rng):
+@pytest.mark.cpu_only  # host arrays and NumPy-backend transfer counts
+def test_a_tracked_tangents_slices_read_its_mask_on_the_host(rng, transfers):
     V = np.zeros((2, 10))
     V[1, 6] = 2.0
-    mask = directions.live_columns(V)
-    assert type(mask) is np.ndarray and mask.tolist() == [False] * 6 + [True] + [False] * 3
-    x = tg.Tensor(np.ones(10), tangent=V)
-    assert x[0:6].tangent is None and x[4:8].tangent is not None
-    np.testing.assert_array_equal(x[4:8].tangent, V[:, 4:8])
+    view = directions.tracked(V)
+    assert transfers[0] == 1 and view is not V
+    assert directions.known_live(view).tolist() == [False] * 6 + [True] + [False] * 3
+    x = tg.Tensor(np.ones(10), tangent=view)
+    x.tangent = view
+    halves = x[0:6], x[4:8]
+    assert halves[0].tangent is None and transfers[0] == 1
+    np.testing.assert_array_equal(halves[1].tangent, V[:, 4:8])
+    assert directions.known_live(V) is None  # the caller's own array is never tracked
+
+
+@pytest.mark.cpu_only  # host arrays
+def test_a_leaf_kept_across_passes_sees_its_directions_changed_in_place(rng, float64):
+    # a user's leaf is not tracked: every slice asks the device, so a direction
+    # buffer changed in place between two passes gives the new products
+    obj, theta = _objective("mlp", rng)
+    n, f = theta.shape[0], obj._scalar_of("hvp")
+    V = np.zeros((1, n))
+    V[0, :3] = 1.0
+    th = tg.Tensor(theta, requires_grad=True, tangent=V)
+
+    def hv():
+        th.grad = None
+        f(th).backward()
+        return th.grad.tangent
+
+    hv()
+    V[:] = rng.standard_normal((1, n))
+    np.testing.assert_allclose(hv(), tg.hvp(f, theta, V), rtol=1e-12, atol=1e-14)
+
+
+def test_a_device_scalar_index_on_a_tracked_tangent_asks_the_device():
+    # a 0-d device integer (e.g. from xp.argmax) cannot index a host mask
+    from _device import emulated
+
+    with emulated() as xp:
+        V = directions.tracked(xp.asarray(np.eye(4)[:2]))
+        x = tg.Tensor(xp.arange(4.0), tangent=V)
+        x.tangent = V
+        i = xp.argmax(xp.asarray([0.0, 5.0, 1.0, 0.0]))
+        np.testing.assert_array_equal(backend.to_host(x[i].tangent), [0.0, 1.0])
+        assert x[2].tangent is None
+
+
+def test_a_tangents_only_backward_on_a_freed_graph_says_so():
+    x = tg.Tensor(backend.xp.ones(3), requires_grad=True, tangent=backend.xp.ones(3))
+    y = (x * x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        y.backward(tangents_only=True)
 
 
 def _second_step(name, sizes):
