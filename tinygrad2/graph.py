@@ -24,7 +24,9 @@ def reachable(root):
 
 
 def values_skippable(nodes):
-    """The nodes of a tangents-only backward pass whose vjp may skip its values.
+    """The nodes of a tangents-only backward pass whose vjp may skip its values;
+    ``nodes`` in creation order (inputs before their consumers), as the
+    backward pass has sorted them.
 
     A cotangent's value is dead when it flows only into leaves' gradient
     values: at a leaf, or at a linear node (reshape, slice, ...) all of whose
@@ -35,7 +37,7 @@ def values_skippable(nodes):
     Xᵀ g has the tangent Xᵀ g.tangent, and the product Xᵀ g.value (the
     largest GEMM of an MLP's gradient) is skipped."""
     dead, skippable = set(), set()
-    for t in sorted(nodes, key=lambda t: t._node[3]):  # inputs before their consumers
+    for t in nodes:
         prim, inputs = t._node[0], t._node[1]
         if inputs is None:  # freed by an earlier backward(), which says so
             continue
