@@ -292,11 +292,17 @@ emulated_xp = _Namespace("emulated_xp", np, {
 })
 
 
+def install():
+    """Make the emulated device the backend; returns the (xp, name) to restore."""
+    saved = backend.xp, backend.name
+    backend.xp, backend.name = emulated_xp, "emulated"
+    return saved
+
+
 @contextlib.contextmanager
 def emulated():
     """Install the emulated device as the backend for the duration of the block."""
-    saved = backend.xp, backend.name
-    backend.xp, backend.name = emulated_xp, "emulated"
+    saved = install()
     try:
         yield emulated_xp
     finally:

@@ -60,11 +60,10 @@ def _backend_state_is_restored(request):
     With TINYGRAD2_TEST_EMULATED=1 every test not marked ``cpu_only`` runs with
     the emulated device backend (tests/_device.py) installed."""
     install = os.environ.get("TINYGRAD2_TEST_EMULATED") == "1" and "cpu_only" not in request.keywords
-    outer = backend.xp, backend.name
     if install:
-        from _device import emulated_xp
+        from _device import install as install_emulated
 
-        backend.xp, backend.name = emulated_xp, "emulated"
+        outer = install_emulated()
     xp, name, dtype = backend.xp, backend.name, backend.default_dtype
     yield
     restored = (backend.xp, backend.name, backend.default_dtype) == (xp, name, dtype)
@@ -85,9 +84,9 @@ def device_backend(request):
         require_cupy()
         backend.use("cupy")
     elif request.param == "emulated":
-        from _device import emulated_xp
+        from _device import install
 
-        backend.xp, backend.name = emulated_xp, "emulated"
+        install()
     else:
         backend.xp, backend.name = np, "numpy"
     try:

@@ -32,10 +32,13 @@ RANDOM_ROWS = {"AdaHessian", "Hybrid", "Sophia"}  # draw Rademacher vectors from
 @contextlib.contextmanager
 def on(name):
     """Run the block on the numpy backend (the reference) or the emulated one."""
-    from _device import emulated_xp
+    from _device import install
 
     saved = backend.xp, backend.name
-    backend.xp, backend.name = (np, "numpy") if name == "numpy" else (emulated_xp, "emulated")
+    if name == "numpy":
+        backend.xp, backend.name = np, "numpy"
+    else:
+        install()
     try:
         yield
     finally:

@@ -67,11 +67,11 @@ def device(request, monkeypatch):
     if request.param == "cupy":
         require_cupy()
     else:
-        from _device import emulated_xp
+        from _device import install
 
         def use(name):
             assert name == "cupy", name
-            backend.xp, backend.name = emulated_xp, "emulated"
+            install()
 
         monkeypatch.setattr(cli, "_check_gpu", lambda: None)
         monkeypatch.setattr(backend, "use", use)
