@@ -217,7 +217,9 @@ def train(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False, d
     ``progress``: None shows a tqdm bar when stderr is a terminal and logs a
     line (``log``) every ``$TINYGRAD2_PROGRESS_SECONDS`` (default 10) seconds
     when stdout is not one; False shows nothing; True the bar; a number, the
-    lines at that interval. The BLAS threads are ``spec.blas_threads``."""
+    lines at that interval. The BLAS threads are ``spec.blas_threads``.
+    Freed host memory is kept for reuse (:func:`tinygrad2.backend.keep_freed_host_memory`)."""
+    B.keep_freed_host_memory()
     with blas_threads(spec.blas_threads):
         return _train(spec, path, resume=resume, extend=extend, overwrite=overwrite, data_dir=data_dir, splits=splits,
                       progress=progress, log=log, on_epoch=on_epoch, checkpoint_seconds=checkpoint_seconds)

@@ -65,16 +65,22 @@ class Conv2d(Module):
     H·v come for free):
 
     * ``patches="slices"`` (default): the kh·kw shifted strided views of the
-      input, stored as (C, N, H, W), stacked by one ``concatenate`` into
-      P (kh·kw·C, N·OH·OW) (Caffe's im2col layout with the batch folded into
-      the columns, rows in (i, j, c) order, so W is permuted to match);
-      y = W P (C_out, N·OH·OW) is returned as the (N, C_out, OH, OW)
+      input, stored as (C, H, W, N), stacked by one ``concatenate`` into
+      P (C·kh·kw, OH·OW·N) (Caffe's im2col layout with the batch folded into
+      the columns, innermost; rows in (c, i, j) order, so that W is only
+      reshaped, never copied); y = W P (C_out, OH·OW·N) is returned as the (N, C_out, OH, OW)
       transposed view. One 2-D GEMM each for y, dW = dY Pᵀ and dP = Wᵀ dY
       (a batched W @ P_n per sample would make the engine's matmul vjp build
       per-sample weight cotangents (N, C_out, C·kh·kw) before summing them:
-      0.9 GB for ResNet18's last stage at batch 100); the copy runs along
-      whole output rows; and the next conv finds its input already stored as
-      (C, N, H, W).
+      0.9 GB for ResNet18's last stage at batch 100). The batch is the
+      innermost axis because the copies (the windows' concatenate, the
+      padding, and in the backward pass the sum of the windows' cotangents
+      back into the input) then run along ow·N or N contiguous elements, not
+      along OW: on ResNet18's 7x7 to 2x2 stages at batch 100 they take 3-20x
+      less time than in a (C, N, H, W) layout (benchmarks/nets.py --profile).
+      The next conv finds its input already stored as (C, H, W, N): the
+      elementwise layers between (BatchNorm, ReLU, pooling, the residual
+      sum) keep their input's memory order.
     * ``patches="im2col"``: the engine's ``im2col`` primitive, patches
       (N·OH·OW, C·kh·kw), y = P Wᵀ, transposed to (N, C_out, OH, OW). Its copy
       gathers runs of kw elements (about 3x slower than the slices on
@@ -144,13 +150,12 @@ class Conv2d(Module):
             if bias is not None:
                 y = y + bias
             return y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
-        xc = channels_first(x)                                                   # (C, N, H, W)
-        cols = shifted_windows(xc, self.kernel, self.stride, self.padding)       # (kh·kw·C, N, OH, OW)
-        w = weight.transpose(0, 2, 3, 1).reshape(o, k)                           # rows in (i, j, c) order
-        y = w @ cols.reshape(k, n * oh * ow)                                     # (C_out, N·OH·OW)
+        xc = batch_last(x)                                                       # (C, H, W, N)
+        cols = shifted_windows(xc, self.kernel, self.stride, self.padding)       # (C, kh·kw, OH, OW, N)
+        y = weight.reshape(o, k) @ cols.reshape(k, oh * ow * n)                  # (C_out, OH·OW·N)
         if bias is not None:
             y = y + bias.reshape(o, 1)
-        return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+        return y.reshape(o, oh, ow, n).transpose(3, 0, 1, 2)
 
 
 def _recorded(layer, inputs, y):
@@ -162,30 +167,33 @@ def _recorded(layer, inputs, y):
     return capture.record(name, layer.param_name("weight"), bias, inputs, y)
 
 
-def channels_first(x):
-    """x (N, C, H, W) as the (C, N, H, W) transpose, stored contiguously:
+def batch_last(x):
+    """x (N, C, H, W) as the (C, H, W, N) transpose, stored contiguously:
     free (two views) when x is already such a transposed view -- the output
     of a slices-route Conv2d, and of elementwise layers after one, which keep
     their input's memory order -- else one copy (the reshape of a
     non-contiguous view)."""
     n, c, h, w = x.shape
-    return x.transpose(1, 0, 2, 3).reshape(c, n * h * w).reshape(c, n, h, w)
+    return x.transpose(1, 2, 3, 0).reshape(c, h * w * n).reshape(c, h, w, n)
 
 
 def shifted_windows(x, kernel, stride, padding):
-    """The kh·kw shifted, strided views of x (A, B, H, W) that a window
-    visits, stacked along axis 0: (kh·kw·A, B, OH, OW), entry
-    [(i·kw + j)·A + a, b, p, q] = x̃[a, b, p·sh + i, q·sw + j], x̃ zero-padded.
+    """The kh·kw shifted, strided views of x (A, H, W, B) that a window
+    visits, stacked along a new axis 1: (A, kh·kw, OH, OW, B), entry
+    [a, i·kw + j, p, q, b] = x̃[a, p·sh + i, q·sw + j, b], x̃ zero-padded.
     Built from getitem (views) and one concatenate, a copy whose inner loops
-    run along output rows; for a contiguous x the result is contiguous, so
-    reshaping it to (kh·kw·A, B·OH·OW) is free."""
+    run along OW·B (stride 1) or B elements; the result is contiguous, so
+    reshaping it to (A·kh·kw, OH·OW·B) is free, with rows in the order of a
+    (C_out, C, kh, kw) weight's reshape to (C_out, C·kh·kw)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     if ph or pw:
-        x = x.pad(((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    h, w = x.shape[2:]
+        x = x.pad(((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    h, w = x.shape[1:3]
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    views = [x[:, :, i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw] for i in range(kh) for j in range(kw)]
-    return views[0] if len(views) == 1 else Tensor.concatenate(views, axis=0)
+    a, b = x.shape[0], x.shape[3]
+    views = [x[:, i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw].reshape(a, 1, oh, ow, b)
+             for i in range(kh) for j in range(kw)]
+    return views[0] if len(views) == 1 else Tensor.concatenate(views, axis=1)
 
 
 class WeightNorm(Module):
@@ -242,7 +250,19 @@ class Flatten(Module):
     def forward(self, x):
         if x.ndim < 1:
             self.fail(x, "has no batch axis")
-        return x.reshape(x.shape[0], -1)
+        return flatten(x)
+
+
+def flatten(x):
+    """x (N, ...) as (N, -1), in row-major order of the logical axes. A 4-D x
+    stored in the convolutions' (C, H, W, N) order is first passed through
+    :func:`batch_last`: free here, and in the backward pass it copies the
+    cotangent once into that order, so that the elementwise layers before
+    (ReLU, pooling) do not combine arrays of two memory orders, which NumPy
+    iterates element by element (SmallCNN's gradient: about 10% slower)."""
+    if x.ndim == 4 and not x.data.flags.c_contiguous and x.data.transpose(1, 2, 3, 0).flags.c_contiguous:
+        x = batch_last(x).transpose(3, 0, 1, 2)
+    return x.reshape(x.shape[0], -1)
 
 
 # ================================================================ activations

@@ -19,7 +19,7 @@ name by name.
 """
 from __future__ import annotations
 
-from .layers import Conv2d, Flatten, Linear, ReLU, Sequential, WeightNorm, activation
+from .layers import Conv2d, Flatten, Linear, ReLU, Sequential, WeightNorm, activation, flatten
 from .module import Module, check_scale, check_size
 from .normalization import BatchNorm2d
 from .pooling import GlobalAvgPool, MaxPool2d
@@ -75,7 +75,7 @@ class SmallCNN(Module):
 
     def forward(self, x):
         x = self.features(x)
-        return self.classifier(x.reshape(x.shape[0], -1))
+        return self.classifier(flatten(x))
 
 
 class BasicBlock(Module):

@@ -428,9 +428,10 @@ def _own_buffer(grads, buffers, x, dtype):
     buf = grads.get(id(x))
     if buf is None or buffers.get(id(x)) is not buf:
         # a fresh buffer that x alone owns, holding what x has collected so far (a
-        # cotangent from another rule may be shared, e.g. add passes g to both inputs)
+        # cotangent from another rule may be shared, e.g. add passes g to both inputs);
+        # zeros_like: in the memory order of x, so that the rules before do not mix two orders
         if buf is None:
-            buf = Tensor._make(B.xp.zeros(x.data.shape, dtype), None, None)
+            buf = Tensor._make(B.xp.zeros_like(x.data, dtype=dtype), None, None)
         else:
             tangent = None if buf.tangent is None else buf.tangent.astype(dtype, copy=True)
             buf = Tensor._make(buf.data.astype(dtype, copy=True), tangent, None)

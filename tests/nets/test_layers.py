@@ -247,3 +247,57 @@ def test_layers_agree_with_torch_when_importable(float64):
     np.testing.assert_array_equal(nets.MaxPool2d(3, 2, 1).apply(np.zeros(0), x).data, ref)
     ref = F.gelu(torch.from_numpy(x), approximate="tanh").numpy()
     np.testing.assert_allclose(nets.GELU().apply(np.zeros(0), x).data, ref, rtol=1e-12, atol=1e-14)
+
+
+# ---- memory order of the convolutions (a speed property, checked structurally, not timed)
+
+
+def _stored_batch_last(a):
+    """Whether the (N, C, H, W) array a is stored in (C, H, W, N) order."""
+    return a.transpose(1, 2, 3, 0).flags.c_contiguous
+
+
+def test_conv_output_is_stored_batch_last_and_the_next_conv_reads_it_without_a_copy(float64):
+    """A slices-route conv returns the (N, C, H, W) view of (C, H, W, N)
+    memory; ReLU and BatchNorm keep that order, and batch_last of it is a
+    view, so a conv stack copies no activation between layers."""
+    from nets.layers import batch_last
+
+    x = Tensor(np.random.default_rng(0).standard_normal((3, 2, 6, 5)))
+    conv, bn = nets.Conv2d(2, 4, 3, padding=1), nets.BatchNorm2d(4)
+    y = conv.apply(conv.init_theta(0, dtype=np.float64), x)
+    z = bn.apply(bn.init_theta(0, dtype=np.float64), y).relu()
+    for a in (y, z):
+        assert a.shape == (3, 4, 6, 5) and not a.data.flags.c_contiguous and _stored_batch_last(a.data)
+        assert np.shares_memory(batch_last(a).data, a.data)
+    assert not np.shares_memory(batch_last(x).data, x.data)  # a C-ordered input is copied once
+
+
+def test_flatten_and_gradient_buffers_keep_the_cotangents_in_the_forward_memory_order(float64):
+    """The cotangent reaching a pooled conv output through flatten is stored
+    in the forward (C, H, W, N) order (not NCHW), and so is the in-place
+    gradient buffer that the pooling's slices sum into: the elementwise
+    rules between never combine two memory orders."""
+    rng = np.random.default_rng(1)
+    conv, pool = nets.Conv2d(2, 3, 3), nets.MaxPool2d(2)
+    y = conv.apply(conv.init_theta(0, dtype=np.float64), rng.standard_normal((4, 2, 7, 7))).data
+    w = rng.standard_normal((4, 3 * 2 * 2))
+
+    def cotangent_of(leaf_data, head):
+        leaf = Tensor(leaf_data, requires_grad=True)
+        (head(leaf) * Tensor(w)).sum().backward()
+        return leaf.grad.data
+
+    pooled = pool.apply(np.zeros(0), Tensor(y).relu()).data
+    flat = nets.layers.flatten(Tensor(pooled))
+    np.testing.assert_array_equal(flat.data, pooled.reshape(4, -1))  # row-major over (C, H, W): as PyTorch
+    for g in (cotangent_of(pooled, nets.layers.flatten),
+              cotangent_of(y, lambda t: nets.layers.flatten(pool.apply(np.zeros(0), t.relu())))):
+        assert _stored_batch_last(g) and not g.flags.c_contiguous
+
+
+def test_flatten_of_a_c_ordered_input_is_one_reshape():
+    x = Tensor(np.arange(24.0).reshape(2, 3, 2, 2))
+    out = nets.layers.flatten(x)
+    assert np.shares_memory(out.data, x.data)
+    np.testing.assert_array_equal(out.data, x.data.reshape(2, 12))

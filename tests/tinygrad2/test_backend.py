@@ -185,3 +185,20 @@ class TestCuPy:
         with pytest.raises(TypeError, match="to_device"):
             Tensor(np.ones(3))
         assert type(backend.to_host(Tensor(backend.xp.ones(3)))) is np.ndarray
+
+
+@pytest.mark.cpu_only  # a host allocator setting
+def test_keep_freed_host_memory_takes_effect_on_glibc_and_is_idempotent():
+    """On glibc both mallopt calls succeed (and again); elsewhere it says False
+    instead of raising. A subprocess, so the suite's own allocator is untouched."""
+    import platform
+    import subprocess
+    import sys
+
+    code = ("from tinygrad2 import backend as B; import numpy as np; "
+            "print(B.keep_freed_host_memory(), B.keep_freed_host_memory()); "
+            "a = np.ones(10_000_000, np.float32); del a; print(float(np.ones(3).sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert out[0] == ("True True" if on_glibc else "False False")
+    assert out[1] == "3.0"
