@@ -202,7 +202,8 @@ class Tensor:
                     )
                 if prim.accumulate is not None and not create_graph:
                     if inputs[0].requires_grad:
-                        prim.accumulate(_own_buffer(grads, buffers, inputs[0], g.dtype), g, **params)
+                        x, where = _through_slices(inputs[0], params)
+                        prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, **where)
                     cotangents = ()
                 elif id(t) in skippable:
                     cotangents = _without_values(prim.vjp, g, t, *inputs, **params)
@@ -481,6 +482,26 @@ def _normalize_index(index, shape):
             f"getitem: advanced indices at positions {advanced} are not adjacent (shape {shape})"
         )
     return tuple(out)
+
+
+def _through_slices(x, params):
+    """Where a slice's cotangent is summed in place: a step-1 slice of a 1-D
+    x that is itself such a slice of a 1-D tensor goes straight into that
+    tensor's gradient buffer, at the composed place (theta[a:][b:c] is
+    theta[a + b: a + c]), and so on up. A module tree of slices
+    (``nets.module.split``) then costs one copy per parameter, not one per
+    level (ResNet18: 122 copies of up to 10M entries per step, 6% of it)."""
+    def one_slice(p):  # (start, stop) of a step-1 slice of a 1-D tensor, else None
+        (s,), (n,) = (p["index"], p["old"]) if len(p["index"]) == len(p["old"]) == 1 else ((None,), (0,))
+        return s.indices(n)[:2] if isinstance(s, slice) and s.indices(n)[2] == 1 else None
+
+    here, moved = one_slice(params), False
+    while here and x._node is not None and x._node[0] is P.getitem and x._node[1] is not None:
+        outer = one_slice(x._node[2])
+        if outer is None:
+            break
+        x, here, moved = x._node[1][0], (here[0] + outer[0], here[1] + outer[0]), True
+    return x, ({"index": (slice(*here),), "old": x.shape} if moved else params)
 
 
 def _matmul(a: Tensor, b: Tensor) -> Tensor:
