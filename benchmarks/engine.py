@@ -487,6 +487,40 @@ def _time_n(fn, n):
 # ================================================================ main
 
 
+SWEEP_K = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def directions_sweep(X, y, params, args, rng):
+    """Per-direction time of one HVP pass with K directions, divided by the
+    flat gradient's time, paired within rounds, for every K in SWEEP_K and
+    batch in BATCHES; prints the table and the best K of each batch (the
+    dense-curvature planner's ``tinygrad2.memory.preferred_chunk`` comes
+    from this table)."""
+    shapes = [p.shape for p in params]
+    theta = ref.flatten(params)
+    print(f"\n== directions sweep: one HVP pass with K directions, time per direction / flat gradient "
+          f"(median [min-max] of paired ratios over rounds) ==")
+    print("| batch | " + " | ".join(f"K={k}" for k in SWEEP_K) + " | best K |")
+    print("|---" * (len(SWEEP_K) + 2) + "|")
+    best = {}
+    for batch in BATCHES:
+        flat_grad, flat_hvp = make_tg_flat(X[:batch], y[:batch], shapes)
+        cells = {"grad": lambda: flat_grad(theta)}
+        for k in SWEEP_K:
+            V = rng.standard_normal((k, theta.size)).astype(theta.dtype)
+            cells[f"K{k}"] = (lambda V=V: flat_hvp(theta, V))
+        timings = H.run_rounds(cells, rng, rounds=args.rounds or (3 if args.quick else 15),
+                               warmup_s=0.01 if args.quick else 0.2)
+        per = {k: timings.ratio(f"K{k}", "grad") for k in SWEEP_K}
+        scaled = {k: H.Ratio(r.median / k, r.lo / k, r.hi / k, r.n) for k, r in per.items()}
+        best[batch] = min(scaled, key=lambda k: scaled[k].median)
+        print(f"| {batch} | " + " | ".join(f"{r.median:.2f} [{r.lo:.2f}-{r.hi:.2f}]" for r in scaled.values())
+              + f" | {best[batch]} |")
+    print(f"planner: tinygrad2.memory.preferred_chunk = {getattr(tinygrad2.memory, 'preferred_chunk', None)} "
+          f"(best K here: " + ", ".join(f"{k} at batch {b}" for b, k in best.items()) + ")")
+    return best
+
+
 def main(argv=None):
     ap = H.make_parser(__doc__, threads=1, seed=True,
                        quick_help="tiny run (~0.03 s per cell; a smoke test)",
@@ -496,6 +530,9 @@ def main(argv=None):
     ap.add_argument("--composed-loss", action="store_true",
                     help="write the loss as log_softmax + label indexing + mean even when "
                          "the engine has the fused Tensor.cross_entropy")
+    ap.add_argument("--directions", action="store_true",
+                    help=f"also sweep the directions per HVP pass, K in {', '.join(map(str, SWEEP_K))}: "
+                         f"time per direction / gradient, and the best K per batch")
     args = ap.parse_args(argv)
     global LOSS_STYLE
     if args.composed_loss:
@@ -561,6 +598,8 @@ def main(argv=None):
     print(f"targets: tg2 HVP <= {HVP_OVER_GRAD_TARGET}x its own grad; tg2 grad <= "
           + " / ".join(f"{t}x NumPy at batch {b}" for b, t in GRAD_OVER_NUMPY_TARGET.items()))
 
+    if args.directions:
+        directions_sweep(X, y, params, args, rng)
     if args.profile:
         profile_batch64(X, y, params, V, rng)
 

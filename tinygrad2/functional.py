@@ -160,7 +160,7 @@ def hvp_reverse_over_reverse(f, x, v):
 def hessian(f, x, chunk=None, memory_budget=None):
     """Dense (n, n) Hessian from batched HVPs with ``chunk`` unit directions
     per pass (None: chosen by :func:`tinygrad2.memory.choose_chunk`, at most
-    ``memory.default_chunk``). Raises :class:`CurvatureMemoryError` before
+    ``memory.preferred_chunk``). Raises :class:`CurvatureMemoryError` before
     allocating when the result plus one chunk's working memory would exceed
     ``memory_budget`` (None: ``memory.default_memory_budget``)."""
     x = _input(x, "hessian")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinygrad2.memory import default_chunk
+from tinygrad2.memory import preferred_chunk
 
 
 def sizes(D, Hd, C):
@@ -49,7 +49,7 @@ def _act(z, activation):
     raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}")
 
 
-def hessian(theta, X, y, shape, activation="tanh", chunk=default_chunk, rows=None, tick=None):
+def hessian(theta, X, y, shape, activation="tanh", chunk=preferred_chunk, rows=None, tick=None):
     """Dense (n, n) Hessian of the mean cross-entropy at theta, or only the
     rows ``rows = (start, stop)`` of it (shape (stop - start, n)).
 

@@ -516,17 +516,18 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
-@pytest.mark.parametrize("n, per, want", [
-    (100, 10**7, 16),                 # tiny result, big directions: at least min_chunk
-    (20_000, 3 * 2**20, 256),         # (n, n) float64 = 3.2 GB: half of it / per > default_chunk: capped
-    (6_000, 2**20, 128),              # 288 MB: 144 MB / 1 MiB = 137 -> 128 (a multiple of 16)
-    (2_000, 2**18, 256),              # 32 MB: the 64 MiB floor / 256 KiB = 256
+@pytest.mark.parametrize("n, per, room, want", [
+    (100, 10**7, math.inf, 64),       # memory to spare: the preferred chunk, however small the result
+    (20_000, 3 * 2**20, math.inf, 64),
+    (40, 2**10, math.inf, 40),        # fewer directions than the preferred chunk: all of them in one pass
+    (6_000, 2**20, 10.5, 10),         # room for 10.5 directions beside the result: 10
+    (6_000, 2**20, 0.5, 1),           # not even one: one (check_fits then refuses)
 ])
-def test_automatic_chunk_keeps_the_chunk_near_half_the_result(monkeypatch, n, per, want):
+def test_automatic_chunk_is_the_preferred_chunk_unless_fewer_directions_or_budget(monkeypatch, n, per, room, want):
     obj, theta = make()
     theta = np.zeros(n)
     monkeypatch.setattr(type(obj), "bytes_per_direction", lambda self, theta: per)
-    obj.memory_budget = math.inf
+    obj.memory_budget = math.inf if room == math.inf else 8 * n * n + int(room * per)
     chunk, needed = obj.memory_forecast(theta, n * n, n)
+    assert memory_module.preferred_chunk == 64
     assert chunk == want and needed == 8 * n * n + chunk * per
-    assert chunk == memory_module.min_chunk or chunk * per <= max(4 * n * n, 64 * 2**20)
