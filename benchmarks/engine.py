@@ -3,6 +3,7 @@
     python -m benchmarks.engine            # full run (~0.75 s per cell)
     python -m benchmarks.engine --quick    # tiny run (a smoke test, a few seconds)
     python -m benchmarks.engine --profile  # + where tinygrad2's time goes at batch 64
+    python -m benchmarks.engine --directions  # + time per direction of K-direction HVP passes, best K
     python -m benchmarks.engine --composed-loss  # loss as log_softmax + indexing + mean
     options: --threads N (BLAS threads; default 1, 0 = library default), --rounds R,
              --seed S, --data-dir DIR, --no-verify (see benchmarks.harness)

@@ -90,6 +90,18 @@ def test_engine_quick(data_dir):
     rows = [line for line in text.splitlines() if re.match(r"\| (64|1000) +\| (module|flat)", line)]
     assert len(rows) == 4
     assert "paired ratios, median [min-max]" in text and "ABORT" not in text
+    assert "host memory: freed memory kept for reuse" in text or not sys.platform.startswith("linux")
+
+
+def test_engine_directions_sweep_prints_the_best_k_per_batch(data_dir):
+    text = run_benchmark("benchmarks.engine", data_dir, "--quick", "--no-verify", "--directions", "--rounds", "2")
+    rows = [line for line in text.splitlines() if re.match(r"\| (64|1000) \| \d", line)]
+    assert len(rows) == 2
+    for row in rows:
+        cells = row.strip("|").split("|")
+        assert len(cells) == 11  # batch, K = 1 ... 256, best K
+        assert int(cells[-1]) in (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert "planner: tinygrad2.memory.preferred_chunk = 64" in text
 
 
 def test_curvature_quick(data_dir):
