@@ -163,7 +163,7 @@ def header_lines(name, args):
         f"BLAS: {blas_description()}",
         f"threads: {setting}",
         f"environment: {env}",
-        "host memory: " + ("freed memory kept for reuse (glibc mallopt; tinygrad2.backend.keep_freed_host_memory)"
+        "host memory: " + ("freed memory kept for reuse (glibc mallopt; tinygrad2.memory.keep_freed_host_memory)"
                            if getattr(args, "keeps_freed_memory", False) else "the allocator's defaults"),
     ]
 
@@ -172,9 +172,9 @@ def setup(name, args):
     """Apply ``args.threads``, keep freed host memory for reuse (for every
     contender: the setting is process-wide) and print the header."""
     set_threads(args.threads)
-    from tinygrad2 import backend
+    from tinygrad2 import memory
 
-    args.keeps_freed_memory = backend.keep_freed_host_memory()
+    args.keeps_freed_memory = memory.keep_freed_host_memory()
     for line in header_lines(name, args):
         print(line)
 

@@ -45,7 +45,7 @@ import numpy as np
 
 import nets
 import optimizers
-from tinygrad2 import Objective, backend as B, losses, no_grad
+from tinygrad2 import Objective, backend as B, losses, memory, no_grad
 
 from . import data as datasets
 from .results import ResultsError, RunWriter, _config_json, clean_temp_files, load_final, load_run
@@ -218,8 +218,8 @@ def train(spec: RunSpec, path, *, resume=False, extend=False, overwrite=False, d
     line (``log``) every ``$TINYGRAD2_PROGRESS_SECONDS`` (default 10) seconds
     when stdout is not one; False shows nothing; True the bar; a number, the
     lines at that interval. The BLAS threads are ``spec.blas_threads``.
-    Freed host memory is kept for reuse (:func:`tinygrad2.backend.keep_freed_host_memory`)."""
-    B.keep_freed_host_memory()
+    Freed host memory is kept for reuse (:func:`tinygrad2.memory.keep_freed_host_memory`)."""
+    memory.keep_freed_host_memory()
     with blas_threads(spec.blas_threads):
         return _train(spec, path, resume=resume, extend=extend, overwrite=overwrite, data_dir=data_dir, splits=splits,
                       progress=progress, log=log, on_epoch=on_epoch, checkpoint_seconds=checkpoint_seconds)

@@ -83,33 +83,19 @@ def to_host(array):
     return numpy.asarray(array)
 
 
-def keep_freed_host_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning
-    it to the operating system; returns whether it took effect (False off
-    glibc, e.g. macOS, Windows, musl).
-
-    A training step frees and reallocates the same few hundred arrays every
-    step. With glibc's defaults every array above the (adaptive) mmap
-    threshold, and every free that leaves the top of the heap large, goes
-    back to the kernel, so the next step's arrays are fresh pages, each
-    zero-filled on its first write (a page fault per 4 KiB). On ResNet18 at
-    batch 100 that was about a quarter of a NumPy training step. This sets
-    ``M_MMAP_THRESHOLD`` to 32 MiB (glibc's maximum; larger arrays are still
-    mapped and unmapped) and ``M_TRIM_THRESHOLD`` to 1 GiB; the peak
-    resident memory is unchanged, and memory is not given back between steps.
-    The process-wide setting also applies to every other library in the
-    process (PyTorch's CPU tensors included). The experiments CLI and the
-    benchmarks call this once at start-up; library users may call it."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(mallopt(m_trim_threshold, 1 << 30))
+def reduce(reduction, x, axis, keepdims=False):
+    """``reduction(x, axis=axis, keepdims=keepdims)``, ``reduction`` being
+    ``xp.sum`` or ``xp.max``. NumPy runs a reduction's inner loop once per
+    row, so over a short last axis (10 classes of logits) it spends about
+    70 ns per row. Over the last axis alone (-1 or (-1,)) of at most 32
+    entries, this reduces the leading axis of the transposed copy instead,
+    long vectorised rows: (1000, 10) float32 in 11-13 µs instead of 69 (max)
+    and 34 (sum). A sum then adds the classes in order, not pairwise: the
+    same to rounding. Arrays under 4,096 entries take the plain route."""
+    if axis not in (-1, (-1,)) or x.ndim < 2 or x.shape[-1] > 32 or x.size < 4096:
+        return reduction(x, axis=axis, keepdims=keepdims)
+    out = reduction(xp.ascontiguousarray(x.transpose((x.ndim - 1,) + tuple(range(x.ndim - 1)))), axis=0)
+    return out[..., None] if keepdims else out
 
 
 def to_device(array):

@@ -361,7 +361,7 @@ def _matmul_directions(a, tb):
 
 @primitive(linear=True)
 class sum:  # d Σx = Σ dx;  axis: negative axes
-    def forward(x, axis, keepdims): return B.xp.sum(x, axis=axis, keepdims=keepdims)
+    def forward(x, axis, keepdims): return B.reduce(B.xp.sum, x, axis, keepdims)
     def vjp(g, out, x, axis, keepdims):
         keep = g if keepdims else g.reshape(_keep(out.data, axis, x.ndim).shape)
         return (keep.broadcast_to(x.shape),)
@@ -369,7 +369,7 @@ class sum:  # d Σx = Σ dx;  axis: negative axes
 
 @primitive()
 class max:  # d max(x) = mean of dx over the maximal entries; kink where the argmax changes
-    def forward(x, axis, keepdims): return B.xp.max(x, axis=axis, keepdims=keepdims)
+    def forward(x, axis, keepdims): return B.reduce(B.xp.max, x, axis, keepdims)
     def jvp(primals, tangents, out, axis, keepdims):
         w = _max_weights(primals[0], out, axis, keepdims)
         return B.xp.sum(tangents[0] * w, axis=axis, keepdims=keepdims)
@@ -391,13 +391,13 @@ def _max_weights(x, out, axis, keepdims):
 @primitive()
 class logsumexp:  # d log Σ e^x = Σ softmax(x) dx
     def forward(x, axis, keepdims):
-        m = B.xp.maximum(B.xp.max(x, axis=axis, keepdims=True), B.xp.finfo(x.dtype).min)  # rows of -inf stay -inf
-        out = B.xp.log(B.xp.sum(B.xp.exp(x - m), axis=axis, keepdims=True)) + m
+        m = B.xp.maximum(B.reduce(B.xp.max, x, axis, True), B.xp.finfo(x.dtype).min)  # rows of -inf stay -inf
+        out = B.xp.log(B.reduce(B.xp.sum, B.xp.exp(x - m), axis, True)) + m
         return out if keepdims else B.xp.squeeze(out, axis=axis)
     def jvp(primals, tangents, out, axis, keepdims):
         x = primals[0]
         p = B.xp.exp(x - (out if keepdims else _keep(out, axis, x.ndim)))
-        return B.xp.sum(tangents[0] * p, axis=axis, keepdims=keepdims)
+        return B.reduce(B.xp.sum, tangents[0] * p, axis, keepdims)
     def vjp(g, out, x, axis, keepdims):
         shape = _keep(out.data, axis, x.ndim).shape
         keep_g, keep_out = (g, out) if keepdims else (g.reshape(shape), out.reshape(shape))
@@ -410,7 +410,7 @@ class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative
         return x - logsumexp.forward(x, axis=(axis,), keepdims=True)
     def jvp(primals, tangents, out, axis):
         t = tangents[0]
-        return t - B.xp.sum(B.xp.exp(out) * t, axis=axis, keepdims=True)
+        return t - B.reduce(B.xp.sum, B.xp.exp(out) * t, axis, True)
     def vjp(g, out, x, axis):
         return (g - out.exp() * g.sum(axis=axis, keepdims=True),)
 
@@ -419,8 +419,8 @@ class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative
 class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z), dz>
     def forward(z, labels):
         n = z.shape[0]
-        m = B.xp.maximum(z.max(axis=-1), B.xp.finfo(z.dtype).min)
-        lse = B.xp.log(B.xp.exp(z - m[:, None]).sum(axis=-1)) + m
+        m = B.xp.maximum(B.reduce(B.xp.max, z, -1), B.xp.finfo(z.dtype).min)
+        lse = B.xp.log(B.reduce(B.xp.sum, B.xp.exp(z - m[:, None]), -1)) + m
         return (lse - z[B.xp.arange(n), labels]).sum() * (1.0 / n)
     def jvp(primals, tangents, out, labels):
         grad = _softmax_residual(primals[0], labels)
@@ -451,8 +451,8 @@ def softmax_hessian_vp(z, T):
 
 def _softmax_residual(z, labels):
     n = z.shape[0]
-    e = B.xp.exp(z - z.max(axis=-1, keepdims=True))
-    r = e / e.sum(axis=-1, keepdims=True)
+    e = B.xp.exp(z - B.reduce(B.xp.max, z, -1, True))
+    r = e / B.reduce(B.xp.sum, e, -1, True)
     r[B.xp.arange(n), labels] -= 1
     return r * (1.0 / n)
 

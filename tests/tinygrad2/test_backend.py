@@ -195,10 +195,30 @@ def test_keep_freed_host_memory_takes_effect_on_glibc_and_is_idempotent():
     import subprocess
     import sys
 
-    code = ("from tinygrad2 import backend as B; import numpy as np; "
-            "print(B.keep_freed_host_memory(), B.keep_freed_host_memory()); "
+    code = ("from tinygrad2 import memory as M; import numpy as np; "
+            "print(M.keep_freed_host_memory(), M.keep_freed_host_memory()); "
             "a = np.ones(10_000_000, np.float32); del a; print(float(np.ones(3).sum()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert out[0] == ("True True" if on_glibc else "False False")
     assert out[1] == "3.0"
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (500, 10), (4, 600, 6), (300, 40), (2, 3, 33)])
+@pytest.mark.parametrize("axis", [-1, (-1,), 0, (-2, -1), None])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reduce_equals_the_plain_reduction(shape, axis, keepdims, float64):
+    """backend.reduce takes the transposed route for a short last axis (and
+    the plain one otherwise): the same shape, the same maximum, the same sum
+    to rounding, on every backend."""
+    x = backend.to_device(np.random.default_rng(0).standard_normal(shape))
+    if axis is not None and min(np.atleast_1d(axis)) < -len(shape):
+        return
+    for reduction, exact in ((backend.xp.max, True), (backend.xp.sum, False)):
+        got = backend.to_host(backend.reduce(reduction, x, axis, keepdims))
+        want = backend.to_host(reduction(x, axis=axis, keepdims=keepdims))
+        assert got.shape == want.shape
+        if exact:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
