@@ -257,6 +257,7 @@ def _stored_batch_last(a):
     return a.transpose(1, 2, 3, 0).flags.c_contiguous
 
 
+@pytest.mark.cpu_only  # inspects the memory order of host NumPy arrays
 def test_conv_output_is_stored_batch_last_and_the_next_conv_reads_it_without_a_copy(float64):
     """A slices-route conv returns the (N, C, H, W) view of (C, H, W, N)
     memory; ReLU and BatchNorm keep that order, and batch_last of it is a
@@ -273,6 +274,7 @@ def test_conv_output_is_stored_batch_last_and_the_next_conv_reads_it_without_a_c
     assert not np.shares_memory(batch_last(x).data, x.data)  # a C-ordered input is copied once
 
 
+@pytest.mark.cpu_only  # inspects the memory order of host NumPy arrays
 def test_flatten_and_gradient_buffers_keep_the_cotangents_in_the_forward_memory_order(float64):
     """The cotangent reaching a pooled conv output through flatten is stored
     in the forward (C, H, W, N) order (not NCHW), and so is the in-place
@@ -296,6 +298,7 @@ def test_flatten_and_gradient_buffers_keep_the_cotangents_in_the_forward_memory_
         assert _stored_batch_last(g) and not g.flags.c_contiguous
 
 
+@pytest.mark.cpu_only  # inspects the memory order of host NumPy arrays
 def test_flatten_of_a_c_ordered_input_is_one_reshape():
     x = Tensor(np.arange(24.0).reshape(2, 3, 2, 2))
     out = nets.layers.flatten(x)
