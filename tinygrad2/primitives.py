@@ -282,7 +282,7 @@ class sqrt:  # d sqrt(x) = dx / (2 sqrt(x))
 class relu:  # d max(x, 0) = [x > 0] dx; kink at x = 0
     def forward(x): return B.xp.maximum(x, 0)
     def jvp(primals, tangents, out): return tangents[0] * (primals[0] > 0)
-    def vjp(g, out, x): return (where(g, _const(B.xp.zeros((), g.dtype)), cond=x.data > 0),)
+    def vjp(g, out, x): return (g * _const(x.data > 0),)  # times a bool mask: 13x faster than xp.where
     def kink(primals, tangents, out): return _distance(primals[0], tangents[0])
 
 
@@ -302,8 +302,8 @@ class maximum:  # d max(a, b) = [a >= b] da + [a < b] db; kink at a = b
         take_a = a >= b
         return _plus(None if ta is None else ta * take_a, None if tb is None else tb * ~take_a)
     def vjp(g, out, a, b):
-        zero, take_a = _const(B.xp.zeros((), g.dtype)), a.data >= b.data
-        return where(g, zero, cond=take_a), where(zero, g, cond=take_a)
+        take_a = a.data >= b.data
+        return g * _const(take_a), g * _const(~take_a)
     def kink(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
         return _distance(a - b, _plus(ta, None if tb is None else -tb))
