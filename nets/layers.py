@@ -68,19 +68,21 @@ class Conv2d(Module):
       input, stored as (C, H, W, N), stacked by one ``concatenate`` into
       P (C·kh·kw, OH·OW·N) (Caffe's im2col layout with the batch folded into
       the columns, innermost; rows in (c, i, j) order, so that W is only
-      reshaped, never copied); y = W P (C_out, OH·OW·N) is returned as the (N, C_out, OH, OW)
-      transposed view. One 2-D GEMM each for y, dW = dY Pᵀ and dP = Wᵀ dY
+      reshaped, never copied); y = W P (C_out, OH·OW·N) is returned as the
+      (N, C_out, OH, OW) transposed view. One 2-D GEMM each for y, dW = dY Pᵀ
+      (computed as (P dYᵀ)ᵀ when C_out < C·kh·kw, the faster GEMM) and dP = Wᵀ dY
       (a batched W @ P_n per sample would make the engine's matmul vjp build
       per-sample weight cotangents (N, C_out, C·kh·kw) before summing them:
       0.9 GB for ResNet18's last stage at batch 100). The batch is the
       innermost axis because the copies (the windows' concatenate, the
       padding, and in the backward pass the sum of the windows' cotangents
       back into the input) then run along ow·N or N contiguous elements, not
-      along OW: on ResNet18's 7x7 to 2x2 stages at batch 100 they take 3-20x
+      along OW: on ResNet18's 7x7 to 1x1 stages at batch 100 they take 3-20x
       less time than in a (C, N, H, W) layout (benchmarks/nets.py --profile).
       The next conv finds its input already stored as (C, H, W, N): the
-      elementwise layers between (BatchNorm, ReLU, pooling, the residual
-      sum) keep their input's memory order.
+      elementwise layers between (BatchNorm, ReLU, unpadded pooling, the
+      residual sum) keep their input's memory order. A padded max-pool (the
+      ImageNet stem's) returns C order, and the conv after it copies once.
     * ``patches="im2col"``: the engine's ``im2col`` primitive, patches
       (N·OH·OW, C·kh·kw), y = P Wᵀ, transposed to (N, C_out, OH, OW). Its copy
       gathers runs of kw elements (about 3x slower than the slices on
@@ -182,9 +184,10 @@ def shifted_windows(x, kernel, stride, padding):
     visits, stacked along a new axis 1: (A, kh·kw, OH, OW, B), entry
     [a, i·kw + j, p, q, b] = x̃[a, p·sh + i, q·sw + j, b], x̃ zero-padded.
     Built from getitem (views) and one concatenate, a copy whose inner loops
-    run along OW·B (stride 1) or B elements; the result is contiguous, so
-    reshaping it to (A·kh·kw, OH·OW·B) is free, with rows in the order of a
-    (C_out, C, kh, kw) weight's reshape to (C_out, C·kh·kw)."""
+    run along OW·B (stride 1) or B elements; with two or more windows the
+    result is contiguous, so reshaping it to (A·kh·kw, OH·OW·B) is free (a
+    1x1 kernel's single strided view is copied by that reshape), with rows
+    in the order of a (C_out, C, kh, kw) weight's reshape to (C_out, C·kh·kw)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     if ph or pw:
         x = x.pad(((0, 0), (ph, ph), (pw, pw), (0, 0)))

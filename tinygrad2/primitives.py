@@ -19,9 +19,9 @@ Conventions
 * ``kink(primals, tangents, out, **params) -> (K,)``: for primitives with a
   non-differentiable point, the step along each direction at which it would
   first be crossed (to first order); used for kink-safe finite differences.
-* ``accumulate(buffer, g, **params)``: optionally, the vjp added in place into
-  the input's gradient buffer (a Tensor the engine owns), for backward passes
-  that are not recorded (getitem: slices of one flat vector share one buffer).
+* ``accumulate(buffer, g, **params)``: optionally, the vjp added in place into a
+  gradient buffer the engine owns, in backward passes that are not recorded
+  (getitem: the slices of a flat vector, and their slices, share its buffer).
 """
 from __future__ import annotations
 

@@ -222,3 +222,14 @@ def test_reduce_equals_the_plain_reduction(shape, axis, keepdims, float64):
             np.testing.assert_array_equal(got, want)
         else:
             np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+def test_reduce_sums_float16_as_numpy_does(float64):
+    """float16 takes the plain route, whose sum accumulates in float32: a row
+    of 2048 and 31 ones sums to 2079, rounded once to 2080 (a float16 running
+    sum would stop at 2048)."""
+    x = np.ones((600, 32), np.float16)
+    x[:, 0] = 2048
+    got = backend.to_host(backend.reduce(backend.xp.sum, backend.to_device(x), -1))
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, np.full(600, 2080, np.float16))
