@@ -21,13 +21,21 @@ default_memory_budget = 2 * 2**30
 budget of its own (2 GiB). Change it here for the whole session."""
 
 preferred_chunk = 64
-"""Directions per batched pass when assembling dense curvature, unless the
-budget needs fewer. From ``python -m benchmarks.engine --directions`` (MLP
-784-32-10, float32, one BLAS thread, quiet machine): the time per direction
-of a K-direction HVP pass, over the gradient's time, falls from 1.7-1.8x at
-K = 1 to 0.39x (batch 64) and 0.66x (batch 1000) at K = 32 and stays within
-5% of that up to K = 256, its best at K = 64. Larger chunks than this only
-cost memory."""
+"""The most directions per batched pass when assembling dense curvature. From
+``python -m benchmarks.engine --directions`` (MLP 784-32-10, float32, one
+BLAS thread, quiet machine): the time per direction of a K-direction HVP
+pass, over the gradient's time, falls from 1.7-1.8x at K = 1 to 0.39x
+(batch 64) and 0.66x (batch 1000) at K = 32 and stays within 5% of that up
+to K = 256, its best at K = 64. Larger chunks than this only cost memory."""
+
+min_chunk = 16
+"""The fewest directions per pass that the memory rule of
+:func:`choose_chunk` cuts a chunk down to (the budget may cut further):
+per direction within about 10% of the best from K = 16 on."""
+
+chunk_floor_bytes = 64 * 2**20
+"""The automatic chunk's forecast working memory may reach at least this
+much (64 MiB), however small the result."""
 
 
 class CurvatureMemoryError(MemoryError):
@@ -79,8 +87,12 @@ def choose_chunk(result_bytes, per_direction, directions, budget, chunk=None, wh
     returning it (called only when needed: measuring it costs a forward pass).
 
     chunk None picks ``preferred_chunk`` directions per pass (at most
-    ``directions``), cut down to what fits the budget (down to 1).
-    """
+    ``directions``), fewer -- down to ``min_chunk`` -- when one chunk's
+    forecast working memory would exceed half the result's size (or
+    ``chunk_floor_bytes``, if larger), so that the peak stays near 1.5x the
+    result; then cut to what fits the budget (down to 1). A small, wide
+    problem (the digits MLP's Hessian: 44 MiB, 5 MiB per direction) gets 16,
+    a large one (MNIST's, 618 MiB) 64."""
     measure = per_direction if callable(per_direction) else (lambda: per_direction)
     if chunk is not None:
         chunk = int(chunk)
@@ -90,7 +102,8 @@ def choose_chunk(result_bytes, per_direction, directions, budget, chunk=None, wh
     if result_bytes > budget:  # the result alone does not fit: no need to probe
         return 1, result_bytes
     per = max(measure(), 1)
-    chunk = max(1, min(preferred_chunk, directions))
+    by_memory = max(min_chunk, int(max(result_bytes / 2, chunk_floor_bytes) // per))
+    chunk = max(1, min(preferred_chunk, directions, by_memory))
     if budget != math.inf:
         chunk = max(1, min(chunk, int((budget - result_bytes) // per)))
     return chunk, result_bytes + chunk * per

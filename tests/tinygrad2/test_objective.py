@@ -517,17 +517,18 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 @pytest.mark.parametrize("n, per, room, want", [
-    (100, 10**7, math.inf, 64),       # memory to spare: the preferred chunk, however small the result
-    (20_000, 3 * 2**20, math.inf, 64),
-    (40, 2**10, math.inf, 40),        # fewer directions than the preferred chunk: all of them in one pass
-    (6_000, 2**20, 10.5, 10),         # room for 10.5 directions beside the result: 10
-    (6_000, 2**20, 0.5, 1),           # not even one: one (check_fits then refuses)
+    (20_000, 3 * 2**20, math.inf, 64),  # (n, n) float64 = 3.2 GB: half of it / per = 508 -> the preferred 64
+    (40, 2**10, math.inf, 40),          # fewer directions than that: all of them in one pass
+    (2_000, 2**21, math.inf, 32),       # 32 MB: the 64 MiB floor / 2 MiB = 32
+    (100, 10**7, math.inf, 16),         # tiny result, big directions: the memory rule stops at min_chunk
+    (6_000, 2**20, 10.5, 10),           # room for 10.5 directions beside the result: 10
+    (6_000, 2**20, 0.5, 1),             # not even one: one (check_fits then refuses)
 ])
-def test_automatic_chunk_is_the_preferred_chunk_unless_fewer_directions_or_budget(monkeypatch, n, per, room, want):
+def test_automatic_chunk_is_the_preferred_chunk_unless_memory_or_budget_say_fewer(monkeypatch, n, per, room, want):
     obj, theta = make()
     theta = np.zeros(n)
     monkeypatch.setattr(type(obj), "bytes_per_direction", lambda self, theta: per)
     obj.memory_budget = math.inf if room == math.inf else 8 * n * n + int(room * per)
     chunk, needed = obj.memory_forecast(theta, n * n, n)
-    assert memory_module.preferred_chunk == 64
+    assert (memory_module.preferred_chunk, memory_module.min_chunk) == (64, 16)
     assert chunk == want and needed == 8 * n * n + chunk * per
