@@ -517,7 +517,7 @@ def directions_sweep(X, y, params, args, rng):
         best[batch] = min(scaled, key=lambda k: scaled[k].median)
         print(f"| {batch} | " + " | ".join(f"{r.median:.2f} [{r.lo:.2f}-{r.hi:.2f}]" for r in scaled.values())
               + f" | {best[batch]} |")
-    print(f"planner: tinygrad2.memory.preferred_chunk = {getattr(tinygrad2.memory, 'preferred_chunk', None)} "
+    print(f"planner: tinygrad2.memory.preferred_chunk = {tinygrad2.memory.preferred_chunk} "
           f"(best K here: " + ", ".join(f"{k} at batch {b}" for b, k in best.items()) + ")")
     return best
 

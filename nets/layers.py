@@ -70,7 +70,8 @@ class Conv2d(Module):
       the columns, innermost; rows in (c, i, j) order, so that W is only
       reshaped, never copied); y = W P (C_out, OH·OW·N) is returned as the
       (N, C_out, OH, OW) transposed view. One 2-D GEMM each for y, dW = dY Pᵀ
-      (computed as (P dYᵀ)ᵀ when C_out <= 16 < C·kh·kw, the faster GEMM there) and dP = Wᵀ dY
+      (as (P dYᵀ)ᵀ when C_out <= 16 < C·kh·kw, the faster GEMM there) and
+      dP = Wᵀ dY
       (a batched W @ P_n per sample would make the engine's matmul vjp build
       per-sample weight cotangents (N, C_out, C·kh·kw) before summing them:
       0.9 GB for ResNet18's last stage at batch 100). The batch is the
