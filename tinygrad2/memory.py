@@ -12,6 +12,7 @@ probe forward pass (:func:`graph_elements`), so the forecast follows the model.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from .graph import reachable
@@ -128,6 +129,7 @@ def check_fits(where, n, result_elements, dtype, chunk, needed, budget):
     )
 
 
+@functools.cache
 def keep_freed_host_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning
     it to the operating system; returns whether it took effect (False off
@@ -144,7 +146,8 @@ def keep_freed_host_memory() -> bool:
     resident memory is unchanged, and memory is not given back between steps.
     The process-wide setting also applies to every other library in the
     process (PyTorch's CPU tensors included). The experiments CLI and the
-    benchmarks call this once at start-up; library users may call it."""
+    benchmarks call it (the first call sets it; later calls return the
+    first answer); library users may call it."""
     import ctypes
     import ctypes.util
 
