@@ -540,19 +540,13 @@ def apply(prim, *inputs, **params):
             if x.tangent is not None:
                 carried = True
                 break
-    if carried and _values_skipped:
-        out = None
-    else:
-        try:
-            out = prim.forward(*datas, **params)
-        except (ValueError, TypeError, IndexError) as err:
-            raise _named(prim, datas, err) from None
+    out = None if carried and _values_skipped else _forward(prim, datas, params)
     t = Tensor.__new__(Tensor)
     t.grad, t.tangent, t._node, t.requires_grad = None, None, None, False
     if carried:
         t.tangent = _push_tangents(prim, inputs, datas, out, params)
         if out is None:  # a value nobody reads (Tensor.backward(tangents_only=True))
-            out = prim.forward(*datas, **params) if t.tangent is None else B.xp.zeros(t.tangent.shape[1:], t.tangent.dtype)
+            out = _forward(prim, datas, params) if t.tangent is None else B.xp.zeros(t.tangent.shape[1:], t.tangent.dtype)
     t.data = out
     if _grad_enabled:
         for x in inputs:
@@ -562,9 +556,13 @@ def apply(prim, *inputs, **params):
     return t
 
 
-def _named(prim, datas, err):
-    shapes = ", ".join(str(d.shape) for d in datas)
-    return type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}")
+def _forward(prim, datas, params):
+    """prim's forward rule; a NumPy/CuPy error names the primitive and the input shapes."""
+    try:
+        return prim.forward(*datas, **params)
+    except (ValueError, TypeError, IndexError) as err:
+        shapes = ", ".join(str(d.shape) for d in datas)
+        raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None
 
 
 def _push_tangents(prim, inputs, datas, out, params):
