@@ -349,8 +349,9 @@ def fastest_interleaved(fns, repeats, reverse_first=False):
 
 
 class RuleTimer:
-    """Times every primitive's ``forward`` and ``jvp`` rule while installed:
-    ``spent`` (seconds) and ``calls``, keyed "name.forward" / "name.jvp".
+    """Times every primitive's ``forward``, ``jvp`` and ``forward_and_jvp``
+    rule while installed: ``spent`` (seconds) and ``calls``, keyed
+    "name.forward" / "name.jvp" / "name.forward_and_jvp".
     Some rules call other primitives' rules; ``outermost_only`` times just
     the outermost call (else a nested call counts in both)."""
 
@@ -376,16 +377,19 @@ class RuleTimer:
         return wrapper
 
     def install(self):
-        self._saved = {name: (prim.forward, prim.jvp) for name, prim in self.registry.items()}
+        rules = ("forward", "jvp", "forward_and_jvp")
+        self._saved = {name: {r: getattr(prim, r) for r in rules} for name, prim in self.registry.items()}
         for name, prim in self.registry.items():
-            prim.forward = self._timed(prim.forward, f"{name}.forward")
-            prim.jvp = self._timed(prim.jvp, f"{name}.jvp")
+            for rule in rules:
+                if getattr(prim, rule) is not None:
+                    setattr(prim, rule, self._timed(getattr(prim, rule), f"{name}.{rule}"))
         return self
 
     def restore(self):
         if self._saved is not None:
             for name, prim in self.registry.items():
-                prim.forward, prim.jvp = self._saved[name]
+                for rule, fn in self._saved[name].items():
+                    setattr(prim, rule, fn)
             self._saved = None
 
     def clear(self):

@@ -246,6 +246,11 @@ def _asarray(a, dtype=None, *args, **kwargs):
     return DeviceArray(np.array(_unwrap(a, "asarray", allow_host=True), dtype, *args, **kwargs))
 
 
+def _array(a, dtype=None, *args, copy=True, **kwargs):
+    """``xp.array``: a new array unless ``copy=False`` (as NumPy's and CuPy's)."""
+    return DeviceArray(np.array(_unwrap(a, "array", allow_host=True), dtype, *args, copy=copy, **kwargs))
+
+
 def _asnumpy(a, *args, **kwargs):
     """The explicit device-to-host transfer (a copy)."""
     if isinstance(a, DeviceArray):
@@ -284,7 +289,7 @@ random = _Namespace("emulated_xp.random", np.random, {"default_rng": _Generator,
 emulated_xp = _Namespace("emulated_xp", np, {
     "ndarray": DeviceArray,
     "asarray": _asarray,
-    "array": _asarray,
+    "array": _array,
     "asnumpy": _asnumpy,
     "linalg": linalg,
     "fft": fft,

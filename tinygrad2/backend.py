@@ -83,25 +83,6 @@ def to_host(array):
     return numpy.asarray(array)
 
 
-def reduce(reduction, x, axis, keepdims=False):
-    """``reduction(x, axis=axis, keepdims=keepdims)``, ``reduction`` being
-    ``xp.sum`` or ``xp.max``. NumPy runs a reduction's inner loop once per
-    row, so over a short last axis (10 classes of logits) it spends about
-    70 ns per row. Over the last axis alone (-1 or (-1,)) of at most 32
-    entries, this reduces the leading axis of the transposed copy instead,
-    long vectorised rows: (1000, 10) float32 in 11-13 µs instead of 69 (max)
-    and 34 (sum). A sum then adds the classes in order, not pairwise: the
-    same to rounding. Arrays under 4,096 entries and float16 (whose plain sum
-    accumulates in float32) take the plain route. Every backend takes the
-    same route, so that a device's results match NumPy's bit for bit where
-    the kernels do (tests/_device.py); on CuPy the copy is one extra pass."""
-    short_last = axis in (-1, (-1,)) and x.ndim >= 2 and x.shape[-1] <= 32
-    if not short_last or x.size < 4096 or x.dtype.itemsize < 4:
-        return reduction(x, axis=axis, keepdims=keepdims)
-    out = reduction(xp.ascontiguousarray(x.transpose((x.ndim - 1,) + tuple(range(x.ndim - 1)))), axis=0)
-    return out[..., None] if keepdims else out
-
-
 def to_device(array):
     """The explicit host-to-device transfer: returns an ``xp`` array."""
     return xp.asarray(array)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import backend as B
-from .primitives import cross_entropy_grad, log_softmax, softmax_hessian_vp
+from .kernels import softmax_hessian_vp, softmax_rows
+from .primitives import cross_entropy_grad
 from .tensor import Tensor
 
 
@@ -74,7 +75,7 @@ def _ce_hessian_vp(z, labels, T):
 
 def _ce_hessian_factor(z, labels):
     # diag(p) - p pᵀ = Q Qᵀ, column c of Q = √p_c (e_c - p)  (uses Σ_c p_c = 1)
-    p = _softmax(z)
+    p = softmax_rows(z)
     batch, classes = p.shape
     eye = B.xp.eye(classes, dtype=z.dtype)
     return (eye[:, None, :] - p[None]) * B.xp.sqrt(p).T[:, :, None] / (batch ** 0.5)
@@ -82,15 +83,11 @@ def _ce_hessian_factor(z, labels):
 
 def _ce_hessian_sample(z, labels, rng):
     # ŷ_i ~ softmax(z_i), r_i = (p_i - e_ŷ) / √B: E[r_i r_iᵀ] = (diag(p_i) - p_i p_iᵀ) / B
-    p = _softmax(z)
+    p = softmax_rows(z)
     batch, classes = p.shape
     u = rng.random((batch, 1)).astype(p.dtype)
     sampled = B.xp.minimum((B.xp.cumsum(p, axis=1) < u).sum(axis=1), classes - 1)
     return cross_entropy_grad.forward(z, sampled)[None] * (batch ** 0.5)  # (p - e_ŷ) / B · √B
-
-
-def _softmax(z):
-    return B.xp.exp(log_softmax.forward(z, axis=-1))
 
 
 def _ce_check_targets(y, batch, where):

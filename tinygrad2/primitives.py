@@ -22,22 +22,29 @@ Conventions
 * ``accumulate(buffer, g, **params)``: optionally, the vjp added in place into a
   gradient buffer the engine owns, in backward passes that are not recorded
   (getitem: the slices of a flat vector, and their slices, share its buffer).
+* ``forward_and_jvp(primals, tangents, **params) -> (out, tangent)``:
+  optionally, both rules in one call, where the jvp would repeat the
+  forward's work (the cross-entropy's softmax); used whenever a tangent is
+  carried. Only for primitives that neither broadcast nor have a kink; the
+  op-spec tests check it against the two rules.
 """
 from __future__ import annotations
 
 from . import backend as B
 from .directions import known_live, remember_live
+from .kernels import cross_entropy_rows, reduce, softmax_hessian_vp, softmax_residual, softmax_residual_and_hvp
 from .shapes import on_host
 from .tensor import Tensor, apply
 
 
 class Primitive:
-    __slots__ = ("name", "forward", "jvp", "vjp", "kink", "accumulate", "linear", "bilinear", "broadcasts")
+    __slots__ = ("name", "forward", "jvp", "vjp", "kink", "accumulate", "linear", "bilinear", "broadcasts",
+                 "forward_and_jvp")
 
-    def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, bilinear, broadcasts):
+    def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, bilinear, broadcasts, forward_and_jvp):
         self.name, self.forward, self.jvp, self.vjp = name, forward, jvp, vjp
         self.kink, self.accumulate, self.linear, self.bilinear = kink, accumulate, linear, bilinear
-        self.broadcasts = broadcasts
+        self.broadcasts, self.forward_and_jvp = broadcasts, forward_and_jvp
 
     __call__ = apply  # prim(*inputs, **params) runs apply(prim, *inputs, **params)
 
@@ -59,8 +66,11 @@ def primitive(linear=False, bilinear=False, broadcasts=False):
             if not linear:
                 raise TypeError(f"primitive '{name}': a non-linear primitive needs a jvp rule")
             jvp = _jvp_of_linear(block.forward)
+        both = block.__dict__.get("forward_and_jvp")
+        if both is not None and (broadcasts or "kink" in block.__dict__):
+            raise TypeError(f"primitive '{name}': forward_and_jvp skips the tangents' alignment and the kink monitor")
         prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"),
-                         block.__dict__.get("accumulate"), linear, bilinear, broadcasts)
+                         block.__dict__.get("accumulate"), linear, bilinear, broadcasts, both)
         REGISTRY[name] = prim
         return prim
 
@@ -363,7 +373,7 @@ def _matmul_directions(a, tb):
 
 @primitive(linear=True)
 class sum:  # d Σx = Σ dx;  axis: negative axes
-    def forward(x, axis, keepdims): return B.reduce(B.xp.sum, x, axis, keepdims)
+    def forward(x, axis, keepdims): return reduce(B.xp.sum, x, axis, keepdims)
     def vjp(g, out, x, axis, keepdims):
         keep = g if keepdims else g.reshape(_keep(out.data, axis, x.ndim).shape)
         return (keep.broadcast_to(x.shape),)
@@ -371,7 +381,7 @@ class sum:  # d Σx = Σ dx;  axis: negative axes
 
 @primitive()
 class max:  # d max(x) = mean of dx over the maximal entries; kink where the argmax changes
-    def forward(x, axis, keepdims): return B.reduce(B.xp.max, x, axis, keepdims)
+    def forward(x, axis, keepdims): return reduce(B.xp.max, x, axis, keepdims)
     def jvp(primals, tangents, out, axis, keepdims):
         w = _max_weights(primals[0], out, axis, keepdims)
         return B.xp.sum(tangents[0] * w, axis=axis, keepdims=keepdims)
@@ -393,13 +403,13 @@ def _max_weights(x, out, axis, keepdims):
 @primitive()
 class logsumexp:  # d log Σ e^x = Σ softmax(x) dx
     def forward(x, axis, keepdims):
-        m = B.xp.maximum(B.reduce(B.xp.max, x, axis, True), B.xp.finfo(x.dtype).min)  # rows of -inf stay -inf
-        out = B.xp.log(B.reduce(B.xp.sum, B.xp.exp(x - m), axis, True)) + m
+        m = B.xp.maximum(reduce(B.xp.max, x, axis, True), B.xp.finfo(x.dtype).min)  # rows of -inf stay -inf
+        out = B.xp.log(reduce(B.xp.sum, B.xp.exp(x - m), axis, True)) + m
         return out if keepdims else B.xp.squeeze(out, axis=axis)
     def jvp(primals, tangents, out, axis, keepdims):
         x = primals[0]
         p = B.xp.exp(x - (out if keepdims else _keep(out, axis, x.ndim)))
-        return B.reduce(B.xp.sum, tangents[0] * p, axis, keepdims)
+        return reduce(B.xp.sum, tangents[0] * p, axis, keepdims)
     def vjp(g, out, x, axis, keepdims):
         shape = _keep(out.data, axis, x.ndim).shape
         keep_g, keep_out = (g, out) if keepdims else (g.reshape(shape), out.reshape(shape))
@@ -412,51 +422,34 @@ class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative
         return x - logsumexp.forward(x, axis=(axis,), keepdims=True)
     def jvp(primals, tangents, out, axis):
         t = tangents[0]
-        return t - B.reduce(B.xp.sum, B.xp.exp(out) * t, axis, True)
+        return t - reduce(B.xp.sum, B.xp.exp(out) * t, axis, True)
     def vjp(g, out, x, axis):
         return (g - out.exp() * g.sum(axis=axis, keepdims=True),)
 
 
 @primitive()
 class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z), dz>
-    def forward(z, labels):
-        n = z.shape[0]
-        m = B.xp.maximum(B.reduce(B.xp.max, z, -1), B.xp.finfo(z.dtype).min)
-        lse = B.xp.log(B.reduce(B.xp.sum, B.xp.exp(z - m[:, None]), -1)) + m
-        return (lse - z[B.xp.arange(n), labels]).sum() * (1.0 / n)
-    def jvp(primals, tangents, out, labels):
-        grad = _softmax_residual(primals[0], labels)
-        return (tangents[0] * grad).sum(axis=(-2, -1))
+    def forward(z, labels): return cross_entropy_rows(z, labels)
+    def jvp(primals, tangents, out, labels): return _dot_each(tangents[0], softmax_residual(primals[0], labels))
+    def forward_and_jvp(primals, tangents, labels):
+        value, residual = cross_entropy_rows(primals[0], labels, residual=True)
+        return value, _dot_each(tangents[0], residual)
     def vjp(g, out, z, labels): return (cross_entropy_grad(z, labels=labels) * g,)
 
 
 @primitive()
 class cross_entropy_grad:  # (softmax(z) - onehot(y)) / n;  d = p ⊙ (dz - Σ_c p dz) / n, p = softmax(z)
-    def forward(z, labels): return _softmax_residual(z, labels)
+    def forward(z, labels): return softmax_residual(z, labels)
     def jvp(primals, tangents, out, labels): return softmax_hessian_vp(primals[0], tangents[0])
+    def forward_and_jvp(primals, tangents, labels): return softmax_residual_and_hvp(primals[0], labels, tangents[0])
     def vjp(u, out, z, labels):  # the same symmetric operator, in Tensor ops
         p = z.log_softmax(axis=-1).exp()
         pu = p * u
         return ((pu - p * pu.sum(axis=-1, keepdims=True)) * (1.0 / z.shape[0]),)
 
 
-def softmax_hessian_vp(z, T):
-    """(diag(p_i) - p_i p_iᵀ) t_i / n for every row i of z (n, C) and every
-    direction t of T (K, n, C): the Hessian of mean softmax cross-entropy in
-    z times T, p_i = softmax(z_i). It is cross_entropy_grad's jvp and the
-    Gauss-Newton output Hessian of the cross-entropy loss."""
-    p = B.xp.exp(log_softmax.forward(z, axis=-1))
-    out = T - B.xp.einsum("...c,...c->...", T, p)[..., None]  # Σ_c p t without a (K, n, C) temporary
-    out *= p * (1.0 / z.shape[0])
-    return out
-
-
-def _softmax_residual(z, labels):
-    n = z.shape[0]
-    e = B.xp.exp(z - B.reduce(B.xp.max, z, -1, True))
-    r = e / B.reduce(B.xp.sum, e, -1, True)
-    r[B.xp.arange(n), labels] -= 1
-    return r * (1.0 / n)
+def _dot_each(T, r):  # <t_k, r> for every direction t_k of T (K, *r.shape)
+    return T.reshape(T.shape[0], -1) @ r.reshape(-1)
 
 
 # ---------------------------------------------------------------- shape and indexing (all linear)

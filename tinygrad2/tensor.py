@@ -19,7 +19,7 @@ import contextlib
 import itertools
 
 from . import backend as B
-from .graph import reachable, values_skippable
+from .graph import reachable, through_slices, values_skippable
 from .shapes import ALL_AXES as _all_axes, axes as _axes, is_int as _is_int, resolve_shape as _resolve_shape
 
 _grad_enabled = True
@@ -202,7 +202,7 @@ class Tensor:
                     )
                 if prim.accumulate is not None and not create_graph:
                     if inputs[0].requires_grad:
-                        x, where = _through_slices(inputs[0], params)
+                        x, where = through_slices(inputs[0], params)
                         prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, **where)
                     cotangents = ()
                 elif id(t) in skippable:
@@ -484,26 +484,6 @@ def _normalize_index(index, shape):
     return tuple(out)
 
 
-def _through_slices(x, params):
-    """Where a slice's cotangent is summed in place: a step-1 slice of a 1-D
-    x that is itself such a slice of a 1-D tensor goes straight into that
-    tensor's gradient buffer, at the composed place (theta[a:][b:c] is
-    theta[a + b: a + c]), and so on up. A module tree of slices
-    (``nets.module.split``) then costs one copy per parameter, not one per
-    level (ResNet18: 122 copies of up to 10M entries per step, 6% of it)."""
-    def one_slice(p):  # (start, stop) of a step-1 slice of a 1-D tensor, else None
-        (s,), (n,) = (p["index"], p["old"]) if len(p["index"]) == len(p["old"]) == 1 else ((None,), (0,))
-        return s.indices(n)[:2] if isinstance(s, slice) and s.indices(n)[2] == 1 else None
-
-    here, moved = one_slice(params), False
-    while here and x._node is not None and x._node[0] is P.getitem and x._node[1] is not None:
-        outer = one_slice(x._node[2])
-        if outer is None:
-            break
-        x, here, moved = x._node[1][0], (here[0] + outer[0], here[1] + outer[0]), True
-    return x, ({"index": (slice(*here),), "old": x.shape} if moved else params)
-
-
 def _matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` with NumPy's rules for 1-D operands, built on the 2-D+ primitive."""
     sa, sb = a.data.shape, b.data.shape
@@ -540,10 +520,13 @@ def apply(prim, *inputs, **params):
             if x.tangent is not None:
                 carried = True
                 break
-    out = None if carried and _values_skipped else _forward(prim, datas, params)
+    both = carried and not _values_skipped and prim.forward_and_jvp is not None
+    out = None if carried and (_values_skipped or both) else _forward(prim, datas, params)
     t = Tensor.__new__(Tensor)
     t.grad, t.tangent, t._node, t.requires_grad = None, None, None, False
-    if carried:
+    if both:  # one rule for both, where the jvp would repeat the forward's work
+        out, t.tangent = _forward(prim, datas, params, [x.tangent for x in inputs])
+    elif carried:
         t.tangent = _push_tangents(prim, inputs, datas, out, params)
         if out is None:  # a value nobody reads (Tensor.backward(tangents_only=True))
             out = _forward(prim, datas, params) if t.tangent is None else B.xp.zeros(t.tangent.shape[1:], t.tangent.dtype)
@@ -556,10 +539,11 @@ def apply(prim, *inputs, **params):
     return t
 
 
-def _forward(prim, datas, params):
-    """prim's forward rule; a NumPy/CuPy error names the primitive and the input shapes."""
+def _forward(prim, datas, params, tangents=None):
+    """prim's forward rule (given tangents, its ``forward_and_jvp``); a
+    NumPy/CuPy error names the primitive and the input shapes."""
     try:
-        return prim.forward(*datas, **params)
+        return prim.forward(*datas, **params) if tangents is None else prim.forward_and_jvp(datas, tangents, **params)
     except (ValueError, TypeError, IndexError) as err:
         shapes = ", ".join(str(d.shape) for d in datas)
         raise type(err)(f"{prim.name}: inputs of shapes {shapes}: {err}") from None

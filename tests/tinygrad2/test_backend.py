@@ -202,34 +202,3 @@ def test_keep_freed_host_memory_takes_effect_on_glibc_and_is_idempotent():
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert out[0] == ("True True" if on_glibc else "False False")
     assert out[1] == "3.0"
-
-
-@pytest.mark.parametrize("shape", [(7,), (5, 3), (500, 10), (4, 600, 6), (300, 40), (2, 3, 33)])
-@pytest.mark.parametrize("axis", [-1, (-1,), 0, (-2, -1), None])
-@pytest.mark.parametrize("keepdims", [False, True])
-def test_reduce_equals_the_plain_reduction(shape, axis, keepdims, float64):
-    """backend.reduce takes the transposed route for a short last axis (and
-    the plain one otherwise): the same shape, the same maximum, the same sum
-    to rounding, on every backend."""
-    x = backend.to_device(np.random.default_rng(0).standard_normal(shape))
-    if axis is not None and min(np.atleast_1d(axis)) < -len(shape):
-        return
-    for reduction, exact in ((backend.xp.max, True), (backend.xp.sum, False)):
-        got = backend.to_host(backend.reduce(reduction, x, axis, keepdims))
-        want = backend.to_host(reduction(x, axis=axis, keepdims=keepdims))
-        assert got.shape == want.shape
-        if exact:
-            np.testing.assert_array_equal(got, want)
-        else:
-            np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
-
-
-def test_reduce_sums_float16_as_numpy_does(float64):
-    """float16 takes the plain route, whose sum accumulates in float32: a row
-    of 2048 and 31 ones sums to 2079, rounded once to 2080 (a float16 running
-    sum would stop at 2048)."""
-    x = np.ones((600, 32), np.float16)
-    x[:, 0] = 2048
-    got = backend.to_host(backend.reduce(backend.xp.sum, backend.to_device(x), -1))
-    assert got.dtype == np.float16
-    np.testing.assert_array_equal(got, np.full(600, 2080, np.float16))

@@ -91,6 +91,16 @@ def test_explicit_transfers_copy(a):
     assert type(a.get()) is np.ndarray
 
 
+def test_array_copies_a_device_array_as_cupy_does(a):
+    """xp.array makes a new array (copy=True by default, in CuPy as in NumPy);
+    the emulation once returned its input, so in-place work on the
+    "copy" wrote into the original."""
+    c = xp.array(a.T, order="C")
+    c -= 100.0
+    assert a.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert c.flags.c_contiguous and c.tolist() == [[-100.0, -97.0], [-99.0, -96.0], [-98.0, -95.0]]
+
+
 def test_python_conversions_work(a):
     assert float(a.sum()) == 15.0 and int(a[1, 2]) == 5 and bool(a[0, 1]) and a[1, 1].item() == 4.0
     assert a.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]] and len(a) == 2

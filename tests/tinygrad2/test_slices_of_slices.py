@@ -1,5 +1,5 @@
 """A slice of a slice of a 1-D tensor sums its cotangent in place straight
-into the root's gradient buffer (``tensor._through_slices``): a module tree of
+into the root's gradient buffer (``graph.through_slices``): a module tree of
 slices costs one copy per parameter. Gradients and H·V are those of direct
 slices, whatever else uses the intermediate slices."""
 from __future__ import annotations
