@@ -30,13 +30,23 @@ def values_skippable(nodes):
     backward pass has sorted them.
 
     A cotangent's value is dead when it flows only into leaves' gradient
-    values: at a leaf, or at a linear node (reshape, slice, ...) all of whose
-    differentiable inputs are dead (a linear vjp's tangent is L(g.tangent),
-    without g's value). A bilinear node (matmul) whose differentiable inputs
-    are all dead, and whose other operand carries no tangent, then needs only
-    the tangents of its cotangents: for θ's first layer, W's cotangent
-    Xᵀ g has the tangent Xᵀ g.tangent, and the product Xᵀ g.value (the
-    largest GEMM of an MLP's gradient) is skipped."""
+    values: at a leaf, or at a node all of whose differentiable inputs are
+    dead and whose vjp's tangents do not read its cotangent's value:
+
+    * a linear node (reshape, slice, ...): a linear vjp's tangent is
+      L(g.tangent), without g's value;
+    * a masked node (relu, abs, maximum, max): its vjp is g times a factor
+      without a tangent, so its tangent is g.tangent times that factor; its
+      values are skipped (one product per node);
+    * a bilinear node whose other operand carries no tangent: for θ's first
+      layer, W's cotangent Xᵀ g has the tangent Xᵀ g.tangent, and the product
+      Xᵀ g.value (the largest GEMM of an MLP's gradient) is skipped.
+
+    A bilinear node with ``direct_vjp`` (the convolutions) whose inputs are
+    dead is skipped even when the other operand carries a tangent (its
+    tangents then read g's value, so it is not dead itself): the second
+    convolution of a net whose first one is skipped computes neither its
+    weight's nor its input's cotangent value."""
     dead, skippable = set(), set()
     for t in nodes:
         prim, inputs = t._node[0], t._node[1]
@@ -47,8 +57,15 @@ def values_skippable(nodes):
             continue
         if prim.linear:
             dead.add(id(t))
-        elif prim.bilinear and all(inputs[1 - i].tangent is None for i in wanted):
+        elif prim.masked:
+            dead.add(id(t))
             skippable.add(id(t))
+        elif prim.bilinear:
+            alone = all(inputs[1 - i].tangent is None for i in wanted)
+            if alone or prim.direct_vjp:
+                skippable.add(id(t))
+            if alone:
+                dead.add(id(t))
     return skippable
 
 

@@ -122,3 +122,229 @@ def softmax_residual_and_hvp(z, labels, T):
     p = softmax_rows(z)
     hvp = softmax_hessian_vp(z, T, p)
     return _residual_in_place(p, labels), hvp
+
+
+# ---------------------------------------------------------------- products and patches
+
+def plus(a, b):
+    """a + b where None is zero."""
+    return b if a is None else a if b is None else a + b
+
+
+def plus_into(fresh, b):
+    """fresh + b, in place into ``fresh`` when the shapes allow it; ``fresh`` must be an array
+    this rule allocated itself (never an input's tangent, which other rules may still read)."""
+    if fresh is None or b is None:
+        return plus(fresh, b)
+    if fresh.shape == b.shape and fresh.dtype == b.dtype:
+        fresh += b
+        return fresh
+    return fresh + b
+
+
+BLOCK_ELEMENTS = 2**12
+"""Tangents with this many elements per direction are combined one direction at a time (:func:`products`)."""
+
+
+def products(*pairs):
+    """Σ tangent · factor over the (tangent, factor) pairs whose tangent is
+    not None; tangents (K, ...) carry the direction axis, factors are primal
+    arrays that broadcast against them without it.
+
+    With NumPy each direction is done in turn into one output, so the
+    temporaries of a direction stay in cache: one pass over (K, ...) memory and
+    one allocation instead of one of each per product and per sum. Small
+    tangents, and CuPy (where a fused whole-array expression is cheaper than K
+    kernel launches), take the plain vectorized expression."""
+    pairs = [(t, f) for t, f in pairs if t is not None]
+    if not pairs:
+        return None
+    (t0, f0), rest = pairs[0], pairs[1:]
+    k = t0.shape[0]
+    if B.xp is not B.numpy or k == 1 or t0[0].size < BLOCK_ELEMENTS:
+        out = t0 * f0
+        for t, f in rest:
+            out = plus_into(out, t * f)
+        return out
+    shape = B.xp.broadcast_shapes(*(t.shape for t, _ in pairs), *((1,) + B.xp.shape(f) for _, f in pairs))
+    out = B.xp.empty(shape, B.xp.result_type(*(a for pair in pairs for a in pair)))
+    scratch = B.xp.empty(shape[1:], out.dtype) if rest else None
+    for d in range(k):
+        B.xp.multiply(t0[d], f0, out=out[d])
+        for t, f in rest:
+            B.xp.multiply(t[d], f, out=scratch)
+            out[d] += scratch
+    return out
+
+
+
+FOLD_ELEMENTS = 2**18
+"""``a @ tb`` with a 2-D ``a`` (r, m) and tangents ``tb`` (K, m, p) is K
+GEMMs that each stream all of ``a``; once ``a`` has r·m >= FOLD_ELEMENTS
+entries (it no longer stays in cache) and K > 1, the K directions are folded
+into the columns of ONE GEMM instead, at the price of two transposing copies."""
+
+
+def matmul_directions(a, tb):
+    """a @ tb for a 2-D a and tangents tb (K, m, p), as (K, r, p)."""
+    if a.ndim == 2 and tb.ndim == 3 and tb.shape[0] > 1 and a.size >= FOLD_ELEMENTS:
+        k, m, p = tb.shape
+        t = (a @ tb.transpose(1, 0, 2).reshape(m, k * p)).reshape(a.shape[0], k, p)
+        return B.xp.ascontiguousarray(t.transpose(1, 0, 2))  # the (K, r, p) layout every rule expects
+    return a @ tb
+
+
+def im2col(x, kernel, stride, padding):
+    """Patches (N, OH, OW, C, kh, kw) of the zero-padded x (N, C, H, W) (and
+    any leading axes): the im2col primitive's forward, one copy of a
+    zero-copy strided view."""
+    lead, (n, c, h, w) = x.shape[:-4], x.shape[-4:]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x = x.reshape((-1, c, h, w))
+    if ph or pw:
+        x = B.xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    m, s = x.shape[0], x.strides
+    windows = B.xp.lib.stride_tricks.as_strided(
+        x, (m, oh, ow, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2], s[3])
+    )
+    return B.xp.ascontiguousarray(windows).reshape(lead + (n, oh, ow, c, kh, kw))
+
+
+def col2im(cols, kernel, stride, padding, shape):
+    """The transpose of :func:`im2col`: every patch added back at its place
+    in a zero image of ``shape`` (C, H, W) per example."""
+    lead = cols.shape[:-6]
+    n, oh, ow = cols.shape[-6:-3]
+    (kh, kw), (sh, sw), (ph, pw), (c, h, w) = kernel, stride, padding, shape
+    cols = cols.reshape((-1, oh, ow, c, kh, kw))
+    out = B.xp.zeros((cols.shape[0], c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return out[:, :, ph : ph + h, pw : pw + w].reshape(lead + (n, c, h, w))
+
+
+# ---------------------------------------------------------------- convolution, batch innermost
+# x (C, H, W, N) and y (O, OH, OW, N) store the batch innermost (nets.layers.Conv2d);
+# w (O, C·kh·kw) is the weight (O, C, kh, kw) reshaped, rows in (c, i, j) order.
+# P(x) (C·kh·kw, OH·OW·N), the patch matrix: P[(c, i, j), (p, q, n)] = x̃[c, p·sh + i, q·sw + j, n],
+# x̃ = x zero-padded. Never built whole: a block of output rows whose patches fill about
+# CONV_BLOCK_BYTES is copied out of a zero-copy view of x̃ and used at once, while it is in cache.
+
+CONV_BLOCK_BYTES = 2 * 2**20
+"""Patch bytes per block of output rows (at least one row per block). On
+SmallCNN's first layer (3 -> 6 channels, 5x5, 32x32, batch 128: a 30 MB
+patch matrix) the blocked forward and weight gradient take 3.1 and 3.7 ms
+against 6.4 and 4.5 ms for the whole matrix (benchmarks/nets.py)."""
+
+
+def conv_output_size(shape, kernel, stride, padding):
+    """(OH, OW) of a convolution of x (C, H, W, N)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1
+
+
+def _windows(padded, kernel, stride, out_size):
+    """The zero-copy view (C, kh, kw, OH, OW, N) of padded x̃ (C, H, W, N):
+    [c, i, j, p, q, n] = x̃[c, p·sh + i, q·sw + j, n]. Writable: for fixed
+    (i, j) its entries are distinct elements of x̃."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_size
+    sc, s_h, s_w, sn = padded.strides
+    shape = (padded.shape[0], kh, kw, oh, ow, padded.shape[3])
+    return B.xp.lib.stride_tricks.as_strided(padded, shape, (sc, s_h, s_w, sh * s_h, sw * s_w, sn))
+
+
+def _row_blocks(bytes_per_row, oh, budget=None):
+    per = max(1, int((budget or CONV_BLOCK_BYTES) // max(1, bytes_per_row)))
+    return [(r, min(oh, r + per)) for r in range(0, oh, per)]
+
+
+def _pad(x, padding):
+    ph, pw = padding
+    return B.xp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
+
+
+def _each(fn, directions, *args):
+    """fn on every direction of ``directions`` (K, ...), stacked."""
+    return B.xp.stack([fn(d, *args) for d in directions])
+
+
+def conv(w, x, kernel, stride, padding):
+    """y = w P(x), as (O, OH, OW, N). Directions: w (K, O, C·kh·kw) are
+    folded into the output channels (one product with K·O rows: the small
+    products of a first layer run faster taller), x (K, C, H, W, N) are
+    taken one at a time."""
+    if x.ndim == 5:
+        return _each(lambda xk: conv(w, xk, kernel, stride, padding), x)
+    if w.ndim == 3:
+        return _unfold(conv(_fold(w), x, kernel, stride, padding), w.shape[0])
+    oh, ow = conv_output_size(x.shape, kernel, stride, padding)
+    view = _windows(_pad(x, padding), kernel, stride, (oh, ow))
+    o, rows, n = w.shape[0], w.shape[1], x.shape[3]
+    y = B.xp.empty((o, oh, ow, n), B.xp.result_type(w, x))
+    for r0, r1 in _row_blocks(rows * ow * n * x.itemsize, oh):
+        patches = view[:, :, :, r0:r1].reshape(rows, (r1 - r0) * ow * n)  # one copy, cache-sized
+        y[:, r0:r1] = (w @ patches).reshape(o, r1 - r0, ow, n)
+    return y
+
+
+def conv_weight_grad(g, x, kernel, stride, padding):
+    """g P(x)ᵀ, as (O, C·kh·kw): the weight's cotangent for the output's g
+    (O, OH, OW, N). Directions: g (K, O, ...) folded into the output
+    channels, x (K, C, H, W, N) one at a time."""
+    if x.ndim == 5:
+        return _each(lambda xk: conv_weight_grad(g, xk, kernel, stride, padding), x)
+    if g.ndim == 5:
+        return _unfold(conv_weight_grad(_fold(g), x, kernel, stride, padding), g.shape[0])
+    o, oh, ow, n = g.shape
+    view = _windows(_pad(x, padding), kernel, stride, (oh, ow))
+    rows = view.shape[0] * view.shape[1] * view.shape[2]
+    out = B.xp.zeros((o, rows), B.xp.result_type(g, x))
+    for r0, r1 in _row_blocks(rows * ow * n * x.itemsize, oh):
+        patches = view[:, :, :, r0:r1].reshape(rows, (r1 - r0) * ow * n)
+        gb = g[:, r0:r1].reshape(o, (r1 - r0) * ow * n)
+        # with at most 16 output channels, (P gᵀ)ᵀ is the faster GEMM (as in matmul's vjp)
+        out += (patches @ gb.T).T if o <= 16 < rows else gb @ patches.T
+    return out
+
+
+def _fold(directions):  # (K, O, ...) -> (K·O, ...)
+    return directions.reshape((directions.shape[0] * directions.shape[1],) + directions.shape[2:])
+
+
+def _unfold(folded, k):  # (K·O, ...) -> (K, O, ...)
+    return folded.reshape((k, folded.shape[0] // k) + folded.shape[1:])
+
+
+def conv_input_grad(w, g, kernel, stride, padding, shape, also=None):
+    """P*(wᵀ g), as ``shape`` (C, H, W, N): the input's cotangent for the
+    output's g (O, OH, OW, N), every patch column added back at its place
+    (P* the transpose of P). With ``also`` = (w2, g2): P*(wᵀ g + w2ᵀ g2), the
+    jvp's two terms added before the one pass back into place. Directions
+    (w (K, O, C·kh·kw) or g (K, O, OH, OW, N), in either pair): one at a
+    time. Its blocks are twice CONV_BLOCK_BYTES (each adds kh·kw times)."""
+    pairs = [(w, g)] if also is None else [(w, g), also]
+    k = next((a.shape[0] for a, b in pairs for a in (a, b) if a.ndim in (3, 5)), None)
+    if k is not None:
+        one = lambda a, d: a if a.ndim in (2, 4) else a[d]  # noqa: E731  (a direction's operand)
+        return B.xp.stack([_input_grad([(one(a, d), one(b, d)) for a, b in pairs], kernel, stride, padding, shape)
+                           for d in range(k)])
+    return _input_grad(pairs, kernel, stride, padding, shape)
+
+
+def _input_grad(pairs, kernel, stride, padding, shape):
+    (ph, pw), (c, h, wd, n), (o, oh, ow, _) = padding, shape, pairs[0][1].shape
+    padded = B.xp.zeros((c, h + 2 * ph, wd + 2 * pw, n), B.xp.result_type(*(a for pair in pairs for a in pair)))
+    view = _windows(padded, kernel, stride, (oh, ow))
+    rows = pairs[0][0].shape[1]
+    for r0, r1 in _row_blocks(rows * ow * n * padded.itemsize, oh, 2 * CONV_BLOCK_BYTES):
+        cols = None
+        for w, g in pairs:
+            term = w.T @ g[:, r0:r1].reshape(o, (r1 - r0) * ow * n)
+            cols = term if cols is None else plus_into(cols, term)
+        cols = cols.reshape(view.shape[:3] + (r1 - r0, ow, n))
+        for i in range(view.shape[1]):
+            for j in range(view.shape[2]):
+                view[:, i, j, r0:r1] += cols[:, i, j]
+    return padded[:, ph: ph + h, pw: pw + wd] if ph or pw else padded

@@ -32,19 +32,22 @@ from __future__ import annotations
 
 from . import backend as B
 from .directions import known_live, remember_live
-from .kernels import cross_entropy_rows, reduce, softmax_hessian_vp, softmax_residual, softmax_residual_and_hvp
+from . import kernels
+from .kernels import (cross_entropy_rows, matmul_directions, plus, plus_into, products, reduce, softmax_hessian_vp,
+                      softmax_residual, softmax_residual_and_hvp)
 from .shapes import on_host
 from .tensor import Tensor, apply
 
 
 class Primitive:
     __slots__ = ("name", "forward", "jvp", "vjp", "kink", "accumulate", "linear", "bilinear", "broadcasts",
-                 "forward_and_jvp")
+                 "forward_and_jvp", "masked", "direct_vjp")
 
-    def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, bilinear, broadcasts, forward_and_jvp):
+    def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, bilinear, broadcasts, forward_and_jvp,
+                 masked=False, direct_vjp=False):
         self.name, self.forward, self.jvp, self.vjp = name, forward, jvp, vjp
         self.kink, self.accumulate, self.linear, self.bilinear = kink, accumulate, linear, bilinear
-        self.broadcasts, self.forward_and_jvp = broadcasts, forward_and_jvp
+        self.broadcasts, self.forward_and_jvp, self.masked, self.direct_vjp = broadcasts, forward_and_jvp, masked, direct_vjp
 
     __call__ = apply  # prim(*inputs, **params) runs apply(prim, *inputs, **params)
 
@@ -56,8 +59,13 @@ class Primitive:
 REGISTRY: dict[str, Primitive] = {}
 
 
-def primitive(linear=False, bilinear=False, broadcasts=False):
-    """Register a block (a class used as a namespace) as a primitive."""
+def primitive(linear=False, bilinear=False, broadcasts=False, masked=False, direct_vjp=False):
+    """Register a block (a class used as a namespace) as a primitive. ``masked``:
+    its vjp is g times a factor without a tangent (a mask of its input's values),
+    so in a tangents-only pass it is as a linear one; ``direct_vjp`` (bilinear):
+    its vjp applies primitives to g and its inputs only, so its values may be
+    skipped even when the other operand carries a tangent
+    (:func:`tinygrad2.graph.values_skippable`)."""
 
     def register(block):
         name = block.__name__
@@ -70,7 +78,7 @@ def primitive(linear=False, bilinear=False, broadcasts=False):
         if both is not None and (broadcasts or "kink" in block.__dict__):
             raise TypeError(f"primitive '{name}': forward_and_jvp skips the tangents' alignment and the kink monitor")
         prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"),
-                         block.__dict__.get("accumulate"), linear, bilinear, broadcasts, both)
+                         block.__dict__.get("accumulate"), linear, bilinear, broadcasts, both, masked, direct_vjp)
         REGISTRY[name] = prim
         return prim
 
@@ -86,56 +94,6 @@ def _jvp_of_linear(forward):
         return forward(*filled, **params)
 
     return jvp
-
-
-def _plus(a, b):
-    return b if a is None else a if b is None else a + b
-
-
-def _plus_into(fresh, b):
-    """fresh + b, in place into ``fresh`` when the shapes allow it; ``fresh`` must be an array
-    this rule allocated itself (never an input's tangent, which other rules may still read)."""
-    if fresh is None or b is None:
-        return _plus(fresh, b)
-    if fresh.shape == b.shape and fresh.dtype == b.dtype:
-        fresh += b
-        return fresh
-    return fresh + b
-
-
-BLOCK_ELEMENTS = 2**12
-"""Tangents with this many elements per direction are combined one direction at a time (``_products``)."""
-
-
-def _products(*pairs):
-    """Σ tangent · factor over the (tangent, factor) pairs whose tangent is
-    not None; tangents (K, ...) carry the direction axis, factors are primal
-    arrays that broadcast against them without it.
-
-    With NumPy each direction is done in turn into one output, so the
-    temporaries of a direction stay in cache: one pass over (K, ...) memory and
-    one allocation instead of one of each per product and per sum. Small
-    tangents, and CuPy (where a fused whole-array expression is cheaper than K
-    kernel launches), take the plain vectorized expression."""
-    pairs = [(t, f) for t, f in pairs if t is not None]
-    if not pairs:
-        return None
-    (t0, f0), rest = pairs[0], pairs[1:]
-    k = t0.shape[0]
-    if B.xp is not B.numpy or k == 1 or t0[0].size < BLOCK_ELEMENTS:
-        out = t0 * f0
-        for t, f in rest:
-            out = _plus_into(out, t * f)
-        return out
-    shape = B.xp.broadcast_shapes(*(t.shape for t, _ in pairs), *((1,) + B.xp.shape(f) for _, f in pairs))
-    out = B.xp.empty(shape, B.xp.result_type(*(a for pair in pairs for a in pair)))
-    scratch = B.xp.empty(shape[1:], out.dtype) if rest else None
-    for d in range(k):
-        B.xp.multiply(t0[d], f0, out=out[d])
-        for t, f in rest:
-            B.xp.multiply(t[d], f, out=scratch)
-            out[d] += scratch
-    return out
 
 
 def _const(array):
@@ -173,7 +131,7 @@ def _lead(array, primal_ndim):
 @primitive(linear=True, broadcasts=True)
 class add:  # d(a + b) = da + db
     def forward(a, b): return a + b
-    def jvp(primals, tangents, out): return _plus(*tangents)
+    def jvp(primals, tangents, out): return plus(*tangents)
     def vjp(g, out, a, b): return g, g
 
 
@@ -197,7 +155,7 @@ class mul:  # d(a b) = da b + a db
     def forward(a, b): return a * b
     def jvp(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
-        return _products((ta, b), (tb, a))
+        return products((ta, b), (tb, a))
     def vjp(g, out, a, b): return g * b, g * a
 
 
@@ -206,7 +164,7 @@ class div:  # d(a / b) = (da - (a/b) db) / b
     def forward(a, b): return a / b
     def jvp(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
-        return _plus(ta, None if tb is None else -(out * tb)) / b
+        return plus(ta, None if tb is None else -(out * tb)) / b
     def vjp(g, out, a, b): return g / b, -(g * out) / b
 
 
@@ -263,7 +221,7 @@ class tanh_grad:  # tanh's vjp as one primitive: g (1 - y²);  d = dg (1 - y²) 
     def forward(g, y): return g * (1 - y * y)
     def jvp(primals, tangents, out):
         (g, y), (tg, ty) = primals, tangents
-        return _products((tg, 1 - y * y), (ty, -2 * g * y))
+        return products((tg, 1 - y * y), (ty, -2 * g * y))
     def vjp(c, out, g, y): return tanh_grad(c, y), c * g * y * (-2.0)
 
 
@@ -288,7 +246,7 @@ class sqrt:  # d sqrt(x) = dx / (2 sqrt(x))
     def vjp(g, out, x): return ((g * 0.5) / out,)
 
 
-@primitive(broadcasts=True)
+@primitive(broadcasts=True, masked=True)
 class relu:  # d max(x, 0) = [x > 0] dx; kink at x = 0
     def forward(x): return B.xp.maximum(x, 0)
     def jvp(primals, tangents, out): return tangents[0] * (primals[0] > 0)
@@ -296,7 +254,7 @@ class relu:  # d max(x, 0) = [x > 0] dx; kink at x = 0
     def kink(primals, tangents, out): return _distance(primals[0], tangents[0])
 
 
-@primitive(broadcasts=True)
+@primitive(broadcasts=True, masked=True)
 class abs:  # d |x| = sign(x) dx; kink at x = 0
     def forward(x): return B.xp.abs(x)
     def jvp(primals, tangents, out): return tangents[0] * B.xp.sign(primals[0])
@@ -304,19 +262,19 @@ class abs:  # d |x| = sign(x) dx; kink at x = 0
     def kink(primals, tangents, out): return _distance(primals[0], tangents[0])
 
 
-@primitive(broadcasts=True)
+@primitive(broadcasts=True, masked=True)
 class maximum:  # d max(a, b) = [a >= b] da + [a < b] db; kink at a = b
     def forward(a, b): return B.xp.maximum(a, b)
     def jvp(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
         take_a = a >= b
-        return _plus(None if ta is None else ta * take_a, None if tb is None else tb * ~take_a)
+        return plus(None if ta is None else ta * take_a, None if tb is None else tb * ~take_a)
     def vjp(g, out, a, b):
         take_a = (a.data >= b.data).astype(g.dtype)
         return g * _const(take_a), g * _const(1 - take_a)
     def kink(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
-        return _distance(a - b, _plus(ta, None if tb is None else -tb))
+        return _distance(a - b, plus(ta, None if tb is None else -tb))
 
 
 @primitive(linear=True, broadcasts=True)
@@ -324,7 +282,7 @@ class where:  # d where(c, a, b) = where(c, da, db); c is a constant mask
     def forward(a, b, cond): return B.xp.where(cond, a, b)
     def jvp(primals, tangents, out, cond):
         ta, tb = tangents
-        return _plus(None if ta is None else ta * cond, None if tb is None else tb * ~cond)
+        return plus(None if ta is None else ta * cond, None if tb is None else tb * ~cond)
     def vjp(g, out, a, b, cond):
         zero = _const(B.xp.zeros((), g.dtype))
         return (where(g, zero, cond=cond) if a.requires_grad else None), (
@@ -345,7 +303,7 @@ class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
                 da = (ta.reshape(-1, b.shape[0]) @ b).reshape(ta.shape[:-1] + b.shape[1:])
             else:  # e.g. a transposed view: the batched product reads it in place, no copy
                 da = ta @ b
-        return _plus_into(da, None if tb is None else _matmul_directions(a, tb))
+        return plus_into(da, None if tb is None else matmul_directions(a, tb))
     def vjp(g, out, a, b):
         # dA = g Bᵀ; with at most 16 rows and more columns, (B gᵀ)ᵀ is the faster GEMM (OpenBLAS: 1.4-1.7x)
         wide = g.ndim == b.ndim == 2 and g.shape[0] <= 16 < b.shape[0]
@@ -353,19 +311,47 @@ class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
         return da, (a.mT @ g if b.requires_grad else None)
 
 
-FOLD_ELEMENTS = 2**18
-"""``a @ tb`` with a 2-D ``a`` (r, m) and tangents ``tb`` (K, m, p) is K
-GEMMs that each stream all of ``a``; once ``a`` has r·m >= FOLD_ELEMENTS
-entries (it no longer stays in cache) and K > 1, the K directions are folded
-into the columns of ONE GEMM instead, at the price of two transposing copies."""
+# ---------------------------------------------------------------- convolution (bilinear; kernels.py has the blocked loops)
+# x (C, H, W, N), y (O, OH, OW, N), w (O, C·kh·kw); P(x) the patch matrix, P* its transpose.
+# The three products are each other's transposes, so every vjp is one of them: H·V and a
+# recorded backward pass need no other rule.
 
 
-def _matmul_directions(a, tb):
-    if a.ndim == 2 and tb.ndim == 3 and tb.shape[0] > 1 and a.size >= FOLD_ELEMENTS:
-        k, m, p = tb.shape
-        t = (a @ tb.transpose(1, 0, 2).reshape(m, k * p)).reshape(a.shape[0], k, p)
-        return B.xp.ascontiguousarray(t.transpose(1, 0, 2))  # the (K, r, p) layout every rule expects
-    return a @ tb
+@primitive(bilinear=True, direct_vjp=True)
+class conv:  # y = w P(x)
+    def forward(w, x, kernel, stride, padding): return kernels.conv(w, x, kernel, stride, padding)
+    def jvp(primals, tangents, out, **geometry): return _bilinear_jvp(kernels.conv, primals, tangents, geometry)
+    def vjp(g, out, w, x, **geometry):
+        return (conv_weight_grad(g, x, **geometry) if w.requires_grad else None,
+                conv_input_grad(w, g, shape=x.shape, **geometry) if x.requires_grad else None)
+
+
+@primitive(bilinear=True, direct_vjp=True)
+class conv_weight_grad:  # dw = g P(x)ᵀ
+    def forward(g, x, kernel, stride, padding): return kernels.conv_weight_grad(g, x, kernel, stride, padding)
+    def jvp(primals, tangents, out, **geometry):
+        return _bilinear_jvp(kernels.conv_weight_grad, primals, tangents, geometry)
+    def vjp(u, out, g, x, **geometry):
+        return (conv(u, x, **geometry) if g.requires_grad else None,
+                conv_input_grad(u, g, shape=x.shape, **geometry) if x.requires_grad else None)
+
+
+@primitive(bilinear=True, direct_vjp=True)
+class conv_input_grad:  # dx = P*(wᵀ g); shape: x's (C, H, W, N)
+    def forward(w, g, kernel, stride, padding, shape): return kernels.conv_input_grad(w, g, kernel, stride, padding, shape)
+    def jvp(primals, tangents, out, **geometry):  # P*(dwᵀ g + wᵀ dg): one pass back into place
+        (w, g), (tw, tg) = primals, tangents
+        terms = [pair for pair in ((tw, g), (w, tg)) if pair[0] is not None and pair[1] is not None]
+        return kernels.conv_input_grad(*terms[0], **geometry, also=terms[1] if len(terms) == 2 else None)
+    def vjp(v, out, w, g, shape, **geometry):
+        return (conv_weight_grad(g, v, **geometry) if w.requires_grad else None,
+                conv(w, v, **geometry) if g.requires_grad else None)
+
+
+def _bilinear_jvp(product, primals, tangents, params):  # d f(a, b) = f(da, b) + f(a, db)
+    (a, b), (ta, tb) = primals, tangents
+    return plus_into(None if ta is None else product(ta, b, **params), None if tb is None else product(a, tb, **params))
+
 
 
 # ---------------------------------------------------------------- reductions
@@ -379,7 +365,7 @@ class sum:  # d Σx = Σ dx;  axis: negative axes
         return (keep.broadcast_to(x.shape),)
 
 
-@primitive()
+@primitive(masked=True)
 class max:  # d max(x) = mean of dx over the maximal entries; kink where the argmax changes
     def forward(x, axis, keepdims): return reduce(B.xp.max, x, axis, keepdims)
     def jvp(primals, tangents, out, axis, keepdims):
@@ -508,7 +494,8 @@ class getitem:  # out = x[index]; old: the input's shape
         _add_at(buf.data, index, g.data, advanced)
         if g.tangent is not None:
             if buf.tangent is None:
-                buf.tangent = B.xp.zeros((g.tangent.shape[0],) + buf.data.shape, g.dtype)
+                # in the slice's memory order (a batch-last activation's): no element-wise mixed-order add
+                buf.tangent = B.xp.zeros_like(g.tangent, shape=(g.tangent.shape[0],) + buf.data.shape)
             _add_at(buf.tangent, (slice(None),) + index, g.tangent, advanced)
 
 
@@ -561,33 +548,13 @@ class concatenate:  # axis: one negative axis
 
 @primitive(linear=True)
 class im2col:  # (N, C, H, W) -> patches (N, OH, OW, C, kh, kw) of the zero-padded input
-    def forward(x, kernel, stride, padding):
-        lead, (n, c, h, w) = x.shape[:-4], x.shape[-4:]
-        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-        x = x.reshape((-1, c, h, w))
-        if ph or pw:
-            x = B.xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        m, s = x.shape[0], x.strides
-        windows = B.xp.lib.stride_tricks.as_strided(
-            x, (m, oh, ow, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2], s[3])
-        )
-        return B.xp.ascontiguousarray(windows).reshape(lead + (n, oh, ow, c, kh, kw))
+    def forward(x, kernel, stride, padding): return kernels.im2col(x, kernel, stride, padding)
     def vjp(g, out, x, kernel, stride, padding):
         return (col2im(g, kernel=kernel, stride=stride, padding=padding, shape=x.shape[-3:]),)
 
 
 @primitive(linear=True)
 class col2im:  # the transpose of im2col: add every patch back at its place; shape: (C, H, W)
-    def forward(cols, kernel, stride, padding, shape):
-        lead = cols.shape[:-6]
-        n, oh, ow = cols.shape[-6:-3]
-        (kh, kw), (sh, sw), (ph, pw), (c, h, w) = kernel, stride, padding, shape
-        cols = cols.reshape((-1, oh, ow, c, kh, kw))
-        out = B.xp.zeros((cols.shape[0], c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                out[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-        return out[:, :, ph : ph + h, pw : pw + w].reshape(lead + (n, c, h, w))
+    def forward(cols, kernel, stride, padding, shape): return kernels.col2im(cols, kernel, stride, padding, shape)
     def vjp(g, out, cols, kernel, stride, padding, shape):
         return (im2col(g, kernel=kernel, stride=stride, padding=padding),)

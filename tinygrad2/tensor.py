@@ -528,8 +528,9 @@ def apply(prim, *inputs, **params):
         out, t.tangent = _forward(prim, datas, params, [x.tangent for x in inputs])
     elif carried:
         t.tangent = _push_tangents(prim, inputs, datas, out, params)
-        if out is None:  # a value nobody reads (Tensor.backward(tangents_only=True))
-            out = _forward(prim, datas, params) if t.tangent is None else B.xp.zeros(t.tangent.shape[1:], t.tangent.dtype)
+        if out is None:  # a value nobody reads (Tensor.backward(tangents_only=True)): a read-only zero view
+            out = _forward(prim, datas, params) if t.tangent is None else B.xp.broadcast_to(
+                B.xp.zeros((), t.tangent.dtype), t.tangent.shape[1:])
     t.data = out
     if _grad_enabled:
         for x in inputs:

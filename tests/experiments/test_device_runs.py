@@ -41,7 +41,7 @@ RANDOM_OPTIMIZERS = {"AdaHessian", "Hybrid", "Sophia"}  # draw from xp.random: a
 RANDOM_PROBES = ("lambda_max", "lambda_min", "ggn_lambda_max", "sharpness_ratio", "trace", "density")
 TIMES = ("step_time", "wall_time", "epoch_time", "seconds_per_epoch")
 # sgdph-cifar10's epoch hook measures dense blocks by batched HVPs over large tensors: there the engine takes a
-# per-direction path on NumPy only (tinygrad2.primitives._products), whose outputs have another memory layout,
+# per-direction path on NumPy only (tinygrad2.kernels.products), whose outputs have another memory layout,
 # so the BLAS sums that follow round differently in float32. Those columns agree to rounding, not bit for bit.
 ROUNDING_COLUMNS = ("offdiag", "rowsum_err", "rowsum_ratio")
 

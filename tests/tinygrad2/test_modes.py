@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinygrad2 as tg
-from tinygrad2 import Tensor, check, no_grad
+from tinygrad2 import Tensor, check, kernels, no_grad
 
 from _helpers import D, assert_close, central_difference, host, mlp_loss, npt
 
@@ -372,9 +372,9 @@ def test_direction_by_direction_products_equal_the_vectorized_ones(rule, monkeyp
     ta, tb = D(rng.standard_normal((3, 70, 64))), D(rng.standard_normal((3, 70, 1)))
     prim = P.REGISTRY[rule]
     out = prim.forward(a, b)
-    monkeypatch.setattr(P, "BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 1)
     blocked = prim.jvp([a, b], [ta, tb], out)
-    monkeypatch.setattr(P, "BLOCK_ELEMENTS", 10**9)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 10**9)
     vectorized = prim.jvp([a, b], [ta, tb], out)
     assert blocked.shape == vectorized.shape == (3, 70, 64)
     npt.assert_allclose(blocked, vectorized, rtol=1e-14, atol=1e-14)
@@ -388,10 +388,10 @@ def test_matmul_jvp_folding_directions_into_one_gemm_is_exact(monkeypatch):
     a, b = D(rng.standard_normal((9, 7))), D(rng.standard_normal((7, 4)))
     ta, tb = D(rng.standard_normal((5, 9, 7))), D(rng.standard_normal((5, 7, 4)))
     prim = P.REGISTRY["matmul"]
-    monkeypatch.setattr(P, "FOLD_ELEMENTS", 1)
+    monkeypatch.setattr(kernels, "FOLD_ELEMENTS", 1)
     folded = prim.jvp([a, b], [ta, tb], a @ b)
     assert folded.flags.c_contiguous
-    monkeypatch.setattr(P, "FOLD_ELEMENTS", 10**9)
+    monkeypatch.setattr(kernels, "FOLD_ELEMENTS", 10**9)
     batched = prim.jvp([a, b], [ta, tb], a @ b)
     npt.assert_allclose(folded, batched, rtol=1e-13)
     npt.assert_allclose(folded, ta @ b + a @ tb, rtol=1e-13)

@@ -371,6 +371,41 @@ def _np_col2im(cols, kernel, stride, padding, shape):
     return out[:, :, ph : ph + H, pw : pw + W]
 
 
+@st.composite
+def conv_family_cases(draw, which):
+    """Cases of the blocked convolution primitives, batch innermost: x (C, H,
+    W, N), w (O, C·kh·kw), g (O, OH, OW, N)."""
+    (N, C, H, W), params = draw(conv_geometry())
+    (kh, kw), (sh, sw), (ph, pw) = params["kernel"], params["stride"], params["padding"]
+    O = draw(st.integers(1, 3))
+    x, w, g = (C, H, W, N), (O, C * kh * kw), (O, _out_size(H, kh, sh, ph), _out_size(W, kw, sw, pw), N)
+    shapes = {"conv": (w, x), "conv_weight_grad": (g, x), "conv_input_grad": (w, g)}[which]
+    extra = {"shape": x} if which == "conv_input_grad" else {}
+    return _fill(shapes, (real, real), draw(SEEDS), dict(params, **extra))
+
+
+def _np_patches(x, kernel, stride, padding):
+    """P(x) (C·kh·kw, OH·OW·N) of x (C, H, W, N), from the im2col reference."""
+    cols = _np_im2col(x.transpose(3, 0, 1, 2), kernel, stride, padding)  # (N, OH, OW, C, kh, kw)
+    return cols.transpose(3, 4, 5, 1, 2, 0).reshape(-1, int(np.prod(cols.shape[:3])))
+
+
+def _np_conv(w, x, kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    out = (w @ _np_patches(x, kernel, stride, padding))
+    return out.reshape(w.shape[0], _out_size(x.shape[1], kh, sh, ph), _out_size(x.shape[2], kw, sw, pw), x.shape[3])
+
+
+def _np_conv_weight_grad(g, x, kernel, stride, padding):
+    return g.reshape(g.shape[0], -1) @ _np_patches(x, kernel, stride, padding).T
+
+
+def _np_conv_input_grad(w, g, kernel, stride, padding, shape):
+    (kh, kw), (C, H, W, N) = kernel, shape
+    cols = (w.T @ g.reshape(g.shape[0], -1)).reshape(C, kh, kw, g.shape[1], g.shape[2], N)
+    return _np_col2im(cols.transpose(5, 3, 4, 0, 1, 2), kernel, stride, padding, (C, H, W)).transpose(1, 2, 3, 0)
+
+
 def _np_cross_entropy(z, labels):
     return np.mean(_np_logsumexp(z, -1, False) - z[np.arange(len(z)), labels])
 
@@ -464,6 +499,11 @@ TABLE = [
     OpSpec("stack", ("reshape", "concatenate"), lambda *xs, axis: Tensor.stack(xs, axis),
            lambda *xs, axis: np.stack(xs, axis), stack_cases()),
     # convolution patches, called as primitives (the Tensor-level conv lives in nets/)
+    OpSpec("conv", ("conv",), lambda w, x, **p: P.conv(w, x, **p), _np_conv, conv_family_cases("conv")),
+    OpSpec("conv_weight_grad", ("conv_weight_grad",), lambda g, x, **p: P.conv_weight_grad(g, x, **p),
+           _np_conv_weight_grad, conv_family_cases("conv_weight_grad")),
+    OpSpec("conv_input_grad", ("conv_input_grad",), lambda w, g, **p: P.conv_input_grad(w, g, **p),
+           _np_conv_input_grad, conv_family_cases("conv_input_grad")),
     OpSpec("im2col", ("im2col",), lambda x, **p: P.im2col(x, **p), _np_im2col, im2col_cases()),
     OpSpec("col2im", ("col2im",), lambda c, **p: P.col2im(c, **p), _np_col2im, col2im_cases()),
     # Tensor methods built from primitives
@@ -650,7 +690,7 @@ def test_hvp_forward_over_reverse(spec, data):
 FUSED = sorted(name for name, prim in REGISTRY.items() if prim.forward_and_jvp is not None)
 
 
-@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("name", ["cross_entropy", "cross_entropy_grad"])
 @given(n=st.integers(1, 5), C=st.sampled_from([1, 2, 4, 33, 40]), K=st.integers(1, 3), seed=SEEDS)
 def test_forward_and_jvp_equals_the_two_rules(name, n, C, K, seed):
     """A primitive's fused forward_and_jvp (the fast path taken whenever a
@@ -669,6 +709,45 @@ def test_forward_and_jvp_equals_the_two_rules(name, n, C, K, seed):
 
 def test_fused_primitives_are_the_cross_entropy_pair():
     assert FUSED == ["cross_entropy", "cross_entropy_grad"]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 300, 10**9])
+@pytest.mark.parametrize("geometry", [((5, 5), (1, 1), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((1, 1), (2, 1), (0, 0)),
+                                      ((3, 2), (1, 2), (2, 0))])
+def test_blocked_convolutions_match_the_references_for_any_block_size(geometry, block_bytes, monkeypatch, float64):
+    """Blocks of one output row, of a few rows, and one block: the three
+    kernels against the NumPy references (im2col / col2im written out), with
+    directions on either operand."""
+    from tinygrad2 import kernels
+
+    monkeypatch.setattr(kernels, "CONV_BLOCK_BYTES", block_bytes)
+    kernel, stride, padding = geometry
+    rng = np.random.default_rng(1)
+    C, H, W, N, O = 2, 9, 8, 3, 4
+    x, w = rng.standard_normal((C, H, W, N)), rng.standard_normal((O, C * kernel[0] * kernel[1]))
+    y = _np_conv(w, x, kernel, stride, padding)
+    g = rng.standard_normal(y.shape)
+    xs, ws, gs = rng.standard_normal((2,) + x.shape), rng.standard_normal((2,) + w.shape), rng.standard_normal((2,) + g.shape)
+    geo = dict(kernel=kernel, stride=stride, padding=padding)
+    got = lambda a: host(a)  # noqa: E731
+    npt.assert_allclose(got(kernels.conv(D(w), D(x), **geo)), y, rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(got(kernels.conv(D(ws), D(x), **geo)), [_np_conv(v, x, **geo) for v in ws], rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(got(kernels.conv(D(w), D(xs), **geo)), [_np_conv(w, v, **geo) for v in xs], rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(got(kernels.conv_weight_grad(D(g), D(x), **geo)), _np_conv_weight_grad(g, x, **geo),
+                        rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(got(kernels.conv_weight_grad(D(gs), D(x), **geo)),
+                        [_np_conv_weight_grad(v, x, **geo) for v in gs], rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(got(kernels.conv_weight_grad(D(g), D(xs), **geo)),
+                        [_np_conv_weight_grad(g, v, **geo) for v in xs], rtol=1e-12, atol=1e-12)
+    want = _np_conv_input_grad(w, g, shape=x.shape, **geo)
+    npt.assert_allclose(got(kernels.conv_input_grad(D(w), D(g), shape=x.shape, **geo)), want, rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(got(kernels.conv_input_grad(D(ws), D(g), shape=x.shape, **geo)),
+                        [_np_conv_input_grad(v, g, shape=x.shape, **geo) for v in ws], rtol=1e-12, atol=1e-12)
+    npt.assert_allclose(got(kernels.conv_input_grad(D(w), D(gs), shape=x.shape, **geo)),
+                        [_np_conv_input_grad(w, v, shape=x.shape, **geo) for v in gs], rtol=1e-12, atol=1e-12)
+    both = kernels.conv_input_grad(D(ws), D(g), shape=x.shape, also=(D(w), D(gs)), **geo)  # the jvp's two terms
+    npt.assert_allclose(got(both), [_np_conv_input_grad(a, g, shape=x.shape, **geo) + _np_conv_input_grad(w, b, shape=x.shape, **geo)
+                                    for a, b in zip(ws, gs)], rtol=1e-12, atol=1e-12)
 
 
 def test_a_fused_rule_is_refused_beside_broadcasting_or_a_kink():

@@ -6,15 +6,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nets import MLP, Linear, ReLU, ResNet18, Sequential, SmallCNN, WeightNorm
+from nets import MLP, Conv2d, Linear, ReLU, ResNet18, Sequential, SmallCNN, WeightNorm
 from tinygrad2 import Tensor, primitives
 from tinygrad2.graph import reachable, values_skippable
 from _helpers import D, npt
 
+def _route(net, patches):
+    """net with every Conv2d on the given patch route."""
+    for _, module in net.named_modules():
+        if isinstance(module, Conv2d):
+            module.patches = patches
+    return net
+
+
+def _cnn():
+    return SmallCNN(widths=(2, 3), hidden=5, in_channels=1, image_size=16, num_classes=3)
+
+
 NETS = {
     "mlp": (lambda: MLP([12, 7, 3]), (6, 12)),
-    "cnn-slices": (lambda: SmallCNN(widths=(2, 3), hidden=5, in_channels=1, image_size=16, num_classes=3),
-                   (4, 1, 16, 16)),
+    "cnn-blocked": (_cnn, (4, 1, 16, 16)),
+    "cnn-slices": (lambda: _route(_cnn(), "slices"), (4, 1, 16, 16)),
+    "cnn-tanh": (lambda: SmallCNN(widths=(2, 3), hidden=5, in_channels=1, image_size=16, num_classes=3,
+                                  activation="tanh"), (4, 1, 16, 16)),
     "resnet18": (lambda: ResNet18(in_channels=1, num_classes=3, stem="cifar", width=1 / 16), (2, 1, 8, 8)),
     "weightnorm-first": (lambda: Sequential(WeightNorm(Linear(12, 7)), ReLU(), Linear(7, 3)), (6, 12)),
 }
@@ -62,6 +76,38 @@ def test_the_first_layers_weight_product_is_skipped(name, skipped, matmuls, floa
     full, matmuls[0] = matmuls[0], 0
     _pass(name, np.random.default_rng(0), 2, True)
     assert full - matmuls[0] == skipped
+
+
+@pytest.fixture
+def convolutions(monkeypatch):
+    """Counts the convolution values computed (forward calls), by primitive."""
+    from collections import Counter
+
+    count = Counter()
+    for name in ("conv", "conv_weight_grad", "conv_input_grad"):
+        prim = primitives.REGISTRY[name]
+
+        def counted(*args, _forward=prim.forward, _name=name, **kwargs):
+            count[_name] += 1
+            return _forward(*args, **kwargs)
+
+        monkeypatch.setattr(prim, "forward", counted)
+    return count
+
+
+@pytest.mark.parametrize("name, skipped", [
+    ("cnn-blocked", {"conv_weight_grad": 2, "conv_input_grad": 1}),  # conv1's dW; conv2's dW and dx
+    ("cnn-tanh", {"conv_weight_grad": 1}),  # tanh's vjp reads g's value: only conv1's dW
+])
+def test_the_convolutions_values_that_only_gradients_read_are_skipped(name, skipped, convolutions, float64):
+    # conv1 (the data carries no tangent) needs only Xᵀ-like products of g.tangent; the
+    # bias add, ReLU (masked) and max-pool (masked, slices) between pass that on, so
+    # conv2's values (its weight's cotangent and its input's) are read by no one either
+    _pass(name, np.random.default_rng(0), 2, False)
+    full = dict(convolutions)
+    convolutions.clear()
+    _pass(name, np.random.default_rng(0), 2, True)
+    assert {k: full[k] - convolutions[k] for k in full if full[k] != convolutions[k]} == skipped
 
 
 def test_only_bilinear_nodes_on_dead_inputs_without_partner_tangents_are_skippable(float64):
