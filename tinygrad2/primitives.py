@@ -63,7 +63,8 @@ def primitive(linear=False, bilinear=False, broadcasts=False, masked=False, dire
     """Register a block (a class used as a namespace) as a primitive. ``masked``:
     its vjp is g times a factor without a tangent (a mask of its input's values),
     so in a tangents-only pass it is as a linear one; ``direct_vjp`` (bilinear):
-    its vjp applies primitives to g and its inputs only, so its values may be
+    its vjp reads the values of g, its inputs and linear steps of them only
+    (views, which a tangents-only vjp still computes), so its values may be
     skipped even when the other operand carries a tangent
     (:func:`tinygrad2.graph.values_skippable`)."""
 
@@ -292,7 +293,7 @@ class where:  # d where(c, a, b) = where(c, da, db); c is a constant mask
 # ---------------------------------------------------------------- matmul
 
 
-@primitive(bilinear=True, broadcasts=True)
+@primitive(bilinear=True, broadcasts=True, direct_vjp=True)
 class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
     def forward(a, b): return a @ b
     def jvp(primals, tangents, out):

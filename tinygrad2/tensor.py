@@ -521,7 +521,8 @@ def apply(prim, *inputs, **params):
                 carried = True
                 break
     both = carried and not _values_skipped and prim.forward_and_jvp is not None
-    out = None if carried and (_values_skipped or both) else _forward(prim, datas, params)
+    # a tangents-only vjp skips the values of what it computes, but not of linear (view) steps
+    out = None if carried and (_values_skipped and not prim.linear or both) else _forward(prim, datas, params)
     t = Tensor.__new__(Tensor)
     t.grad, t.tangent, t._node, t.requires_grad = None, None, None, False
     if both:  # one rule for both, where the jvp would repeat the forward's work
