@@ -510,8 +510,10 @@ def directions_sweep(X, y, params, args, rng):
         for k in SWEEP_K:
             V = rng.standard_normal((k, theta.size)).astype(theta.dtype)
             cells[f"K{k}"] = (lambda V=V: flat_hvp(theta, V))
+        # warm_each: a gradient timed right after a K = 256 pass ran on evicted caches, up to 1.3x
+        # slower, which flattered the large K (batch 1000, K = 16: 0.68x against 0.84x warm)
         timings = H.run_rounds(cells, rng, rounds=args.rounds or (3 if args.quick else 15),
-                               warmup_s=0.01 if args.quick else 0.2)
+                               warmup_s=0.01 if args.quick else 0.2, warm_each=True)
         per = {k: timings.ratio(f"K{k}", "grad") for k in SWEEP_K}
         scaled = {k: H.Ratio(r.median / k, r.lo / k, r.hi / k, r.n) for k, r in per.items()}
         best[batch] = min(scaled, key=lambda k: scaled[k].median)

@@ -292,14 +292,17 @@ class Timings:
         self.reps.update(other.reps)
 
 
-def run_rounds(cells, rng, *, rounds=None, target_s=0.0, min_rounds=1, max_rounds=None, warmup_s=0.0):
+def run_rounds(cells, rng, *, rounds=None, target_s=0.0, min_rounds=1, max_rounds=None, warmup_s=0.0,
+               warm_each=False):
     """Time the zero-argument callables in ``cells`` in interleaved rounds.
 
     Warm-up: each cell once, then again until ``warmup_s`` has passed. Rounds:
     ``rounds`` for every cell, or (``rounds=None``) a count per cell calibrated
     for about ``target_s`` of timed work, clipped to [min_rounds, max_rounds].
     In every round each cell that still needs repeats runs once, in a fresh
-    random order."""
+    random order. ``warm_each``: every timed call follows an untimed call of
+    the same cell, so that no cell is timed on caches another one (a much
+    larger pass) has just evicted."""
     names = list(cells)
     for name in names:
         fn, t_end = cells[name], time.perf_counter() + warmup_s
@@ -324,6 +327,8 @@ def run_rounds(cells, rng, *, rounds=None, target_s=0.0, min_rounds=1, max_round
         rng.shuffle(order)
         for name in order:
             fn = cells[name]
+            if warm_each:
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -365,3 +365,17 @@ def test_gpu_check_sh_time_limit_keeps_the_json(tmp_path):
     assert len(stopped) == 1 and "SIGTERM" in steps[stopped[0]]["error"]
     assert all(steps[s]["skipped"] == "not reached" for s in order[order.index(stopped[0]) + 1:])
     assert "stopped by the 8 s limit" in (out / "gpu_check.log").read_text()
+
+
+def test_run_rounds_warm_each_runs_every_cell_untimed_before_its_timed_call():
+    from benchmarks import harness
+
+    calls = []
+    cells = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timings = harness.run_rounds(cells, np.random.default_rng(0), rounds=3, warm_each=True)
+    assert timings.reps == {"a": 3, "b": 3} and len(timings.medians) == 2
+    timed = calls[2:]  # after the warm-up's one call per cell
+    assert len(timed) == 12 and all(timed[i] == timed[i + 1] for i in range(0, 12, 2))
+    calls.clear()
+    harness.run_rounds(cells, np.random.default_rng(0), rounds=3)
+    assert len(calls) == 2 + 6
