@@ -70,8 +70,9 @@ class Conv2d(Module):
       gradients are the primitives ``conv_weight_grad`` (g Pᵀ) and
       ``conv_input_grad`` (P*(Wᵀ g)), blocked the same way; the three are
       each other's transposes, so H·v and recorded backward passes need no
-      other rule. On SmallCNN at batch 128 the gradient takes about 0.7x
-      the slices route's time (benchmarks/nets.py).
+      other rule. On SmallCNN at batch 128 the slices route's gradient
+      takes 1.34x the blocked route's (benchmarks/nets.py, README
+      "Measured").
     * ``patches="slices"``: the kh·kw shifted strided views of the
       input, stored as (C, H, W, N), stacked by one ``concatenate`` into
       P (C·kh·kw, OH·OW·N) (Caffe's im2col layout with the batch folded into

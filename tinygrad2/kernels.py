@@ -1,12 +1,18 @@
 """Array kernels the rules share: plain ``xp`` code on arrays, no Tensors.
 
-NumPy runs a reduction's inner loop once per output row, about 17-70 ns a
-call whatever its length, so reductions whose rows are short cost far more
-than their arithmetic: the logits' 10 classes (a reduction over the last
-axis) and a bias gradient's batch sum (a reduction over the leading axis, in
-rows of 32). :func:`reduce` routes both to long vectorised loops, and the row
-softmax below is built on it, so the cross-entropy's value, its gradient and
-its Hessian product each pass over the logits a few times only.
+* Reductions. NumPy runs a reduction's inner loop once per output row, about
+  17-70 ns a call whatever its length, so reductions whose rows are short
+  cost far more than their arithmetic: the logits' 10 classes (a reduction
+  over the last axis) and a bias gradient's batch sum (a reduction over the
+  leading axis, in rows of 32). :func:`reduce` routes both to long
+  vectorised loops.
+* The cross-entropy: its value, gradient and Hessian product, each from one
+  row softmax that runs along the examples.
+* Products: sums of tangent-times-factor products, matmul's folded
+  directions, and the patches of im2col / col2im.
+* The blocked convolutions (:func:`conv`, :func:`conv_weight_grad`,
+  :func:`conv_input_grad`), batch innermost: patch blocks copied out of a
+  zero-copy strided view and used while they are in cache.
 
 Every backend takes the same route, so that a device's results match NumPy's
 bit for bit where the kernels do (``tests/_device.py``).
