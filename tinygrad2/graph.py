@@ -33,11 +33,13 @@ def values_skippable(nodes):
     values: at a leaf, or at a node all of whose differentiable inputs are
     dead and whose vjp's tangents do not read its cotangent's value:
 
-    * a linear node (reshape, slice, ...): a linear vjp's tangent is
+    * a linear node (reshape, slice, bias add, ...): a linear vjp's tangent is
       L(g.tangent), without g's value;
     * a masked node (relu, abs, maximum, max): its vjp is g times a factor
-      without a tangent, so its tangent is g.tangent times that factor; its
-      values are skipped (one product per node);
+      without a tangent, so its tangent is g.tangent times that factor.
+
+    Both skip their values (a bias's cotangent sum, ReLU's product with its
+    mask), views excepted.
     * a bilinear node whose other operand carries no tangent: for θ's first
       layer, W's cotangent Xᵀ g has the tangent Xᵀ g.tangent, and the product
       Xᵀ g.value (the largest GEMM of an MLP's gradient) is skipped.
@@ -55,9 +57,7 @@ def values_skippable(nodes):
         wanted = [i for i, x in enumerate(inputs) if x.requires_grad]
         if not all(inputs[i]._node is None or id(inputs[i]) in dead for i in wanted):
             continue
-        if prim.linear:
-            dead.add(id(t))
-        elif prim.masked:
+        if prim.linear or prim.masked:
             dead.add(id(t))
             skippable.add(id(t))
         elif prim.bilinear:

@@ -41,13 +41,14 @@ from .tensor import Tensor, apply
 
 class Primitive:
     __slots__ = ("name", "forward", "jvp", "vjp", "kink", "accumulate", "linear", "bilinear", "broadcasts",
-                 "forward_and_jvp", "masked", "direct_vjp")
+                 "forward_and_jvp", "masked", "direct_vjp", "view")
 
     def __init__(self, name, forward, jvp, vjp, kink, accumulate, linear, bilinear, broadcasts, forward_and_jvp,
-                 masked=False, direct_vjp=False):
+                 masked=False, direct_vjp=False, view=False):
         self.name, self.forward, self.jvp, self.vjp = name, forward, jvp, vjp
         self.kink, self.accumulate, self.linear, self.bilinear = kink, accumulate, linear, bilinear
         self.broadcasts, self.forward_and_jvp, self.masked, self.direct_vjp = broadcasts, forward_and_jvp, masked, direct_vjp
+        self.view = view
 
     __call__ = apply  # prim(*inputs, **params) runs apply(prim, *inputs, **params)
 
@@ -59,14 +60,14 @@ class Primitive:
 REGISTRY: dict[str, Primitive] = {}
 
 
-def primitive(linear=False, bilinear=False, broadcasts=False, masked=False, direct_vjp=False):
+def primitive(linear=False, bilinear=False, broadcasts=False, masked=False, direct_vjp=False, view=False):
     """Register a block (a class used as a namespace) as a primitive. ``masked``:
     its vjp is g times a factor without a tangent (a mask of its input's values),
     so in a tangents-only pass it is as a linear one; ``direct_vjp`` (bilinear):
-    its vjp reads the values of g, its inputs and linear steps of them only
-    (views, which a tangents-only vjp still computes), so its values may be
-    skipped even when the other operand carries a tangent
-    (:func:`tinygrad2.graph.values_skippable`)."""
+    its vjp reads the values of g, its inputs and views of them only (which a
+    tangents-only vjp still computes), so its values may be skipped even when
+    the other operand carries a tangent (:func:`tinygrad2.graph.values_skippable`);
+    ``view``: its forward returns a view of its input (no arithmetic)."""
 
     def register(block):
         name = block.__name__
@@ -79,7 +80,7 @@ def primitive(linear=False, bilinear=False, broadcasts=False, masked=False, dire
         if both is not None and (broadcasts or "kink" in block.__dict__):
             raise TypeError(f"primitive '{name}': forward_and_jvp skips the tangents' alignment and the kink monitor")
         prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"),
-                         block.__dict__.get("accumulate"), linear, bilinear, broadcasts, both, masked, direct_vjp)
+                         block.__dict__.get("accumulate"), linear, bilinear, broadcasts, both, masked, direct_vjp, view)
         REGISTRY[name] = prim
         return prim
 
@@ -442,13 +443,13 @@ def _dot_each(T, r):  # <t_k, r> for every direction t_k of T (K, *r.shape)
 # ---------------------------------------------------------------- shape and indexing (all linear)
 
 
-@primitive(linear=True)
+@primitive(linear=True, view=True)
 class reshape:  # old: the input's shape
     def forward(x, shape, old): return x.reshape(x.shape[: x.ndim - len(old)] + shape)
     def vjp(g, out, x, shape, old): return (g.reshape(old),)
 
 
-@primitive(linear=True)
+@primitive(linear=True, view=True)
 class transpose:  # axes: a permutation of the input's axes
     def forward(x, axes):
         lead = x.ndim - len(axes)
@@ -460,7 +461,7 @@ class transpose:  # axes: a permutation of the input's axes
         return (g.transpose(tuple(inverse)),)
 
 
-@primitive(linear=True)
+@primitive(linear=True, view=True)
 class broadcast_to:  # old: the input's shape
     def forward(x, shape, old):
         lead = x.shape[: x.ndim - len(old)]

@@ -213,7 +213,7 @@ class Tensor:
                     if c is None or not x.requires_grad:
                         continue
                     if c.data.shape != x.data.shape:
-                        c = c.sum_to(x.data.shape)
+                        c = _without_values(c.sum_to, x.data.shape) if id(t) in skippable else c.sum_to(x.data.shape)
                     prev = grads.get(id(x))
                     grads[id(x)] = c if prev is None else prev + c
                 if not retain_graph:
@@ -521,8 +521,8 @@ def apply(prim, *inputs, **params):
                 carried = True
                 break
     both = carried and not _values_skipped and prim.forward_and_jvp is not None
-    # a tangents-only vjp skips the values of what it computes, but not of linear (view) steps
-    out = None if carried and (_values_skipped and not prim.linear or both) else _forward(prim, datas, params)
+    # a tangents-only vjp skips the values of what it computes, but not of views (free, and read by matmul's vjp)
+    out = None if carried and (_values_skipped and not prim.view or both) else _forward(prim, datas, params)
     t = Tensor.__new__(Tensor)
     t.grad, t.tangent, t._node, t.requires_grad = None, None, None, False
     if both:  # one rule for both, where the jvp would repeat the forward's work
