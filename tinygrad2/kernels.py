@@ -42,8 +42,10 @@ def reduce(reduction, x, axis, keepdims=False):
     if axis in (-1, (-1,)) and x.ndim >= 2 and x.shape[-1] <= 32:
         out = reduction(B.xp.ascontiguousarray(x.transpose((x.ndim - 1,) + tuple(range(x.ndim - 1)))), axis=0)
         return out[..., None] if keepdims else out
-    if reduction is B.xp.sum and x.dtype.kind == "f" and x.flags.c_contiguous:
-        axes = sorted(a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis))
+    given = (axis,) if isinstance(axis, int) else tuple(axis)
+    in_range = given and all(-x.ndim <= a < x.ndim for a in given)  # else NumPy's own result or AxisError
+    if reduction is B.xp.sum and x.dtype.kind == "f" and x.flags.c_contiguous and in_range:
+        axes = sorted(a % x.ndim for a in given)
         first, last = axes[0], axes[-1] + 1
         rows, cols = _prod(x.shape[first:last]), _prod(x.shape[last:])
         if axes == list(range(first, last)) and _prod(x.shape[:first]) == 1 and cols > 1:

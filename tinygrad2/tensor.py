@@ -162,7 +162,8 @@ class Tensor:
         ``tangents_only=True``: only the gradients' tangents (H·V) are read, so
         products whose values would reach nothing but the leaves' gradient
         values are not computed (see :func:`tinygrad2.graph.values_skippable`); every
-        ``leaf.grad.tangent`` is exact, ``leaf.grad.data`` is not the gradient."""
+        ``leaf.grad.tangent`` is exact, ``leaf.grad.data`` is not the gradient
+        (it may be a read-only view of zeros)."""
         if not self.requires_grad:
             raise RuntimeError(
                 "backward: this tensor does not depend on any tensor with requires_grad=True"

@@ -47,6 +47,19 @@ def test_reduce_routes_leading_sums_through_a_matrix_vector_product(float64, mon
     assert calls == [900]
 
 
+@pytest.mark.parametrize("axis", [(), (2,), (-3,), (0, 2)])
+def test_reduce_leaves_empty_and_out_of_range_axes_to_numpy(axis, float64):
+    """axis=() returns the input (as NumPy's sum does, also above 4,096
+    entries, where the leading-axes route would otherwise start); an axis
+    out of range raises NumPy's AxisError instead of being wrapped."""
+    x = backend.to_device(np.random.default_rng(3).standard_normal((1000, 8)))
+    if axis == ():
+        np.testing.assert_array_equal(backend.to_host(kernels.reduce(backend.xp.sum, x, axis)), backend.to_host(x))
+    else:
+        with pytest.raises(np.exceptions.AxisError):
+            kernels.reduce(backend.xp.sum, x, axis)
+
+
 def test_reduce_sums_float16_as_numpy_does(float64):
     """float16 takes the plain route, whose sum accumulates in float32: a row
     of 2048 and 31 ones sums to 2079, rounded once to 2080 (a float16 running
