@@ -36,19 +36,19 @@ def values_skippable(nodes):
     * a linear node (reshape, slice, bias add, ...): a linear vjp's tangent is
       L(g.tangent), without g's value;
     * a masked node (relu, abs, maximum, max): its vjp is g times a factor
-      without a tangent, so its tangent is g.tangent times that factor.
-
-    Both skip their values (a bias's cotangent sum, ReLU's product with its
-    mask), views excepted.
+      without a tangent, so its tangent is g.tangent times that factor;
     * a bilinear node whose other operand carries no tangent: for θ's first
       layer, W's cotangent Xᵀ g has the tangent Xᵀ g.tangent, and the product
       Xᵀ g.value (the largest GEMM of an MLP's gradient) is skipped.
 
-    A bilinear node with ``direct_vjp`` (the convolutions) whose inputs are
-    dead is skipped even when the other operand carries a tangent (its
-    tangents then read g's value, so it is not dead itself): the second
-    convolution of a net whose first one is skipped computes neither its
-    weight's nor its input's cotangent value."""
+    Each of these skips its values (a bias's cotangent sum, ReLU's product
+    with its mask; views excepted: they cost nothing, and matmul's vjp reads
+    its transposes). A bilinear node with ``direct_vjp`` (matmul, the
+    convolutions) on dead inputs skips its values even when the other
+    operand carries a tangent (its tangents then read g's value, so it is
+    not dead itself): an MLP's second layer, and the second convolution of a
+    net whose first one is skipped, compute neither the weight's nor the
+    input's cotangent value."""
     dead, skippable = set(), set()
     for t in nodes:
         prim, inputs = t._node[0], t._node[1]

@@ -31,8 +31,8 @@ Conventions
 from __future__ import annotations
 
 from . import backend as B
-from .directions import known_live, remember_live
 from . import kernels
+from .directions import known_live, remember_live
 from .kernels import (cross_entropy_rows, matmul_directions, plus, plus_into, products, reduce, softmax_hessian_vp,
                       softmax_residual, softmax_residual_and_hvp)
 from .shapes import on_host
