@@ -190,7 +190,7 @@ def _recorded(layer, inputs, y):
 def batch_last(x):
     """x (N, C, H, W) as the (C, H, W, N) transpose, stored contiguously:
     free (two views) when x is already such a transposed view -- the output
-    of a slices-route Conv2d, and of elementwise layers after one, which keep
+    of a Conv2d (blocked or slices route), and of elementwise layers after one, which keep
     their input's memory order -- else one copy (the reshape of a
     non-contiguous view)."""
     n, c, h, w = x.shape

@@ -134,7 +134,7 @@ CONV_CASES = [  # (C, O, kernel, stride, padding, H, W)
 
 
 @pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
-@pytest.mark.parametrize("patches", ["slices", "im2col"])
+@pytest.mark.parametrize("patches", ["blocked", "slices", "im2col"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_forward_equals_direct_loops(case, patches, float64):
     c, o, k, s, p, h, w = case
@@ -258,14 +258,15 @@ def _stored_batch_last(a):
 
 
 @pytest.mark.cpu_only  # inspects the memory order of host NumPy arrays
-def test_conv_output_is_stored_batch_last_and_the_next_conv_reads_it_without_a_copy(float64):
-    """A slices-route conv returns the (N, C, H, W) view of (C, H, W, N)
+@pytest.mark.parametrize("patches", ["blocked", "slices"])
+def test_conv_output_is_stored_batch_last_and_the_next_conv_reads_it_without_a_copy(patches, float64):
+    """A conv (blocked or slices route) returns the (N, C, H, W) view of (C, H, W, N)
     memory; ReLU and BatchNorm keep that order, and batch_last of it is a
     view, so a conv stack copies no activation between layers."""
     from nets.layers import batch_last
 
     x = Tensor(np.random.default_rng(0).standard_normal((3, 2, 6, 5)))
-    conv, bn = nets.Conv2d(2, 4, 3, padding=1), nets.BatchNorm2d(4)
+    conv, bn = nets.Conv2d(2, 4, 3, padding=1, patches=patches), nets.BatchNorm2d(4)
     y = conv.apply(conv.init_theta(0, dtype=np.float64), x)
     z = bn.apply(bn.init_theta(0, dtype=np.float64), y).relu()
     for a in (y, z):
