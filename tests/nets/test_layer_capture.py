@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("float64")
 def models():
     return {
         "mlp": (nets.MLP((6, 5, 3), activation="tanh"), (4, 6)),
-        "cnn-slices": (nets.SmallCNN(widths=(2, 3), hidden=5, in_channels=1, num_classes=3, image_size=16),
+        "cnn-blocked": (nets.SmallCNN(widths=(2, 3), hidden=5, in_channels=1, num_classes=3, image_size=16),
                        (3, 1, 16, 16)),
         "cnn-im2col": (nets.Sequential(nets.Conv2d(2, 3, 3, stride=2, padding=1, patches="im2col"), nets.Tanh(),
                                        nets.Conv2d(3, 2, 2, bias=False), nets.Flatten(), nets.Linear(8, 3)),
