@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from tinygrad2 import Tensor, capture
+from tinygrad2.kernels import window_output_size
 from tinygrad2.primitives import conv, im2col
 
 from .module import Module, bias_uniform, check_size, fan_in, kaiming_uniform
@@ -139,8 +140,7 @@ class Conv2d(Module):
         return ", ".join(parts)
 
     def output_size(self, h, w):
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        return window_output_size(h, w, self.kernel, self.stride, self.padding)
 
     def forward(self, x):
         y = self.affine(x, self.weight, self.bias if self.has_bias else None)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from tinygrad2 import Tensor
 from tinygrad2 import backend as B
+from tinygrad2.kernels import window_output_size
 
 from .layers import _pair
 from .module import Module
@@ -68,7 +69,7 @@ class _Pool2d(Module):
         self.expect_ndim(x, (4,), "(N, C, H, W)")
         h, w = x.shape[2:]
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        oh, ow = window_output_size(h, w, self.kernel, self.stride, self.padding)
         if oh < 1 or ow < 1:
             self.fail(x, f"is smaller than the window {self.kernel} after padding {self.padding}")
         if pw:

@@ -19,6 +19,8 @@ bit for bit where the kernels do (``tests/_device.py``).
 """
 from __future__ import annotations
 
+import math
+
 from . import backend as B
 
 
@@ -47,18 +49,11 @@ def reduce(reduction, x, axis, keepdims=False):
     if reduction is B.xp.sum and x.dtype.kind == "f" and x.flags.c_contiguous and in_range:
         axes = sorted(a % x.ndim for a in given)
         first, last = axes[0], axes[-1] + 1
-        rows, cols = _prod(x.shape[first:last]), _prod(x.shape[last:])
-        if axes == list(range(first, last)) and _prod(x.shape[:first]) == 1 and cols > 1:
+        rows, cols = math.prod(x.shape[first:last]), math.prod(x.shape[last:])
+        if axes == list(range(first, last)) and math.prod(x.shape[:first]) == 1 and cols > 1:
             out = (B.xp.ones(rows, x.dtype) @ x.reshape(rows, cols)).reshape(x.shape[last:])
             return out.reshape((1,) * last + out.shape) if keepdims else out.reshape(x.shape[:first] + out.shape)
     return reduction(x, axis=axis, keepdims=keepdims)
-
-
-def _prod(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _shifted_exp(z):
@@ -185,6 +180,12 @@ def products(*pairs):
     return out
 
 
+WIDE_ROWS = 16
+"""A product g Bᵀ of at most WIDE_ROWS rows and more columns is computed as
+(B gᵀ)ᵀ, OpenBLAS's faster orientation there (1.4-1.7x; SmallCNN's first two
+layers): matmul's vjp and :func:`conv_weight_grad`. On wider layers the
+transposed result's copy costs more than it saves."""
+
 
 FOLD_ELEMENTS = 2**18
 """``a @ tb`` with a 2-D ``a`` (r, m) and tangents ``tb`` (K, m, p) is K
@@ -211,7 +212,7 @@ def im2col(x, kernel, stride, padding):
     x = x.reshape((-1, c, h, w))
     if ph or pw:
         x = B.xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    oh, ow = window_output_size(h, w, kernel, stride, padding)
     m, s = x.shape[0], x.strides
     windows = B.xp.lib.stride_tricks.as_strided(
         x, (m, oh, ow, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2], s[3])
@@ -247,10 +248,11 @@ patch matrix) the blocked forward and weight gradient take 3.1 and 3.7 ms
 against 6.4 and 4.5 ms for the whole matrix (benchmarks/nets.py)."""
 
 
-def conv_output_size(shape, kernel, stride, padding):
-    """(OH, OW) of a convolution of x (C, H, W, N)."""
+def window_output_size(h, w, kernel, stride, padding):
+    """(OH, OW): the number of kernel-sized windows, ``stride`` apart, in an
+    h x w image zero-padded by ``padding`` (convolutions and pooling alike)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    return (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
 def _windows(padded, kernel, stride, out_size):
@@ -287,7 +289,7 @@ def conv(w, x, kernel, stride, padding):
         return _each(lambda xk: conv(w, xk, kernel, stride, padding), x)
     if w.ndim == 3:
         return _unfold(conv(_fold(w), x, kernel, stride, padding), w.shape[0])
-    oh, ow = conv_output_size(x.shape, kernel, stride, padding)
+    oh, ow = window_output_size(x.shape[1], x.shape[2], kernel, stride, padding)
     view = _windows(_pad(x, padding), kernel, stride, (oh, ow))
     o, rows, n = w.shape[0], w.shape[1], x.shape[3]
     y = B.xp.empty((o, oh, ow, n), B.xp.result_type(w, x))
@@ -312,8 +314,7 @@ def conv_weight_grad(g, x, kernel, stride, padding):
     for r0, r1 in _row_blocks(rows * ow * n * x.itemsize, oh):
         patches = view[:, :, :, r0:r1].reshape(rows, (r1 - r0) * ow * n)
         gb = g[:, r0:r1].reshape(o, (r1 - r0) * ow * n)
-        # with at most 16 output channels, (P gᵀ)ᵀ is the faster GEMM (as in matmul's vjp)
-        out += (patches @ gb.T).T if o <= 16 < rows else gb @ patches.T
+        out += (patches @ gb.T).T if o <= WIDE_ROWS < rows else gb @ patches.T  # as matmul's vjp
     return out
 
 

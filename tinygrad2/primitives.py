@@ -307,8 +307,8 @@ class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
                 da = ta @ b
         return plus_into(da, None if tb is None else matmul_directions(a, tb))
     def vjp(g, out, a, b):
-        # dA = g Bᵀ; with at most 16 rows and more columns, (B gᵀ)ᵀ is the faster GEMM (OpenBLAS: 1.4-1.7x)
-        wide = g.ndim == b.ndim == 2 and g.shape[0] <= 16 < b.shape[0]
+        # dA = g Bᵀ, as (B gᵀ)ᵀ for a g of few rows (kernels.WIDE_ROWS)
+        wide = g.ndim == b.ndim == 2 and g.shape[0] <= kernels.WIDE_ROWS < b.shape[0]
         da = ((b @ g.mT).mT if wide else g @ b.mT) if a.requires_grad else None
         return da, (a.mT @ g if b.requires_grad else None)
 
@@ -353,7 +353,6 @@ class conv_input_grad:  # dx = P*(wᵀ g); shape: x's (C, H, W, N)
 def _bilinear_jvp(product, primals, tangents, params):  # d f(a, b) = f(da, b) + f(a, db)
     (a, b), (ta, tb) = primals, tangents
     return plus_into(None if ta is None else product(ta, b, **params), None if tb is None else product(a, tb, **params))
-
 
 
 # ---------------------------------------------------------------- reductions
