@@ -21,7 +21,9 @@ Conventions
   first be crossed (to first order); used for kink-safe finite differences.
 * ``accumulate(buffer, g, **params)``: optionally, the vjp added in place into a
   gradient buffer the engine owns, in backward passes that are not recorded
-  (getitem: the slices of a flat vector, and their slices, share its buffer).
+  (getitem: the slices of a flat vector, and their slices, share its buffer;
+  reshape: of such a slice, the same). The engine asks
+  :func:`tinygrad2.graph.in_place_target` where; where it says None, the vjp runs.
 * ``forward_and_jvp(primals, tangents, **params) -> (out, tangent)``:
   optionally, both rules in one call, where the jvp would repeat the
   forward's work (the cross-entropy's softmax); used whenever a tangent is
@@ -143,7 +145,7 @@ class sub:  # d(a - b) = da - db
     def jvp(primals, tangents, out):
         ta, tb = tangents
         return ta if tb is None else -tb if ta is None else ta - tb
-    def vjp(g, out, a, b): return g, -g
+    def vjp(g, out, a, b): return g, (-g if b.requires_grad else None)
 
 
 @primitive(linear=True, broadcasts=True)
@@ -158,7 +160,7 @@ class mul:  # d(a b) = da b + a db
     def jvp(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
         return products((ta, b), (tb, a))
-    def vjp(g, out, a, b): return g * b, g * a
+    def vjp(g, out, a, b): return (g * b if a.requires_grad else None), (g * a if b.requires_grad else None)
 
 
 @primitive(broadcasts=True)
@@ -167,7 +169,7 @@ class div:  # d(a / b) = (da - (a/b) db) / b
     def jvp(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
         return plus(ta, None if tb is None else -(out * tb)) / b
-    def vjp(g, out, a, b): return g / b, -(g * out) / b
+    def vjp(g, out, a, b): return (g / b if a.requires_grad else None), (-(g * out) / b if b.requires_grad else None)
 
 
 @primitive(broadcasts=True)
@@ -273,7 +275,7 @@ class maximum:  # d max(a, b) = [a >= b] da + [a < b] db; kink at a = b
         return plus(None if ta is None else ta * take_a, None if tb is None else tb * ~take_a)
     def vjp(g, out, a, b):
         take_a = (a.data >= b.data).astype(g.dtype)
-        return g * _const(take_a), g * _const(1 - take_a)
+        return (g * _const(take_a) if a.requires_grad else None), (g * _const(1 - take_a) if b.requires_grad else None)
     def kink(primals, tangents, out):
         (a, b), (ta, tb) = primals, tangents
         return _distance(a - b, plus(ta, None if tb is None else -tb))
@@ -446,6 +448,9 @@ def _dot_each(T, r):  # <t_k, r> for every direction t_k of T (K, *r.shape)
 class reshape:  # old: the input's shape
     def forward(x, shape, old): return x.reshape(x.shape[: x.ndim - len(old)] + shape)
     def vjp(g, out, x, shape, old): return (g.reshape(old),)
+    def accumulate(buf, g, index, old):  # a reshaped step-1 slice of a flat vector (graph.in_place_target)
+        tangent = None if g.tangent is None else g.tangent.reshape(g.tangent.shape[0], -1)
+        getitem.accumulate(buf, Tensor._make(g.data.reshape(-1), tangent, None), index, old)
 
 
 @primitive(linear=True, view=True)
@@ -491,7 +496,7 @@ class getitem:  # out = x[index]; old: the input's shape
     def accumulate(buf, g, index, old):
         # the vjp summed in place into x's gradient buffer ``buf`` (backward passes
         # that are not recorded): no full-size scatter per slice of a flat vector
-        advanced = any(_is_advanced(i) for i in index)
+        advanced = any(map(_is_advanced, index))
         _add_at(buf.data, index, g.data, advanced)
         if g.tangent is not None:
             if buf.tangent is None:
@@ -521,7 +526,7 @@ class scatter_add:  # out = zeros(shape); out[index] += g  (the transpose of get
 
 
 def _is_advanced(i):
-    return hasattr(i, "dtype") and (i.ndim > 0 or i.dtype == bool)
+    return i.__class__ is not slice and hasattr(i, "dtype") and (i.ndim > 0 or i.dtype == bool)
 
 
 @primitive(linear=True)

@@ -24,7 +24,7 @@ ALL_AXES = [tuple(range(-n, 0)) for n in range(8)]
 
 
 def resolve_shape(shape, old):
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(map(int, shape))
     size = math.prod(old)
     if -1 in shape:
         if shape.count(-1) > 1:

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 
 from . import backend as B
-from .graph import reachable, through_slices, values_skippable
+from .graph import in_place_target, reachable, values_skippable
 from .shapes import ALL_AXES as _all_axes, axes as _axes, is_int as _is_int, resolve_shape as _resolve_shape
 
 _grad_enabled = True
@@ -174,7 +174,7 @@ class Tensor:
                     f"backward: grad can be implied only for a scalar, got shape {self.shape}; "
                     f"pass grad= of that shape"
                 )
-            grad = Tensor._make(B.xp.ones_like(self.data), None, None)
+            grad = Tensor._make(B.xp.ones(self.data.shape, self.data.dtype), None, None)
         elif not isinstance(grad, Tensor):
             grad = Tensor(grad, dtype=self.dtype)
         if grad.shape != self.shape:
@@ -192,18 +192,19 @@ class Tensor:
                 # popped, a tensor is freed as soon as the nodes that consumed it are done
                 t = nodes.pop()
                 g = grads.pop(id(t), None)
-                buffers.pop(id(t), None)
                 if g is None:
                     continue
+                if buffers:
+                    buffers.pop(id(t), None)
                 prim, inputs, params, _ = t._node
                 if inputs is None:
                     raise RuntimeError(
                         f"backward: the graph through '{prim.name}' was freed by an earlier "
                         f"backward(); call backward(retain_graph=True) the first time"
                     )
-                if prim.accumulate is not None and not create_graph:
-                    if inputs[0].requires_grad:
-                        x, where = through_slices(inputs[0], params)
+                if prim.accumulate is not None and not create_graph and (place := in_place_target(t)) is not None:
+                    x, where = place
+                    if x.requires_grad:
                         prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, **where)
                     cotangents = ()
                 elif id(t) in skippable:
@@ -311,10 +312,11 @@ class Tensor:
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        shape = _resolve_shape(shape, self.shape)
-        if shape == self.shape:
+        old = self.data.shape
+        shape = _resolve_shape(shape, old)
+        if shape == old:
             return self
-        return P.reshape(self, shape=shape, old=self.shape)
+        return P.reshape(self, shape=shape, old=old)
 
     def flatten(self):
         return self.reshape(-1)
@@ -362,6 +364,8 @@ class Tensor:
         return out.reshape(shape)
 
     def __getitem__(self, index):
+        if type(index) is slice:  # the common case (a flat θ's parameters): nothing to normalise
+            return P.getitem(self, index=(index,), old=self.data.shape)
         index = _normalize_index(index, self.shape)
         if any(P._is_advanced(i) for i in index) and any(_is_int(i) for i in index):
             # beside an array index NumPy treats an int as advanced too, which would move the
@@ -430,10 +434,12 @@ def _own_buffer(grads, buffers, x, dtype):
     buf = grads.get(id(x))
     if buf is None or buffers.get(id(x)) is not buf:
         # a fresh buffer that x alone owns, holding what x has collected so far (a
-        # cotangent from another rule may be shared, e.g. add passes g to both inputs);
-        # zeros_like: in the memory order of x, so that the rules before do not mix two orders
+        # cotangent from another rule may be shared, e.g. add passes g to both inputs),
+        # in the memory order of x, so that the rules before do not mix two orders
         if buf is None:
-            buf = Tensor._make(B.xp.zeros_like(x.data, dtype=dtype), None, None)
+            data = x.data
+            zeros = B.xp.zeros(data.shape, dtype) if data.flags.c_contiguous else B.xp.zeros_like(data, dtype=dtype)
+            buf = Tensor._make(zeros, None, None)
         else:
             tangent = None if buf.tangent is None else buf.tangent.astype(dtype, copy=True)
             buf = Tensor._make(buf.data.astype(dtype, copy=True), tangent, None)
@@ -515,25 +521,27 @@ def apply(prim, *inputs, **params):
     """Run one primitive: forward, the jvp when any input carries a tangent,
     and a graph node when recording and any input requires grad."""
     datas = [x.data for x in inputs]
+    t = Tensor.__new__(Tensor)
+    t.grad = t.tangent = t._node = None
+    t.requires_grad = False
     carried = False
     if _tangents_enabled:
         for x in inputs:
             if x.tangent is not None:
                 carried = True
                 break
-    both = carried and not _values_skipped and prim.forward_and_jvp is not None
-    # a tangents-only vjp skips the values of what it computes, but not of views (free, and read by matmul's vjp)
-    out = None if carried and (_values_skipped and not prim.view or both) else _forward(prim, datas, params)
-    t = Tensor.__new__(Tensor)
-    t.grad, t.tangent, t._node, t.requires_grad = None, None, None, False
-    if both:  # one rule for both, where the jvp would repeat the forward's work
-        out, t.tangent = _forward(prim, datas, params, [x.tangent for x in inputs])
-    elif carried:
+    if not carried:
+        t.data = _forward(prim, datas, params)
+    elif not _values_skipped and prim.forward_and_jvp is not None:  # one rule for both (the jvp repeats the forward's work)
+        t.data, t.tangent = _forward(prim, datas, params, [x.tangent for x in inputs])
+    else:
+        # a tangents-only vjp skips the values of what it computes, but not of views (free, and read by matmul's vjp)
+        out = _forward(prim, datas, params) if prim.view or not _values_skipped else None
         t.tangent = _push_tangents(prim, inputs, datas, out, params)
         if out is None:  # a value nobody reads (Tensor.backward(tangents_only=True)): a read-only zero view
             out = _forward(prim, datas, params) if t.tangent is None else B.xp.broadcast_to(
                 B.xp.zeros((), t.tangent.dtype), t.tangent.shape[1:])
-    t.data = out
+        t.data = out
     if _grad_enabled:
         for x in inputs:
             if x.requires_grad:
