@@ -60,7 +60,7 @@ def tracked(tangent):
     time, so a caller's direction array changed in place is never seen
     through a stale mask. Untracked tangents are checked slice by slice."""
     view = tangent[...]
-    remember_live(view, B.to_host(B.xp.any(view, axis=0)))
+    remember_live(view, B.to_host((view != 0).any(axis=0)))  # (faster than xp.any(view, axis=0))
     return view
 
 

@@ -31,9 +31,11 @@ def reduce(reduction, x, axis, keepdims=False):
     * over the last axis alone (-1 or (-1,)) of at most 32 entries: reduce the
       leading axis of the transposed copy, long vectorised rows ((1000, 10)
       float32: max 13 µs instead of 69, sum 11 instead of 34);
-    * a sum over leading axes of a C-contiguous float32/float64 array (the
-      axes before them of size 1): one matrix-vector product with a vector
-      of ones, ``1ᵀ X`` (BLAS gemv; (1000, 32) float32 in 3 µs instead of 17);
+    * a sum over a run of adjacent axes of a C-contiguous float32/float64
+      array, not the last ones: a matrix-vector product with a vector of
+      ones, ``1ᵀ X`` (BLAS gemv; (1000, 32) float32 in 3 µs instead of 17),
+      one per index of the axes before the run (a bias gradient's tangents
+      (16, 1000, 32) summed over the batch: 36 µs instead of 320);
     * otherwise, the plain reduction.
 
     The first two add the entries in another order than NumPy: the same to
@@ -49,10 +51,11 @@ def reduce(reduction, x, axis, keepdims=False):
     if reduction is B.xp.sum and x.dtype.kind == "f" and x.flags.c_contiguous and in_range:
         axes = sorted(a % x.ndim for a in given)
         first, last = axes[0], axes[-1] + 1
-        rows, cols = math.prod(x.shape[first:last]), math.prod(x.shape[last:])
-        if axes == list(range(first, last)) and math.prod(x.shape[:first]) == 1 and cols > 1:
-            out = (B.xp.ones(rows, x.dtype) @ x.reshape(rows, cols)).reshape(x.shape[last:])
-            return out.reshape((1,) * last + out.shape) if keepdims else out.reshape(x.shape[:first] + out.shape)
+        lead, rows, cols = math.prod(x.shape[:first]), math.prod(x.shape[first:last]), math.prod(x.shape[last:])
+        if axes == list(range(first, last)) and cols > 1:
+            out = B.xp.ones(rows, x.dtype) @ x.reshape((lead, rows, cols) if lead > 1 else (rows, cols))
+            kept = (1,) * (last - first) if keepdims else ()
+            return out.reshape(x.shape[:first] + kept + x.shape[last:])
     return reduction(x, axis=axis, keepdims=keepdims)
 
 

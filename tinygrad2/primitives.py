@@ -19,8 +19,9 @@ Conventions
 * ``kink(primals, tangents, out, **params) -> (K,)``: for primitives with a
   non-differentiable point, the step along each direction at which it would
   first be crossed (to first order); used for kink-safe finite differences.
-* ``accumulate(buffer, g, **params)``: optionally, the vjp added in place into a
-  gradient buffer the engine owns, in backward passes that are not recorded
+* ``accumulate(buffer, g, values, **params)``: optionally, the vjp added in place
+  into a gradient buffer the engine owns (its tangent too; its values only if
+  ``values``: a tangents-only pass skips them), in backward passes that are not recorded
   (getitem: the slices of a flat vector, and their slices, share its buffer;
   reshape: of such a slice, the same). The engine asks
   :func:`tinygrad2.graph.in_place_target` where; where it says None, the vjp runs.
@@ -253,7 +254,7 @@ class sqrt:  # d sqrt(x) = dx / (2 sqrt(x))
 @primitive(broadcasts=True, masked=True)
 class relu:  # d max(x, 0) = [x > 0] dx; kink at x = 0
     def forward(x): return B.xp.maximum(x, 0)
-    def jvp(primals, tangents, out): return tangents[0] * (primals[0] > 0)
+    def jvp(primals, tangents, out): return tangents[0] * (primals[0] > 0).astype(primals[0].dtype)  # float: 2x faster
     def vjp(g, out, x): return (g * _const((x.data > 0).astype(x.dtype)),)  # a float mask: not xp.where, 13x slower
     def kink(primals, tangents, out): return _distance(primals[0], tangents[0])
 
@@ -448,9 +449,9 @@ def _dot_each(T, r):  # <t_k, r> for every direction t_k of T (K, *r.shape)
 class reshape:  # old: the input's shape
     def forward(x, shape, old): return x.reshape(x.shape[: x.ndim - len(old)] + shape)
     def vjp(g, out, x, shape, old): return (g.reshape(old),)
-    def accumulate(buf, g, index, old):  # a reshaped step-1 slice of a flat vector (graph.in_place_target)
+    def accumulate(buf, g, values, index, old):  # a reshaped step-1 slice of a flat vector (graph.in_place_target)
         tangent = None if g.tangent is None else g.tangent.reshape(g.tangent.shape[0], -1)
-        getitem.accumulate(buf, Tensor._make(g.data.reshape(-1), tangent, None), index, old)
+        getitem.accumulate(buf, Tensor._make(g.data.reshape(-1), tangent, None), values, index, old)
 
 
 @primitive(linear=True, view=True)
@@ -493,11 +494,12 @@ class getitem:  # out = x[index]; old: the input's shape
             remember_live(t, live)
         return t
     def vjp(g, out, x, index, old): return (scatter_add(g, index=index, shape=old, src=g.shape),)
-    def accumulate(buf, g, index, old):
+    def accumulate(buf, g, values, index, old):
         # the vjp summed in place into x's gradient buffer ``buf`` (backward passes
         # that are not recorded): no full-size scatter per slice of a flat vector
         advanced = any(map(_is_advanced, index))
-        _add_at(buf.data, index, g.data, advanced)
+        if values:
+            _add_at(buf.data, index, g.data, advanced)
         if g.tangent is not None:
             if buf.tangent is None:
                 # in the slice's memory order (a batch-last activation's): no element-wise mixed-order add

@@ -46,5 +46,9 @@ def on_host(i):
     """Whether an index entry is plain host data (an int, a slice of ints,
     None, Ellipsis) that can index a host array without a device transfer."""
     if isinstance(i, slice):
-        return all(b is None or isinstance(b, numbers.Integral) for b in (i.start, i.stop, i.step))
-    return i is None or i is Ellipsis or isinstance(i, numbers.Integral)
+        return _host_int(i.start) and _host_int(i.stop) and _host_int(i.step)
+    return i is Ellipsis or _host_int(i)
+
+
+def _host_int(b):
+    return b is None or type(b) is int or isinstance(b, numbers.Integral)

@@ -204,8 +204,8 @@ class Tensor:
                     )
                 if prim.accumulate is not None and not create_graph and (place := in_place_target(t)) is not None:
                     x, where = place
-                    if x.requires_grad:
-                        prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, **where)
+                    if x.requires_grad:  # (in a tangents-only pass, the tangent alone where the values are skipped)
+                        prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, id(t) not in skippable, **where)
                     cotangents = ()
                 elif id(t) in skippable:
                     cotangents = _without_values(prim.vjp, g, t, *inputs, **params)

@@ -29,9 +29,10 @@ def test_reduce_equals_the_plain_reduction(shape, axis, keepdims, float64):
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
-def test_reduce_routes_leading_sums_through_a_matrix_vector_product(float64, monkeypatch):
-    """The leading-axes sum of a large C-contiguous array is 1ᵀ X (the route
-    is taken, not only equal), and a non-contiguous view is not."""
+def test_reduce_routes_leading_and_middle_sums_through_matrix_vector_products(float64, monkeypatch):
+    """The leading-axes sum of a large C-contiguous array is 1ᵀ X, a sum over
+    middle axes 1ᵀ X_i for each index i before them (the route is taken, not
+    only equal), and a non-contiguous view takes neither."""
     calls = []
     ones = backend.xp.ones
 
@@ -45,6 +46,11 @@ def test_reduce_routes_leading_sums_through_a_matrix_vector_product(float64, mon
     assert calls == [900] and out.shape == (1, 1, 16)
     kernels.reduce(backend.xp.sum, x[0].T, (0,))  # a transposed view: the plain route
     assert calls == [900]
+    directions = backend.to_device(np.random.default_rng(2).standard_normal((3, 2, 50, 6, 16)))
+    out = kernels.reduce(backend.xp.sum, directions, (-3, -2), True)
+    assert calls == [900, 300] and out.shape == (3, 2, 1, 1, 16)
+    np.testing.assert_allclose(backend.to_host(out), backend.to_host(directions.sum(axis=(2, 3), keepdims=True)),
+                               rtol=1e-13)
 
 
 @pytest.mark.parametrize("axis", [(), (2,), (-3,), (0, 2)])
