@@ -463,6 +463,22 @@ def test_finite_inputs_still_work_and_the_errors_are_floating_point_errors():
         tg.grad(f_quad)(np.array([np.nan]))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_finite_check_passes_large_finite_values_and_catches_each_nonfinite_one(dtype):
+    """The check's fast route (Σ a² finite) overflows on large finite
+    entries: the entry-wise test must then pass them; a single NaN, inf or
+    -inf beside them must still be named."""
+    from tinygrad2 import backend
+    from tinygrad2.guard import check_finite
+    big = np.full((3, 7), np.finfo(dtype).max / 2, dtype)
+    assert check_finite(backend.to_device(big), "op", "x") is not None
+    for bad, where in ((np.nan, (0, 4)), (np.inf, (2, 6)), (-np.inf, (1, 0))):
+        a = big.copy()
+        a[where] = bad
+        with pytest.raises(NF, match=rf"op: x has 1 non-finite entry .* at index \({where[0]}, {where[1]}\)"):
+            check_finite(backend.to_device(a), "op", "x")
+
+
 @pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_integer_directions_are_accepted_as_real():
     np.testing.assert_allclose(OBJ.hvp(THETA, np.eye(N, dtype=int)[:2]), OBJ.hvp(THETA, np.eye(N)[:2]))

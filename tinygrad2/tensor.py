@@ -182,7 +182,7 @@ class Tensor:
         if retain_graph is None:
             retain_graph = create_graph
         nodes, leaves = reachable(self)
-        nodes.sort(key=lambda t: t._node[3])  # creation order is topological; pop() takes the newest
+        nodes.sort(key=_sequence_number)  # creation order is topological; pop() takes the newest
         grads = {id(self): grad}
         skippable = values_skippable(nodes) if tangents_only and not create_graph else ()
         buffers = {}  # id(x) -> the gradient buffer of x that x's slices are summed into in place
@@ -191,12 +191,13 @@ class Tensor:
             while nodes:
                 # popped, a tensor is freed as soon as the nodes that consumed it are done
                 t = nodes.pop()
-                g = grads.pop(id(t), None)
+                key = id(t)
+                g = grads.pop(key, None)
                 if g is None:
                     continue
                 if buffers:
-                    buffers.pop(id(t), None)
-                prim, inputs, params, _ = t._node
+                    buffers.pop(key, None)
+                prim, inputs, params, number = t._node
                 if inputs is None:
                     raise RuntimeError(
                         f"backward: the graph through '{prim.name}' was freed by an earlier "
@@ -205,9 +206,9 @@ class Tensor:
                 if prim.accumulate is not None and not create_graph and (place := in_place_target(t)) is not None:
                     x, where = place
                     if x.requires_grad:  # (in a tangents-only pass, the tangent alone where the values are skipped)
-                        prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, id(t) not in skippable, **where)
+                        prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, key not in skippable, **where)
                     cotangents = ()
-                elif id(t) in skippable:
+                elif key in skippable:
                     cotangents = _without_values(prim.vjp, g, t, *inputs, **params)
                 else:
                     cotangents = prim.vjp(g, t, *inputs, **params)
@@ -215,11 +216,11 @@ class Tensor:
                     if c is None or not x.requires_grad:
                         continue
                     if c.data.shape != x.data.shape:
-                        c = _without_values(c.sum_to, x.data.shape) if id(t) in skippable else c.sum_to(x.data.shape)
+                        c = _without_values(c.sum_to, x.data.shape) if key in skippable else c.sum_to(x.data.shape)
                     prev = grads.get(id(x))
                     grads[id(x)] = c if prev is None else prev + c
                 if not retain_graph:
-                    t._node = (prim, None, params, t._node[3])
+                    t._node = (prim, None, params, number)
             for leaf in leaves:
                 g = grads.get(id(leaf))
                 if g is not None:
@@ -416,6 +417,10 @@ class Tensor:
             a = _lift(a, b) if isinstance(b, Tensor) else Tensor(a)
         b = _lift(b, a)
         return P.where(a, b, cond=cond)
+
+
+def _sequence_number(t):
+    return t._node[3]
 
 
 def _without_values(vjp, *args, **params):
