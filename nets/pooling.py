@@ -23,16 +23,15 @@ row the first maximal column wins, and then the first row holding the
 window's maximum: the first maximal entry in row-major order, which is the
 entry PyTorch's max_pool2d routes its gradient to.
 
-Max-pooling pads with -inf, not zero: ``pad`` (zeros) followed by
-``where(interior, x, -inf)``, the columns before the column pass and the rows
-before the row pass. A padded entry never wins (padding <= kernel/2
+Max-pooling pads with -inf, not zero (``Tensor.pad(..., value=-inf)``: a
+constant, so its tangent is zero), the columns before the column pass and the
+rows before the row pass. A padded entry never wins (padding <= kernel/2
 guarantees every window holds a real entry), its tangent is exactly zero,
 and the maximum's kink test sees an infinite gap to it. Average-pooling pads
 with zeros and divides by kh·kw (PyTorch's default ``count_include_pad=True``).
 """
 from __future__ import annotations
 
-from tinygrad2 import Tensor
 from tinygrad2 import backend as B
 from tinygrad2.kernels import window_output_size
 
@@ -84,10 +83,7 @@ class MaxPool2d(_Pool2d):
     """y[n, c, p, q] = max_{i, j} x̃[n, c, p·sh + i, q·sw + j], x̃ padded with -inf."""
 
     def _pad(self, x, axis, p):
-        widths = tuple((p, p) if a == axis else (0, 0) for a in range(4))
-        interior = B.xp.pad(B.xp.ones(tuple(x.shape[a] if a == axis else 1 for a in range(4)), dtype=bool),
-                            widths)
-        return Tensor.where(interior, x.pad(widths), -B.xp.inf)
+        return x.pad(tuple((p, p) if a == axis else (0, 0) for a in range(4)), value=-B.xp.inf)
 
     def _combine(self, views):
         out = views[0]

@@ -532,10 +532,11 @@ def _is_advanced(i):
 
 
 @primitive(linear=True)
-class pad:  # zero padding; widths: one (before, after) pair per input axis
-    def forward(x, widths):
-        return B.xp.pad(x, ((0, 0),) * (x.ndim - len(widths)) + widths)
-    def vjp(g, out, x, widths):
+class pad:  # constant padding; widths: one (before, after) pair per input axis; value: the constant
+    def forward(x, widths, value=0.0):
+        return B.xp.pad(x, ((0, 0),) * (x.ndim - len(widths)) + widths, constant_values=value)
+    def jvp(primals, tangents, out, widths, value=0.0): return pad.forward(tangents[0], widths)  # d(constant) = 0
+    def vjp(g, out, x, widths, value=0.0):
         return (g[tuple(slice(a, a + n) for (a, _), n in zip(widths, x.shape))],)
 
 

@@ -376,13 +376,13 @@ class Tensor:
             return P.getitem(self, index=_normalize_index(index, self.shape), old=self.shape).reshape(shape)
         return P.getitem(self, index=index, old=self.shape)
 
-    def pad(self, pad_width):
-        """Zero padding; ``pad_width`` as in ``numpy.pad``: one (before, after)
-        pair per axis."""
+    def pad(self, pad_width, value=0.0):
+        """Constant padding (zeros unless ``value``, e.g. -inf for max-pooling);
+        ``pad_width`` as in ``numpy.pad``: one (before, after) pair per axis."""
         widths = tuple((int(a), int(b)) for a, b in pad_width)
         if len(widths) != self.ndim or any(a < 0 or b < 0 for a, b in widths):
             raise ValueError(f"pad: pad_width {pad_width} does not fit shape {self.shape}")
-        return P.pad(self, widths=widths)
+        return P.pad(self, widths=widths, value=float(value))
 
     @staticmethod
     def concatenate(tensors, axis=0):

@@ -287,7 +287,8 @@ def scatter_cases(draw):
 def pad_cases(draw):
     shape = draw(SHAPE_1D_UP)
     widths = tuple(draw(st.tuples(st.integers(0, 2), st.integers(0, 2))) for _ in shape)
-    return _fill((shape,), (real,), draw(SEEDS), {"pad_width": widths})
+    value = draw(st.sampled_from([0.0, -2.5]))  # a constant: its tangent is zero, its cotangent dropped
+    return _fill((shape,), (real,), draw(SEEDS), {"pad_width": widths, "value": value})
 
 
 @st.composite
@@ -492,8 +493,8 @@ TABLE = [
     OpSpec("getitem", ("getitem",), lambda x, index: x[index], lambda x, index: x[_as_array_index(index)],
            index_cases()),
     OpSpec("scatter_add", ("scatter_add",), lambda g, **p: P.scatter_add(g, **p), _np_scatter, scatter_cases()),
-    OpSpec("pad", ("pad",), lambda x, pad_width: x.pad(pad_width), lambda x, pad_width: np.pad(x, pad_width),
-           pad_cases()),
+    OpSpec("pad", ("pad",), lambda x, pad_width, value: x.pad(pad_width, value),
+           lambda x, pad_width, value: np.pad(x, pad_width, constant_values=value), pad_cases()),
     OpSpec("concatenate", ("concatenate",), lambda *xs, axis: Tensor.concatenate(xs, axis),
            lambda *xs, axis: np.concatenate(xs, axis), concatenate_cases()),
     OpSpec("stack", ("reshape", "concatenate"), lambda *xs, axis: Tensor.stack(xs, axis),
