@@ -48,6 +48,9 @@ def rademacher(shape, seed=None, dtype=None):
 
 
 _live = {}  # id(flat tangent) -> (weak reference to it, its live columns)
+ALL_LIVE = "all live"
+"""The mask of a tangent whose every column is live (dense directions): its
+slices are all live too, known without looking at a mask."""
 
 
 def tracked(tangent):
@@ -60,12 +63,14 @@ def tracked(tangent):
     time, so a caller's direction array changed in place is never seen
     through a stale mask. Untracked tangents are checked slice by slice."""
     view = tangent[...]
-    remember_live(view, B.to_host((view != 0).any(axis=0)))  # (faster than xp.any(view, axis=0))
+    live = B.to_host((view != 0).any(axis=0))  # (faster than xp.any(view, axis=0))
+    remember_live(view, ALL_LIVE if live.all() else live)
     return view
 
 
 def known_live(tangent):
-    """The live-column mask of a tracked tangent (or a slice of one), else None."""
+    """The live-column mask of a tracked tangent (or a slice of one), or
+    :data:`ALL_LIVE`, else None."""
     entry = _live.get(id(tangent))
     return entry[1] if entry is not None and entry[0]() is tangent else None
 

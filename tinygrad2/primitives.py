@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from . import backend as B
 from . import kernels
-from .directions import known_live, remember_live
+from .directions import ALL_LIVE, known_live, remember_live
 from .kernels import (cross_entropy_rows, matmul_directions, plus, plus_into, products, reduce, softmax_hessian_vp,
                       softmax_residual, softmax_residual_and_hvp)
 from .shapes import on_host
@@ -486,6 +486,9 @@ class getitem:  # out = x[index]; old: the input's shape
         t = tangents[0][_lead(tangents[0], len(old)) + index]
         if len(old) == 1 and t.size:
             live = known_live(tangents[0])
+            if live is ALL_LIVE:  # dense directions: every slice is live
+                remember_live(t, ALL_LIVE)
+                return t
             if live is None or not all(map(on_host, index)):  # ask the device (one sync per slice)
                 return t if B.to_host(B.xp.any(t)) else None
             live = live[index]
