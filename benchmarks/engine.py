@@ -503,22 +503,33 @@ def directions_sweep(X, y, params, args, rng):
           f"(median [min-max] of paired ratios over rounds) ==")
     print("| batch | " + " | ".join(f"K={k}" for k in SWEEP_K) + " | best K |")
     print("|---" * (len(SWEEP_K) + 2) + "|")
-    best = {}
+    best, floors = {}, {}
     for batch in BATCHES:
         flat_grad, flat_hvp = make_tg_flat(X[:batch], y[:batch], shapes)
         cells = {"grad": lambda: flat_grad(theta)}
         for k in SWEEP_K:
             V = rng.standard_normal((k, theta.size)).astype(theta.dtype)
             cells[f"K{k}"] = (lambda V=V: flat_hvp(theta, V))
+        # the floor of any K-direction pass: its two first-layer products, X W1' and Xᵀ δ1' for
+        # every direction, as one GEMM of K·hidden columns each (what the engine's fold runs)
+        Xb, cols = X[:batch], DIRECTIONS * shapes[0][1]
+        W_dirs = rng.standard_normal((Xb.shape[1], cols)).astype(Xb.dtype)
+        D_dirs = rng.standard_normal((batch, cols)).astype(Xb.dtype)
+        cells["floor"] = lambda: (Xb @ W_dirs, Xb.T @ D_dirs)
         # warm_each: a gradient timed right after a K = 256 pass ran on evicted caches, up to 1.3x
         # slower, which flattered the large K (batch 1000, K = 16: 0.68x against 0.84x warm)
         timings = H.run_rounds(cells, rng, rounds=args.rounds or (3 if args.quick else 15),
                                warmup_s=0.01 if args.quick else 0.2, warm_each=True)
         per = {k: timings.ratio(f"K{k}", "grad") for k in SWEEP_K}
+        floors[batch] = timings.ratio("floor", "grad")
         scaled = {k: H.Ratio(r.median / k, r.lo / k, r.hi / k, r.n) for k, r in per.items()}
         best[batch] = min(scaled, key=lambda k: scaled[k].median)
         print(f"| {batch} | " + " | ".join(f"{r.median:.2f} [{r.lo:.2f}-{r.hi:.2f}]" for r in scaled.values())
               + f" | {best[batch]} |")
+    print(f"floor at K={DIRECTIONS}: the first layer's two {shapes[0][0]}-wide products per direction alone "
+          f"(X W1' and X^T d1', one folded GEMM each) / gradient: "
+          + ", ".join(f"{r.median / DIRECTIONS:.2f}x [{r.lo / DIRECTIONS:.2f}-{r.hi / DIRECTIONS:.2f}] at batch {b}"
+                      for b, r in floors.items()))
     print(f"planner: tinygrad2.memory.preferred_chunk = {tinygrad2.memory.preferred_chunk} "
           f"(best K here: " + ", ".join(f"{k} at batch {b}" for b, k in best.items()) + ")")
     return best

@@ -102,6 +102,9 @@ def test_engine_directions_sweep_prints_the_best_k_per_batch(data_dir):
         assert len(cells) == 11  # batch, K = 1 ... 256, best K
         assert int(cells[-1]) in (1, 2, 4, 8, 16, 32, 64, 128, 256)
     assert "planner: tinygrad2.memory.preferred_chunk = 64" in text
+    floor = re.search(r"^floor at K=16: .* / gradient: (\d+\.\d\d)x \[.*\] at batch 64, (\d+\.\d\d)x .* at batch 1000$",
+                      text, re.M)
+    assert floor and all(float(r) > 0 for r in floor.groups())
 
 
 def test_curvature_quick(data_dir):
