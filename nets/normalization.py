@@ -57,7 +57,7 @@ class _BatchNorm(Module):
                 self.fail(x, "has 1 value per channel: batch statistics need at least 2 in training mode")
             mean = x.mean(axis=axes, keepdims=True)
             centered = x - mean
-            var = (centered * centered).mean(axis=axes, keepdims=True)
+            var = (centered**2).mean(axis=axes, keepdims=True)  # (one cotangent, not two summed)
             if self._updating_stats:
                 self._update(mean.data.reshape(c), var.data.reshape(c), m)
         else:

@@ -146,7 +146,8 @@ class sub:  # d(a - b) = da - db
     def jvp(primals, tangents, out):
         ta, tb = tangents
         return ta if tb is None else -tb if ta is None else ta - tb
-    def vjp(g, out, a, b): return g, (-g if b.requires_grad else None)
+    def vjp(g, out, a, b):  # b's cotangent summed to b's shape before it is negated (a broadcast mean or bias)
+        return g, (-(g if g.shape == b.shape else g.sum_to(b.shape)) if b.requires_grad else None)
 
 
 @primitive(linear=True, broadcasts=True)
@@ -183,6 +184,8 @@ class power:  # d x^p = p x^(p-1) dx, exponent p a constant (p = 0: zero, also a
     def vjp(g, out, x, exponent):
         if exponent == 0:
             return (g * 0.0,)
+        if exponent == 2:  # 2 x g: two passes (x ** 1 would be a third)
+            return ((g * x) * 2.0,)
         return (g * exponent if exponent == 1 else g * (x ** (exponent - 1) * exponent),)
 
 
