@@ -124,6 +124,24 @@ def test_a_tracked_tangents_slices_read_its_mask_on_the_host(rng, transfers):
     assert directions.known_live(V) is None  # the caller's own array is never tracked
 
 
+@pytest.mark.cpu_only  # host arrays and NumPy-backend transfer counts
+def test_dense_tracked_directions_mark_every_slice_live_without_a_mask(rng, transfers):
+    """Directions nonzero in every column are marked ALL_LIVE: their slices,
+    and the slices of those, inherit the mark (no mask to cut, no transfer)."""
+    V = rng.standard_normal((2, 10))
+    view = directions.tracked(V)
+    assert transfers[0] == 1 and directions.known_live(view) is directions.ALL_LIVE
+    x = tg.Tensor(np.ones(10), tangent=view)
+    x.tangent = view
+    half = x[2:9]
+    quarter = half[1:4]
+    assert directions.known_live(half.tangent) is directions.ALL_LIVE
+    assert directions.known_live(quarter.tangent) is directions.ALL_LIVE and transfers[0] == 1
+    np.testing.assert_array_equal(quarter.tangent, V[:, 3:6])
+    V[:, 4] = 0.0  # one dead column: a mask again
+    assert directions.known_live(directions.tracked(V)).tolist() == [True] * 4 + [False] + [True] * 5
+
+
 @pytest.mark.cpu_only  # host arrays
 def test_a_leaf_kept_across_passes_sees_its_directions_changed_in_place(rng, float64):
     # a user's leaf is not tracked: every slice asks the device, so a direction

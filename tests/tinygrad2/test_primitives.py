@@ -1008,3 +1008,23 @@ def test_safe_steps_refuse_a_point_on_a_kink(name):
 
 def test_kink_table_covers_every_kink_primitive():
     assert set(KINKS) == {name for name, prim in REGISTRY.items() if prim.kink is not None}
+
+
+@pytest.mark.parametrize("op, expected", [(lambda x, c: x * c, {"mul": 1}), (lambda x, c: c * x, {"mul": 1}),
+                                          (lambda x, c: x / c, {"div": 1}), (lambda x, c: c - x, {"neg": 1}),
+                                          (lambda x, c: x - c, {}), (lambda x, c: x.maximum(c), {"mul": 1})])
+def test_a_backward_pass_computes_no_cotangent_for_a_constant_operand(op, expected):
+    """mul, div, sub and maximum skip the product for an operand that needs no
+    gradient (a constant factor, a bias that is data): the vjp's applications
+    are those of the one cotangent read, and it is the right one."""
+    rng = np.random.default_rng(0)
+    x = Tensor(D(rng.standard_normal((3, 4))), requires_grad=True)
+    c = Tensor(D(rng.uniform(1, 2, (3, 4))))
+    y = op(x, c)
+    with applied_primitives() as seen:
+        y.backward(D(np.ones((3, 4))))
+    counts = {name: seen.count(name) for name in set(seen)}
+    assert counts == expected
+    eps = 1e-6
+    fd = (host(op(Tensor(x.data + eps), c).data) - host(op(Tensor(x.data - eps), c).data)) / (2 * eps)
+    npt.assert_allclose(host(x.grad.data), fd, rtol=1e-6, atol=1e-8)

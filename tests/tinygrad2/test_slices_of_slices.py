@@ -100,3 +100,51 @@ def test_a_recorded_backward_pass_through_slices_of_slices_is_differentiable(flo
     (g * Tensor(D(v))).sum().backward()
     _, hv_ref = _reference(_tree, theta, v[None])
     npt.assert_allclose(host(th.grad.data), hv_ref[0], rtol=1e-13, atol=1e-13)
+
+
+def _reshaped(t):  # a flat θ's parameters as a model cuts them: theta[a:b].reshape(shape), one level or two
+    right = t[6:]
+    return [t[0:6].reshape(2, 3), t[6:8], right[2:6].reshape(2, 2)]
+
+
+def test_reshaped_slices_sum_into_the_flat_buffer_without_reshape_vjps(monkeypatch, float64):
+    """theta[a:b].reshape(s) and theta[a:][b:c].reshape(s): their cotangents
+    (and tangents) go straight into θ's buffer (graph.in_place_target):
+    neither reshape's vjp nor a visit to the slice runs; the gradient and H·V
+    are the closed form's; a recorded pass takes the vjps and agrees."""
+    rng = np.random.default_rng(5)
+    theta, V = rng.standard_normal(12), rng.standard_normal((3, 12))
+    g_ref, hv_ref = _reference(lambda t: [p.reshape(-1) for p in _reshaped(t)], theta, V)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("reshape's vjp ran in a plain backward pass")
+
+    with monkeypatch.context() as m:
+        m.setattr(primitives.REGISTRY["reshape"], "vjp", refuse)
+        g, hv = _grad_and_hvp(_reshaped, theta, V)
+    npt.assert_allclose(g, g_ref, rtol=1e-13, atol=1e-13)
+    npt.assert_allclose(hv, hv_ref, rtol=1e-13, atol=1e-13)
+    th = Tensor(D(theta), requires_grad=True, tangent=D(V))
+    _loss(th, _reshaped).backward(create_graph=True)
+    npt.assert_allclose(host(th.grad.data), g_ref, rtol=1e-13, atol=1e-13)
+    npt.assert_allclose(host(th.grad.tangent), hv_ref, rtol=1e-13, atol=1e-13)
+
+
+def test_a_reshape_of_a_strided_or_2d_slice_takes_its_vjp(monkeypatch, float64):
+    """Only a step-1 slice of a 1-D tensor sums in place; a reshape of a
+    strided slice, or of a slice of a 2-D tensor, runs reshape's vjp, and the
+    gradient is still the closed form's."""
+    rng = np.random.default_rng(6)
+    theta = rng.standard_normal(12)
+    th = Tensor(D(theta), requires_grad=True)
+    strided = th[0::2].reshape(2, 3)
+    rows = th.reshape(3, 4)[1:].reshape(8)
+    calls, real = [], primitives.REGISTRY["reshape"].vjp
+    monkeypatch.setattr(primitives.REGISTRY["reshape"], "vjp", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ((strided * strided).sum() + (rows * rows * rows).sum()).backward()
+    assert len(calls) == 3  # strided's, rows' and the reshape of th under rows
+    coef2 = np.zeros(12)
+    coef2[0::2] = 2 * theta[0::2]
+    coef3 = np.zeros(12)
+    coef3[4:] = 3 * theta[4:] ** 2
+    npt.assert_allclose(host(th.grad.data), coef2 + coef3, rtol=1e-13, atol=1e-13)

@@ -141,3 +141,22 @@ def test_gauss_newton_products_skip_the_same_product_and_are_unchanged(matmuls, 
                         lambda self, *args, tangents_only=False, **kwargs: full(self, *args, **kwargs))
     npt.assert_array_equal(obj.ggn_vp(theta, V), skipping)
     assert matmuls[0] - counted == 3
+
+
+@pytest.mark.cpu_only  # counts the in-place sums on host arrays
+def test_a_tangents_only_pass_sums_only_tangents_into_the_flat_buffer(monkeypatch, float64):
+    """θ's parameters are slices (and reshaped slices) of θ: a plain pass sums
+    each one's cotangent value and tangent into θ's buffers, a tangents-only
+    pass the tangents alone (the values are skipped placeholders)."""
+    targets, real = [], primitives._add_at
+
+    def counting(target, index, values, advanced):
+        targets.append(target.ndim)
+        real(target, index, values, advanced)
+
+    monkeypatch.setattr(primitives, "_add_at", counting)
+    n_params = len(MLP([12, 7, 3]).layout().params)
+    for tangents_only, expected in ((False, [1, 2] * n_params), (True, [2] * n_params)):
+        targets.clear()
+        _pass("mlp", np.random.default_rng(0), 2, tangents_only)
+        assert targets == expected
