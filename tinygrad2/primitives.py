@@ -257,7 +257,7 @@ class sqrt:  # d sqrt(x) = dx / (2 sqrt(x))
 @primitive(broadcasts=True, masked=True)
 class relu:  # d max(x, 0) = [x > 0] dx; kink at x = 0
     def forward(x): return B.xp.maximum(x, 0)
-    def jvp(primals, tangents, out): return tangents[0] * (primals[0] > 0).astype(primals[0].dtype)  # float: 2x faster
+    def jvp(primals, tangents, out): return tangents[0] * (primals[0] > 0).astype(tangents[0].dtype)  # float: 2x faster
     def vjp(g, out, x): return (g * _const((x.data > 0).astype(x.dtype)),)  # a float mask: not xp.where, 13x slower
     def kink(primals, tangents, out): return _distance(primals[0], tangents[0])
 
@@ -539,6 +539,7 @@ def _is_advanced(i):
 
 @primitive(linear=True)
 class pad:  # constant padding; widths: one (before, after) pair per input axis; value: the constant
+    # (affine when value != 0; "linear" holds for what the flag is read for: its vjp, a slice of g)
     def forward(x, widths, value=0.0):
         return B.xp.pad(x, ((0, 0),) * (x.ndim - len(widths)) + widths, constant_values=value)
     def jvp(primals, tangents, out, widths, value=0.0): return pad.forward(tangents[0], widths)  # d(constant) = 0

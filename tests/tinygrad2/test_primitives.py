@@ -1028,3 +1028,13 @@ def test_a_backward_pass_computes_no_cotangent_for_a_constant_operand(op, expect
     eps = 1e-6
     fd = (host(op(Tensor(x.data + eps), c).data) - host(op(Tensor(x.data - eps), c).data)) / (2 * eps)
     npt.assert_allclose(host(x.grad.data), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_relu_keeps_its_tangents_dtype_beside_a_wider_value():
+    """A float32 tangent carried onto a float64 value (x + float64 data)
+    stays float32 through relu, as through the other masked rules: the mask
+    takes the tangent's dtype, not the value's."""
+    x = Tensor(D(np.array([-1.0, 0.5, 2.0], np.float32)), tangent=D(np.ones(3, np.float32)))
+    y = (x + Tensor(D(np.ones(3)))).relu()
+    assert y.data.dtype == np.float64 and y.tangent.dtype == np.float32
+    npt.assert_array_equal(host(y.tangent), [[0.0, 1.0, 1.0]])
