@@ -3,7 +3,7 @@
     python -m benchmarks.nets              # full run
     python -m benchmarks.nets --quick      # tiny run (a smoke test)
     python -m benchmarks.nets --profile    # + where the time goes, per primitive
-    options: --threads N (alias --blas-threads; default 1, 0 = library default), --rounds R,
+    options: --threads N (alias --blas-threads; default 1, 0 = library default), --rounds R, --resnet-rounds R,
              --no-resnet, --seed S, --data-dir DIR, --no-verify
 
 Cases (float32):
@@ -370,7 +370,13 @@ def main(argv=None):
                        profile_help="also print time per primitive",
                        rounds_help="rounds of the SmallCNN cells (default 30; --quick 3)")
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet18 step")
+    ap.add_argument("--resnet-rounds", type=int, default=None, metavar="R",
+                    help="rounds of the ResNet18 cells (default 7; --quick 1): more narrow the spread "
+                         "of its paired ratio on a busy machine, at about 0.7 s a round")
     args = ap.parse_args(argv)
+    resnet_rounds = (1 if args.quick else 7) if args.resnet_rounds is None else args.resnet_rounds
+    if resnet_rounds < 1:
+        ap.error(f"--resnet-rounds must be at least 1, got {resnet_rounds}")
     warmup = 0.05 if args.quick else 1.0
     batch, rbatch = 128, (10 if args.quick else 100)
     rng = np.random.default_rng(args.seed)
@@ -398,7 +404,7 @@ def main(argv=None):
         Xr = Xr.reshape(rbatch, 1, 28, 28)
         print(f"ResNet18 data: {what_r}")
         rcells, (robj, rtheta) = resnet_cells(torch, Xr, yr)
-        timings.update(H.run_rounds(rcells, rng, rounds=1 if args.quick else 7))
+        timings.update(H.run_rounds(rcells, rng, rounds=resnet_rounds))
     print("\nrepeats: " + ", ".join(f"{k} {n}" for k, n in timings.reps.items()))
     shown = print_table(timings, torch, batch, rbatch)
     med = timings.medians

@@ -143,6 +143,15 @@ def test_crosscheck_torch_quick(tmp_path):
     assert text.rstrip().endswith("and with every FD-confirmed PyTorch route")  # the PASS line, exit 0
 
 
+def test_nets_resnet_rounds_are_set_by_the_flag_and_checked_before_any_work(data_dir):
+    text = run_benchmark("benchmarks.nets", data_dir, "--quick", "--no-verify", "--resnet-rounds", "2")
+    assert re.search(r"^repeats: .*tg2 ResNet18 step 2\b", text, re.M)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.nets", "--resnet-rounds", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--resnet-rounds must be at least 1, got 0" in out.stderr
+    assert "nets benchmark" not in out.stdout  # refused before the header and the data
+
+
 def test_crosscheck_torch_without_torch_is_one_line():
     code = ("import runpy, sys; sys.modules['torch'] = None; "
             "runpy.run_module('benchmarks.crosscheck_torch', run_name='__main__')")
