@@ -371,8 +371,8 @@ def main(argv=None):
                        rounds_help="rounds of the SmallCNN cells (default 30; --quick 3)")
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet18 step")
     ap.add_argument("--resnet-rounds", type=int, default=None, metavar="R",
-                    help="rounds of the ResNet18 cells (default 7; --quick 1): more narrow the spread "
-                         "of its paired ratio on a busy machine, at about 0.7 s a round")
+                    help="rounds of the ResNet18 cells (default 7; --quick 1): more rounds narrow the "
+                         "spread of its paired ratio on a busy machine, at about 0.6 s a round")
     args = ap.parse_args(argv)
     resnet_rounds = (1 if args.quick else 7) if args.resnet_rounds is None else args.resnet_rounds
     if resnet_rounds < 1:

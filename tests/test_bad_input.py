@@ -465,9 +465,9 @@ def test_finite_inputs_still_work_and_the_errors_are_floating_point_errors():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_the_finite_check_passes_large_finite_values_and_catches_each_nonfinite_one(dtype):
-    """The check's fast route (Σ a² finite) overflows on large finite
-    entries: the entry-wise test must then pass them; a single NaN, inf or
-    -inf beside them must still be named."""
+    """Large finite entries (half the dtype's maximum: their squares and
+    sums overflow, so a shortcut through Σ a or Σ a² would refuse them) pass;
+    a single NaN, inf or -inf beside them is named with its index."""
     from tinygrad2 import backend
     from tinygrad2.guard import check_finite
     big = np.full((3, 7), np.finfo(dtype).max / 2, dtype)
