@@ -147,7 +147,7 @@ class sub:  # d(a - b) = da - db
         ta, tb = tangents
         return ta if tb is None else -tb if ta is None else ta - tb
     def vjp(g, out, a, b):  # b's cotangent summed to b's shape before it is negated (a broadcast mean or bias)
-        return g, (-(g if g.shape == b.shape else g.sum_to(b.shape)) if b.requires_grad else None)
+        return g, (-g.sum_to(b.shape) if b.requires_grad else None)
 
 
 @primitive(linear=True, broadcasts=True)

@@ -353,6 +353,8 @@ class Tensor:
         """Sum over broadcast axes so that the result has ``shape`` (the
         reverse of ``broadcast_to``)."""
         shape = tuple(shape)
+        if shape == self.shape:
+            return self
         lead = self.ndim - len(shape)
         if lead < 0:
             raise ValueError(f"sum_to: cannot reduce shape {self.shape} to the larger {shape}")
