@@ -72,7 +72,7 @@ class Conv2d(Module):
       ``conv_input_grad`` (P*(Wᵀ g)), blocked the same way; the three are
       each other's transposes, so H·v and recorded backward passes need no
       other rule. On SmallCNN at batch 128 the slices route's gradient
-      takes 1.40x the blocked route's (benchmarks/nets.py, README
+      takes 1.3-1.4x the blocked route's (benchmarks/nets.py, README
       "Measured").
     * ``patches="slices"``: the kh·kw shifted strided views of the
       input, stored as (C, H, W, N), stacked by one ``concatenate`` into
