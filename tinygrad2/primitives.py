@@ -422,20 +422,39 @@ class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative
 
 @primitive()
 class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z), dz>
-    def forward(z, labels): return cross_entropy_rows(z, labels)
-    def jvp(primals, tangents, out, labels): return _dot_each(tangents[0], softmax_residual(primals[0], labels))
-    def forward_and_jvp(primals, tangents, labels):
-        value, residual = cross_entropy_rows(primals[0], labels, residual=True)
+    # saved: None, or a dict of a recorded forward (Tensor.cross_entropy's) into which the forward puts
+    # what its exponentials give for the backward pass (as PyTorch's save_for_backward): the gradient
+    # in z, and with a tangent softmax(z); cross_entropy_grad reads them instead of a softmax of its own
+    def forward(z, labels, saved=None):
+        if saved is None:
+            return cross_entropy_rows(z, labels)
+        value, saved["residual"] = cross_entropy_rows(z, labels, residual=True)
+        return value
+    def jvp(primals, tangents, out, labels, saved=None):
+        return _dot_each(tangents[0], softmax_residual(primals[0], labels))
+    def forward_and_jvp(primals, tangents, labels, saved=None):
+        if saved is None:
+            value, residual = cross_entropy_rows(primals[0], labels, residual=True)
+        else:
+            value, residual, saved["softmax"] = cross_entropy_rows(primals[0], labels, residual=True, softmax=True)
+            saved["residual"] = residual
         return value, _dot_each(tangents[0], residual)
-    def vjp(g, out, z, labels): return (cross_entropy_grad(z, labels=labels) * g,)
+    def vjp(g, out, z, labels, saved=None): return (cross_entropy_grad(z, labels=labels, saved=saved) * g,)
 
 
 @primitive()
 class cross_entropy_grad:  # (softmax(z) - onehot(y)) / n;  d = p ⊙ (dz - Σ_c p dz) / n, p = softmax(z)
-    def forward(z, labels): return softmax_residual(z, labels)
-    def jvp(primals, tangents, out, labels): return softmax_hessian_vp(primals[0], tangents[0])
-    def forward_and_jvp(primals, tangents, labels): return softmax_residual_and_hvp(primals[0], labels, tangents[0])
-    def vjp(u, out, z, labels):  # the same symmetric operator, in Tensor ops
+    # saved: None, or cross_entropy's dict for these logits (its residual is this value, its softmax p)
+    def forward(z, labels, saved=None):
+        residual = None if saved is None else saved.get("residual")
+        return softmax_residual(z, labels) if residual is None else residual
+    def jvp(primals, tangents, out, labels, saved=None):
+        return softmax_hessian_vp(primals[0], tangents[0], None if saved is None else saved.get("softmax"))
+    def forward_and_jvp(primals, tangents, labels, saved=None):
+        if saved is None or "softmax" not in saved:
+            return softmax_residual_and_hvp(primals[0], labels, tangents[0])
+        return saved["residual"], softmax_hessian_vp(primals[0], tangents[0], saved["softmax"])
+    def vjp(u, out, z, labels, saved=None):  # the same symmetric operator, in Tensor ops
         p = z.log_softmax(axis=-1).exp()
         pu = p * u
         return ((pu - p * pu.sum(axis=-1, keepdims=True)) * (1.0 / z.shape[0]),)

@@ -227,6 +227,24 @@ def test_cross_entropy_bad_labels():
         Tensor(np.zeros(4)).cross_entropy(np.zeros(4, dtype=np.int64))
 
 
+def _out_of_range_labels():
+    for dtype in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint64):
+        info = np.iinfo(dtype)
+        for value in (4, info.max) + ((-1, info.min) if info.min < 0 else ()):
+            yield pytest.param(dtype, int(value), id=f"{np.dtype(dtype).name}-{value}")
+
+
+@pytest.mark.parametrize("dtype, value", _out_of_range_labels())
+def test_cross_entropy_labels_out_of_range_in_every_integer_dtype(dtype, value):
+    """The range check reads the labels as unsigned (a negative label is then
+    huge): C, -1, the dtype's lowest and highest value are each refused, in
+    a strided view too, and valid labels of the dtype are not."""
+    z = Tensor(np.zeros((3, 4)))
+    assert np.isfinite(z.cross_entropy(np.array([0, 3, 2], dtype)).item())
+    with raises(ValueError, "cross_entropy", "[0, 4)", str(value)):
+        z.cross_entropy(np.array([1, 0, value, 2, 3, 1], dtype)[::2])
+
+
 @pytest.mark.cpu_only  # written against host NumPy arrays, not yet converted for a device
 def test_finite_differences_refuse_a_zero_direction():
     from tinygrad2 import check

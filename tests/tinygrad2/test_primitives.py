@@ -712,6 +712,48 @@ def test_fused_primitives_are_the_cross_entropy_pair():
     assert FUSED == ["cross_entropy", "cross_entropy_grad"]
 
 
+@pytest.mark.parametrize("C", [3, 40])  # the transposed route and the row route
+@pytest.mark.parametrize("tangent", [False, True])
+def test_a_recorded_cross_entropy_computes_its_softmax_once_per_gradient(monkeypatch, C, tangent):
+    """Tensor.cross_entropy on logits that require grad saves the gradient in
+    z from the forward's exponentials (with a tangent, softmax(z) too); its
+    vjp reads them: one softmax for the forward and the backward together
+    (two before), the same gradient (and H·v) as the primitive without
+    ``saved`` (which computes them in the vjp), and a second backward of a
+    retained graph gives it again."""
+    from tinygrad2 import kernels
+    rng = np.random.default_rng(C)
+    z0, y = D(rng.standard_normal((6, C)) * 3), D(rng.integers(0, C, 6))
+    T = D(rng.standard_normal((1, 6, C))) if tangent else None
+    calls = []
+    shifted = kernels._shifted_exp
+    monkeypatch.setattr(kernels, "_shifted_exp", lambda *a, **k: calls.append(1) or shifted(*a, **k))
+
+    def gradient(saving):
+        z = Tensor(z0, requires_grad=True, tangent=T)
+        loss = z.cross_entropy(y) if saving else P.cross_entropy(z, labels=y)
+        loss.backward(retain_graph=True)
+        return z, loss
+
+    z, loss = gradient(saving=True)
+    assert len(calls) == 1
+    assert sorted(loss._node[2]["saved"]) == (["residual", "softmax"] if tangent else ["residual"])
+    calls.clear()
+    z_plain, loss_plain = gradient(saving=False)
+    assert len(calls) == 2 and "saved" not in loss_plain._node[2]
+    npt.assert_array_equal(host(loss.data), host(loss_plain.data))
+    assert_close(z.grad.data, z_plain.grad.data, rtol=1e-14, atol=1e-16)
+    if tangent:
+        assert_close(z.grad.tangent, z_plain.grad.tangent, rtol=1e-14, atol=1e-16)
+    first = host(z.grad.data).copy()
+    z.grad = None
+    loss.backward()
+    npt.assert_array_equal(host(z.grad.data), first)
+    assert_close(first, host(kernels.softmax_residual(z0, y)), rtol=1e-14, atol=1e-16)
+    with no_grad():
+        assert Tensor(z0, requires_grad=True).cross_entropy(y)._node is None
+
+
 @pytest.mark.parametrize("block_bytes", [1, 300, 10**9])
 @pytest.mark.parametrize("geometry", [((5, 5), (1, 1), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((1, 1), (2, 1), (0, 0)),
                                       ((3, 2), (1, 2), (2, 0))])
