@@ -69,19 +69,20 @@ def _shifted_exp(z, labels=None, pick=False):
     """exp(z - m) of z (n, C), m the rows' maxima, as a fresh array laid out
     by rows: the transposed copy (C, n) when the rows are short (at most 32
     classes), so that every pass runs along the n examples. With ``labels``
-    (n,), also where their entries lie in that array, and with ``pick`` their
-    values of z - m (before the exp). A row of -inf or with +inf gives NaN,
-    as its softmax and cross-entropy are.
-    Returns (e, the classes' axis, whether transposed, the labels' index, their shifted values)."""
+    (n,), also the flat positions of their entries in that array, and with
+    ``pick`` their values of z - m (before the exp). A row of -inf or with
+    +inf gives NaN, as its softmax and cross-entropy are.
+    Returns (e, the classes' axis, whether transposed, the labels' flat positions, their shifted values)."""
     short = z.shape[-1] <= 32
     axis = 0 if short else 1
     e = B.xp.array(z.T if short else z, order="C")
     e -= e.max(axis=axis, keepdims=True)
     at = picked = None
-    if labels is not None:
-        rows = B.xp.arange(z.shape[0])
-        at = (labels, rows) if short else (rows, labels)
-        picked = e[at] if pick else None
+    if labels is not None:  # 1-D indexing: 3x faster than by (row, column) pairs
+        n, c = z.shape
+        labels = labels.astype(B.xp.int64, copy=False)
+        at = B.xp.arange(n) + labels * n if short else B.xp.arange(0, n * c, c) + labels
+        picked = e.reshape(-1)[at] if pick else None
     B.xp.exp(e, out=e)
     return e, axis, short, at, picked
 
@@ -127,7 +128,7 @@ def _residual(e, total, at, short):
     """(e / total - onehot) / n in place, by examples: the 1/n folded into the division."""
     n = total.size
     e /= total * n
-    e[at] -= 1.0 / n
+    e.reshape(-1)[at] -= 1.0 / n
     return _by_examples(e, short)
 
 
@@ -223,6 +224,19 @@ def matmul_directions(a, tb):
         t = (a @ tb.transpose(1, 0, 2).reshape(m, k * p)).reshape(a.shape[0], k, p)
         return B.xp.ascontiguousarray(t.transpose(1, 0, 2))  # the (K, r, p) layout every rule expects
     return a @ tb
+
+
+def matmul_with_directions(a, b, tb):
+    """(a @ b, a @ tb) for 2-D a (r, m), b (m, p) and tangents tb (K, m, p),
+    from one GEMM a @ [b | tb_1 | ... | tb_K]: (K + 1)·p columns run faster than
+    K + 1 products of p (MLP B1000, 32 columns: 1.03 ms instead of 1.14 for two)."""
+    k, m, p = tb.shape
+    wide = B.xp.empty((m, k + 1, p), b.dtype)
+    wide[:, 0] = b
+    wide[:, 1:] = tb.transpose(1, 0, 2)
+    out = (a @ wide.reshape(m, (k + 1) * p)).reshape(a.shape[0], k + 1, p)
+    tangent = out[:, 1:].transpose(1, 0, 2)
+    return out[:, 0], (tangent if k == 1 else B.xp.ascontiguousarray(tangent))
 
 
 def im2col(x, kernel, stride, padding):

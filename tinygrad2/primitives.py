@@ -25,11 +25,14 @@ Conventions
   (getitem: the slices of a flat vector, and their slices, share its buffer;
   reshape: of such a slice, the same). The engine asks
   :func:`tinygrad2.graph.in_place_target` where; where it says None, the vjp runs.
-* ``forward_and_jvp(primals, tangents, **params) -> (out, tangent)``:
+* ``forward_and_jvp(primals, tangents, **params) -> (out, tangent) or None``:
   optionally, both rules in one call, where the jvp would repeat the
-  forward's work (the cross-entropy's softmax); used whenever a tangent is
-  carried. Only for primitives that neither broadcast nor have a kink; the
-  op-spec tests check it against the two rules.
+  forward's work (the cross-entropy's softmax) or one product does both
+  (matmul: a @ [b | tb]); used whenever a tangent is carried. None declines:
+  the engine then runs the two rules. It sees the tangents unaligned and
+  unchecked, so a broadcasting primitive declines wherever the tangents would
+  need aligning; never for a primitive with a kink (the kink monitor runs
+  beside the jvp). Tests check it against the two rules.
 """
 from __future__ import annotations
 
@@ -80,8 +83,8 @@ def primitive(linear=False, bilinear=False, broadcasts=False, masked=False, dire
                 raise TypeError(f"primitive '{name}': a non-linear primitive needs a jvp rule")
             jvp = _jvp_of_linear(block.forward)
         both = block.__dict__.get("forward_and_jvp")
-        if both is not None and (broadcasts or "kink" in block.__dict__):
-            raise TypeError(f"primitive '{name}': forward_and_jvp skips the tangents' alignment and the kink monitor")
+        if both is not None and "kink" in block.__dict__:
+            raise TypeError(f"primitive '{name}': forward_and_jvp skips the kink monitor")
         prim = Primitive(name, block.forward, jvp, block.vjp, block.__dict__.get("kink"),
                          block.__dict__.get("accumulate"), linear, bilinear, broadcasts, both, masked, direct_vjp, view)
         REGISTRY[name] = prim
@@ -312,6 +315,11 @@ class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
             else:  # e.g. a transposed view: the batched product reads it in place, no copy
                 da = ta @ b
         return plus_into(da, None if tb is None else matmul_directions(a, tb))
+    def forward_and_jvp(primals, tangents):  # a @ [b | tb]: the value and b's tangents in ONE wider GEMM
+        (a, b), (ta, tb) = primals, tangents
+        if ta is not None or tb is None or a.ndim != 2 or b.ndim != 2 or a.size < kernels.FOLD_ELEMENTS:
+            return None  # the two rules (which align the tangents of broadcast operands)
+        return kernels.matmul_with_directions(a, b, tb)
     def vjp(g, out, a, b):
         # dA = g Bᵀ, as (B gᵀ)ᵀ for a g of few rows (kernels.WIDE_ROWS)
         wide = g.ndim == b.ndim == 2 and g.shape[0] <= kernels.WIDE_ROWS < b.shape[0]
@@ -422,9 +430,8 @@ class log_softmax:  # d(x - lse(x)) = dx - Σ softmax(x) dx;  axis: one negative
 
 @primitive()
 class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z), dz>
-    # saved: None, or a dict of a recorded forward (Tensor.cross_entropy's) into which the forward puts
-    # what its exponentials give for the backward pass (as PyTorch's save_for_backward): the gradient
-    # in z, and with a tangent softmax(z); cross_entropy_grad reads them instead of a softmax of its own
+    # saved: None, or a recorded forward's dict (Tensor.cross_entropy's; as PyTorch's save_for_backward) for the
+    # gradient in z and, with a tangent, softmax(z): cross_entropy_grad reads them instead of its own softmax
     def forward(z, labels, saved=None):
         if saved is None:
             return cross_entropy_rows(z, labels)
@@ -433,11 +440,9 @@ class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z)
     def jvp(primals, tangents, out, labels, saved=None):
         return _dot_each(tangents[0], softmax_residual(primals[0], labels))
     def forward_and_jvp(primals, tangents, labels, saved=None):
-        if saved is None:
-            value, residual = cross_entropy_rows(primals[0], labels, residual=True)
-        else:
-            value, residual, saved["softmax"] = cross_entropy_rows(primals[0], labels, residual=True, softmax=True)
-            saved["residual"] = residual
+        value, residual, *p = cross_entropy_rows(primals[0], labels, residual=True, softmax=saved is not None)
+        if saved is not None:
+            saved.update(residual=residual, softmax=p[0])
         return value, _dot_each(tangents[0], residual)
     def vjp(g, out, z, labels, saved=None): return (cross_entropy_grad(z, labels=labels, saved=saved) * g,)
 
@@ -446,14 +451,13 @@ class cross_entropy:  # mean_i [lse(z_i) - z_i,y_i];  d = <cross_entropy_grad(z)
 class cross_entropy_grad:  # (softmax(z) - onehot(y)) / n;  d = p ⊙ (dz - Σ_c p dz) / n, p = softmax(z)
     # saved: None, or cross_entropy's dict for these logits (its residual is this value, its softmax p)
     def forward(z, labels, saved=None):
-        residual = None if saved is None else saved.get("residual")
-        return softmax_residual(z, labels) if residual is None else residual
+        return saved["residual"] if saved and "residual" in saved else softmax_residual(z, labels)
     def jvp(primals, tangents, out, labels, saved=None):
         return softmax_hessian_vp(primals[0], tangents[0], None if saved is None else saved.get("softmax"))
     def forward_and_jvp(primals, tangents, labels, saved=None):
-        if saved is None or "softmax" not in saved:
-            return softmax_residual_and_hvp(primals[0], labels, tangents[0])
-        return saved["residual"], softmax_hessian_vp(primals[0], tangents[0], saved["softmax"])
+        if saved and "softmax" in saved:
+            return saved["residual"], softmax_hessian_vp(primals[0], tangents[0], saved["softmax"])
+        return softmax_residual_and_hvp(primals[0], labels, tangents[0])
     def vjp(u, out, z, labels, saved=None):  # the same symmetric operator, in Tensor ops
         p = z.log_softmax(axis=-1).exp()
         pu = p * u

@@ -539,8 +539,9 @@ def apply(prim, *inputs, **params):
                 break
     if not carried:
         t.data = _forward(prim, datas, params)
-    elif not _values_skipped and prim.forward_and_jvp is not None:  # one rule for both (the jvp repeats the forward's work)
-        t.data, t.tangent = _forward(prim, datas, params, [x.tangent for x in inputs])
+    elif not _values_skipped and prim.forward_and_jvp is not None and (
+            both := _forward(prim, datas, params, [x.tangent for x in inputs])) is not None:
+        t.data, t.tangent = both  # one rule for both (the jvp would repeat the forward's work); None: the two rules
     else:
         # a tangents-only vjp skips the values of what it computes, but not of views (free, and read by matmul's vjp)
         out = _forward(prim, datas, params) if prim.view or not _values_skipped else None

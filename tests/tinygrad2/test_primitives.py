@@ -708,8 +708,51 @@ def test_forward_and_jvp_equals_the_two_rules(name, n, C, K, seed):
     npt.assert_allclose(tangent, prim.jvp([z], [T], out, labels=labels), rtol=1e-13, atol=1e-15)
 
 
-def test_fused_primitives_are_the_cross_entropy_pair():
-    assert FUSED == ["cross_entropy", "cross_entropy_grad"]
+def test_fused_primitives_are_the_cross_entropy_pair_and_matmul():
+    assert FUSED == ["cross_entropy", "cross_entropy_grad", "matmul"]
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_matmul_computes_a_value_and_its_tangents_in_one_wider_product(K):
+    """a @ b with a carrying no tangent and b carrying K: the fused rule's one
+    GEMM a @ [b | tb] against the two rules, and against the same product
+    through the engine: value and tangents to rounding, the tangents in the
+    (K, r, p) shape. It declines (None: the engine runs the two rules) where a
+    carries a tangent, where a is under kernels.FOLD_ELEMENTS entries, and
+    for operands that are not both 2-D (whose tangents the engine aligns)."""
+    from tinygrad2 import kernels
+    rng = np.random.default_rng(K)
+    rows = kernels.FOLD_ELEMENTS // 40 + 1
+    a, b, tb = D(rng.standard_normal((rows, 40))), D(rng.standard_normal((40, 6))), D(rng.standard_normal((K, 40, 6)))
+    prim = REGISTRY["matmul"]
+    out, tangent = prim.forward_and_jvp([a, b], [None, tb])
+    assert out.shape == (rows, 6) and tangent.shape == (K, rows, 6)
+    assert_close(out, host(a) @ host(b), rtol=1e-13, atol=1e-13)
+    assert_close(tangent, prim.jvp([a, b], [None, tb], out), rtol=1e-13, atol=1e-13)
+    through = Tensor(a) @ Tensor(b, tangent=tb)
+    assert_close(through.data, out, rtol=1e-13, atol=1e-13)
+    assert_close(through.tangent, tangent, rtol=1e-13, atol=1e-13)
+    ta = D(rng.standard_normal((K,) + a.shape))
+    assert prim.forward_and_jvp([a, b], [ta, tb]) is None
+    assert prim.forward_and_jvp([a[:100], b], [None, tb]) is None
+    assert prim.forward_and_jvp([a, b[None]], [None, tb[:, None]]) is None
+
+
+def test_an_hvp_through_the_fused_matmul_equals_reverse_over_reverse():
+    """A first layer large enough for the fused product (x fixed, W carrying
+    the directions): forward-over-reverse H·V equals reverse-over-reverse."""
+    from tinygrad2 import kernels
+    rng = np.random.default_rng(5)
+    X = D(rng.standard_normal((kernels.FOLD_ELEMENTS // 30 + 1, 30)))
+    y = D(rng.integers(0, 4, X.shape[0]))
+    n = 30 * 4
+
+    def f(theta):
+        return (Tensor(X) @ theta.reshape(30, 4)).tanh().cross_entropy(y)
+
+    theta, V = D(rng.standard_normal(n) * 0.3), D(rng.standard_normal((2, n)))
+    assert_close(tg.hvp(f, theta, V), np.stack([host(tg.hvp_reverse_over_reverse(f, theta, v)) for v in V]),
+                 rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("C", [3, 40])  # the transposed route and the row route
@@ -793,14 +836,15 @@ def test_blocked_convolutions_match_the_references_for_any_block_size(geometry, 
                                     for a, b in zip(ws, gs)], rtol=1e-12, atol=1e-12)
 
 
-def test_a_fused_rule_is_refused_beside_broadcasting_or_a_kink():
+def test_a_fused_rule_is_refused_beside_a_kink():
     class bad:  # noqa: N801  (a rule block, named as the registry names it)
         def forward(x): return x
         def jvp(primals, tangents, out): return tangents[0]
         def vjp(g, out, x): return (g,)
+        def kink(primals, tangents, out): return tangents[0]
         def forward_and_jvp(primals, tangents): return primals[0], tangents[0]
     with pytest.raises(TypeError, match="forward_and_jvp"):
-        P.primitive(broadcasts=True)(bad)
+        P.primitive()(bad)
     assert "bad" not in REGISTRY
 
 
