@@ -55,3 +55,17 @@ def check_finite(a, where, what):
         f"{where}: {what} has {count} non-finite entr{'y' if count == 1 else 'ies'} (NaN or inf) "
         f"of {a.size}, shape {tuple(a.shape)}; the first at index {index} is {B.to_host(a[first]).item()!r}"
     )
+
+
+def check_labels(labels, logits_shape, where):
+    """Refuse class labels that are not integers of shape (n,) for logits
+    (n, C), or that lie outside [0, C); one reduction (read as unsigned, a
+    negative label is huge) and one host sync."""
+    if len(logits_shape) != 2:
+        raise ValueError(f"{where}: logits must be (n, C), got shape {logits_shape}")
+    n, classes = logits_shape
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"{where}: labels must be integers of shape ({n},), got shape {labels.shape} dtype {labels.dtype}")
+    if labels.size and int(labels.view(f"u{labels.itemsize}").max()) >= classes:
+        raise ValueError(f"{where}: labels must lie in [0, {classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    return labels

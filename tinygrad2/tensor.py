@@ -20,6 +20,7 @@ import itertools
 
 from . import backend as B
 from .graph import in_place_target, reachable, values_skippable
+from .guard import check_labels
 from .shapes import ALL_AXES as _all_axes, axes as _axes, is_int as _is_int, resolve_shape as _resolve_shape
 
 _grad_enabled = True
@@ -293,18 +294,7 @@ class Tensor:
     def cross_entropy(self, labels):
         """Mean softmax cross-entropy of logits ``self`` (n, C) with integer
         labels (n,): mean_i [logsumexp(z_i) - z_i,y_i], one fused primitive."""
-        labels = _raw(labels)
-        if self.ndim != 2:
-            raise ValueError(f"cross_entropy: logits must be (n, C), got shape {self.shape}")
-        if labels.shape != self.shape[:1] or labels.dtype.kind not in "iu":
-            raise ValueError(
-                f"cross_entropy: labels must be integers of shape ({self.shape[0]},), got "
-                f"shape {labels.shape} dtype {labels.dtype}"
-            )
-        if labels.size and int(labels.view(f"u{labels.itemsize}").max()) >= self.shape[1]:  # negatives: huge unsigned
-            raise ValueError(
-                f"cross_entropy: labels must lie in [0, {self.shape[1]}), got [{int(labels.min())}, {int(labels.max())}]"
-            )
+        labels = check_labels(_raw(labels), self.shape, "cross_entropy")
         return P.cross_entropy(self, labels=labels, saved={} if _grad_enabled and self.requires_grad else None)
 
     def softmax(self, axis=-1):
@@ -332,7 +322,12 @@ class Tensor:
         return P.transpose(self, axes=tuple(a % self.ndim for a in axes))
 
     T = property(lambda self: self.transpose())
-    mT = property(lambda self: P.transpose(self, axes=(1, 0)) if self.ndim == 2 else self.swapaxes(-1, -2))
+    @property
+    def mT(self):  # (a plain view where nothing is recorded or pushed: matmul's vjp in a gradient's backward)
+        if self.ndim == 2:
+            return Tensor._make(self.data.T, None, None) if self.tangent is None and not _grad_enabled else P.transpose(
+                self, axes=(1, 0))
+        return self.swapaxes(-1, -2)
 
     def swapaxes(self, a, b):
         axes = list(range(self.ndim))

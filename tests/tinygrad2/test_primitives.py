@@ -1116,6 +1116,28 @@ def test_a_backward_pass_computes_no_cotangent_for_a_constant_operand(op, expect
     npt.assert_allclose(host(x.grad.data), fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("tangent", [False, True])
+def test_matmul_in_a_plain_backward_pass_transposes_without_a_primitive(create_graph, tangent):
+    """A backward pass that records nothing and pushes no tangent reads its
+    operands' transposes (mT) as plain views, with no transpose primitive;
+    recorded (create_graph), both are primitives, and so is the transpose of
+    an operand that carries a tangent (w here, not x). The gradient and its
+    tangent are the closed forms either way."""
+    rng = np.random.default_rng(1)
+    A, W, V = (D(rng.standard_normal(s)) for s in ((5, 3), (3, 4), (3, 4)))
+    w = Tensor(W, requires_grad=True, tangent=V if tangent else None)
+    x = Tensor(A, requires_grad=True)
+    loss = ((x @ w) ** 2).sum()
+    with applied_primitives() as seen:
+        loss.backward(create_graph=create_graph)
+    assert seen.count("transpose") == (2 if create_graph else 1 if tangent else 0)
+    npt.assert_allclose(host(w.grad.data), 2 * host(A).T @ (host(A) @ host(W)), rtol=1e-12)
+    npt.assert_allclose(host(x.grad.data), 2 * (host(A) @ host(W)) @ host(W).T, rtol=1e-12)
+    if tangent:
+        npt.assert_allclose(host(w.grad.tangent)[0], 2 * host(A).T @ (host(A) @ host(V)), rtol=1e-12)
+
+
 def test_relu_keeps_its_tangents_dtype_beside_a_wider_value():
     """A float32 tangent carried onto a float64 value (x + float64 data)
     stays float32 through relu, as through the other masked rules: the mask
