@@ -530,9 +530,9 @@ class getitem:  # out = x[index]; old: the input's shape
         if values:
             _add_at(buf.data, index, g.data, advanced)
         if g.tangent is not None:
-            if buf.tangent is None:
-                # in the slice's memory order (a batch-last activation's): no element-wise mixed-order add
-                buf.tangent = B.xp.zeros_like(g.tangent, shape=(g.tangent.shape[0],) + buf.data.shape)
+            if buf.tangent is None:  # (a flat θ's: C order; else the slice's, as a batch-last activation's, so
+                shape = (g.tangent.shape[0],) + buf.data.shape  # that no element-wise add mixes two orders)
+                buf.tangent = B.xp.zeros(shape, g.tangent.dtype) if buf.data.ndim == 1 else B.xp.zeros_like(g.tangent, shape=shape)
             _add_at(buf.tangent, (slice(None),) + index, g.tangent, advanced)
 
 
