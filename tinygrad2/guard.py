@@ -59,13 +59,22 @@ def check_finite(a, where, what):
 
 def check_labels(labels, logits_shape, where):
     """Refuse class labels that are not integers of shape (n,) for logits
-    (n, C), or that lie outside [0, C); one reduction (read as unsigned, a
-    negative label is huge) and one host sync."""
+    (n, C), or that lie outside [0, C); one host sync."""
     if len(logits_shape) != 2:
         raise ValueError(f"{where}: logits must be (n, C), got shape {logits_shape}")
     n, classes = logits_shape
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         raise ValueError(f"{where}: labels must be integers of shape ({n},), got shape {labels.shape} dtype {labels.dtype}")
-    if labels.size and int(labels.view(f"u{labels.itemsize}").max()) >= classes:
+    if labels.size and _largest_label(labels, classes) >= classes:
         raise ValueError(f"{where}: labels must lie in [0, {classes}), got [{int(labels.min())}, {int(labels.max())}]")
     return labels
+
+
+def _largest_label(labels, classes):
+    """The largest label, or at least ``classes`` when one is negative. Read as
+    unsigned (in their own byte order), negative b-bit labels are >= 2^(b-1):
+    one reduction, unless that is below ``classes`` (int8 labels of over 128
+    classes), where min and max are both looked at."""
+    if labels.dtype.kind == "i" and classes > 2 ** (8 * labels.itemsize - 1):
+        return classes if bool(labels.min() < 0) else int(labels.max())
+    return int(labels.view(labels.dtype.str.replace("i", "u")).max())

@@ -317,7 +317,8 @@ class matmul:  # d(A B) = dA B + A dB, both operands at least 2-D
         return plus_into(da, None if tb is None else matmul_directions(a, tb))
     def forward_and_jvp(primals, tangents):  # a @ [b | tb]: the value and b's tangents in ONE wider GEMM
         (a, b), (ta, tb) = primals, tangents
-        if ta is not None or tb is None or a.ndim != 2 or b.ndim != 2 or a.size < kernels.FOLD_ELEMENTS:
+        if ta is not None or tb is None or a.ndim != 2 or b.ndim != 2 or a.size < kernels.FOLD_ELEMENTS or (
+                tb.dtype != b.dtype):
             return None  # the two rules (which align the tangents of broadcast operands)
         return kernels.matmul_with_directions(a, b, tb)
     def vjp(g, out, a, b):
@@ -455,8 +456,8 @@ class cross_entropy_grad:  # (softmax(z) - onehot(y)) / n;  d = p ⊙ (dz - Σ_c
     def jvp(primals, tangents, out, labels, saved=None):
         return softmax_hessian_vp(primals[0], tangents[0], None if saved is None else saved.get("softmax"))
     def forward_and_jvp(primals, tangents, labels, saved=None):
-        if saved and "softmax" in saved:
-            return saved["residual"], softmax_hessian_vp(primals[0], tangents[0], saved["softmax"])
+        if saved and "residual" in saved:  # (without a saved softmax: a forward under no_tangent)
+            return saved["residual"], softmax_hessian_vp(primals[0], tangents[0], saved.get("softmax"))
         return softmax_residual_and_hvp(primals[0], labels, tangents[0])
     def vjp(u, out, z, labels, saved=None):  # the same symmetric operator, in Tensor ops
         p = z.log_softmax(axis=-1).exp()

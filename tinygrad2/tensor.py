@@ -221,7 +221,7 @@ class Tensor:
                     prev = grads.get(id(x))
                     grads[id(x)] = c if prev is None else prev + c
                 if not retain_graph:
-                    t._node = (prim, None, params, number)
+                    t._node = (prim, None, None, number)  # (its params too: a cross-entropy's saved arrays)
             for leaf in leaves:
                 g = grads.get(id(leaf))
                 if g is not None:

@@ -230,20 +230,27 @@ def test_cross_entropy_bad_labels():
 
 
 def _out_of_range_labels():
-    for dtype in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint64):
+    for dtype in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint64, ">i4", ">u2"):
         info = np.iinfo(dtype)
         for value in (4, info.max) + ((-1, info.min) if info.min < 0 else ()):
-            yield pytest.param(dtype, int(value), id=f"{np.dtype(dtype).name}-{value}")
+            yield pytest.param(dtype, int(value), 4, id=f"{np.dtype(dtype).str}-{value}")
+    # labels read as unsigned would wrap into range: int8 beside 300 classes, int16 beside 40,000
+    for dtype, classes in ((np.int8, 300), (np.int16, 40_000)):
+        for value in (-1, -100):
+            yield pytest.param(dtype, value, classes, id=f"{np.dtype(dtype).name}-{value}-of-{classes}")
 
 
-@pytest.mark.parametrize("dtype, value", _out_of_range_labels())
-def test_cross_entropy_labels_out_of_range_in_every_integer_dtype(dtype, value):
-    """The range check reads the labels as unsigned (a negative label is then
-    huge): C, -1, the dtype's lowest and highest value are each refused, in
-    a strided view too, and valid labels of the dtype are not."""
-    z = Tensor(D(np.zeros((3, 4))))
-    assert np.isfinite(z.cross_entropy(D(np.array([0, 3, 2], dtype))).item())
-    with raises(ValueError, "cross_entropy", "[0, 4)", str(value)):
+@pytest.mark.parametrize("dtype, value, classes", _out_of_range_labels())
+def test_cross_entropy_labels_out_of_range_in_every_integer_dtype(dtype, value, classes):
+    """The range check reads the labels as unsigned in their own byte order (a
+    negative label is then huge) where that cannot wrap into [0, C), else
+    looks at their minimum too: C, -1, -100, the dtype's lowest and highest
+    value are each refused, in a strided view too, and valid labels of the
+    dtype (big-endian ones included) are not."""
+    z = Tensor(D(np.zeros((3, classes))))
+    highest = min(classes - 1, int(np.iinfo(dtype).max))
+    assert np.isfinite(z.cross_entropy(D(np.array([0, highest, 2], dtype))).item())
+    with raises(ValueError, "cross_entropy", f"[0, {classes})", str(value)):
         z.cross_entropy(D(np.array([1, 0, value, 2, 3, 1], dtype))[::2])
 
 

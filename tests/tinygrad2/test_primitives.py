@@ -718,8 +718,9 @@ def test_matmul_computes_a_value_and_its_tangents_in_one_wider_product(K):
     GEMM a @ [b | tb] against the two rules, and against the same product
     through the engine: value and tangents to rounding, the tangents in the
     (K, r, p) shape. It declines (None: the engine runs the two rules) where a
-    carries a tangent, where a is under kernels.FOLD_ELEMENTS entries, and
-    for operands that are not both 2-D (whose tangents the engine aligns)."""
+    carries a tangent, where a is under kernels.FOLD_ELEMENTS entries, for
+    operands that are not both 2-D (whose tangents the engine aligns), and
+    for a tangent of another dtype than b's."""
     from tinygrad2 import kernels
     rng = np.random.default_rng(K)
     rows = kernels.FOLD_ELEMENTS // 40 + 1
@@ -732,8 +733,11 @@ def test_matmul_computes_a_value_and_its_tangents_in_one_wider_product(K):
     through = Tensor(a) @ Tensor(b, tangent=tb)
     assert_close(through.data, out, rtol=1e-13, atol=1e-13)
     assert_close(through.tangent, tangent, rtol=1e-13, atol=1e-13)
+    if K > 1:
+        assert out.flags.c_contiguous and tangent.flags.c_contiguous  # (K = 1: two halves of one array)
     ta = D(rng.standard_normal((K,) + a.shape))
     assert prim.forward_and_jvp([a, b], [ta, tb]) is None
+    assert prim.forward_and_jvp([a, b], [None, tb.astype(np.float32)]) is None  # kept in its own dtype
     assert prim.forward_and_jvp([a[:100], b], [None, tb]) is None
     assert prim.forward_and_jvp([a, b[None]], [None, tb[:, None]]) is None
 
@@ -756,45 +760,67 @@ def test_an_hvp_through_the_fused_matmul_equals_reverse_over_reverse():
 
 
 @pytest.mark.parametrize("C", [3, 40])  # the transposed route and the row route
-@pytest.mark.parametrize("tangent", [False, True])
+@pytest.mark.parametrize("tangent", ["none", "carried", "no_tangent"])
 def test_a_recorded_cross_entropy_computes_its_softmax_once_per_gradient(monkeypatch, C, tangent):
     """Tensor.cross_entropy on logits that require grad saves the gradient in
     z from the forward's exponentials (with a tangent, softmax(z) too); its
     vjp reads them: one softmax for the forward and the backward together
     (two before), the same gradient (and H·v) as the primitive without
     ``saved`` (which computes them in the vjp), and a second backward of a
-    retained graph gives it again."""
+    retained graph gives it again. A loss computed under no_tangent() (as
+    the Objective's HVPs compute theirs) saves the residual alone, which the
+    backward pass reuses beside the softmax it needs. A backward pass that
+    frees the graph frees the saved arrays with it."""
     from tinygrad2 import kernels
+    from tinygrad2.tensor import no_tangent
     rng = np.random.default_rng(C)
     z0, y = D(rng.standard_normal((6, C)) * 3), D(rng.integers(0, C, 6))
-    T = D(rng.standard_normal((1, 6, C))) if tangent else None
+    T = D(rng.standard_normal((1, 6, C))) if tangent != "none" else None
     calls = []
     shifted = kernels._shifted_exp
     monkeypatch.setattr(kernels, "_shifted_exp", lambda *a, **k: calls.append(1) or shifted(*a, **k))
 
     def gradient(saving):
         z = Tensor(z0, requires_grad=True, tangent=T)
-        loss = z.cross_entropy(y) if saving else P.cross_entropy(z, labels=y)
+        with no_tangent() if tangent == "no_tangent" else contextlib.nullcontext():
+            loss = z.cross_entropy(y) if saving else P.cross_entropy(z, labels=y)
         loss.backward(retain_graph=True)
         return z, loss
 
     z, loss = gradient(saving=True)
-    assert len(calls) == 1
-    assert sorted(loss._node[2]["saved"]) == (["residual", "softmax"] if tangent else ["residual"])
+    assert len(calls) == (2 if tangent == "no_tangent" else 1)
+    assert sorted(loss._node[2]["saved"]) == (["residual", "softmax"] if tangent == "carried" else ["residual"])
     calls.clear()
     z_plain, loss_plain = gradient(saving=False)
     assert len(calls) == 2 and "saved" not in loss_plain._node[2]
     npt.assert_array_equal(host(loss.data), host(loss_plain.data))
     assert_close(z.grad.data, z_plain.grad.data, rtol=1e-14, atol=1e-16)
-    if tangent:
+    if T is not None:
         assert_close(z.grad.tangent, z_plain.grad.tangent, rtol=1e-14, atol=1e-16)
     first = host(z.grad.data).copy()
     z.grad = None
     loss.backward()
     npt.assert_array_equal(host(z.grad.data), first)
     assert_close(first, host(kernels.softmax_residual(z0, y)), rtol=1e-14, atol=1e-16)
+    assert loss._node[1] is None and loss._node[2] is None
     with no_grad():
         assert Tensor(z0, requires_grad=True).cross_entropy(y)._node is None
+
+
+@pytest.mark.parametrize("n, C", [(8192, 10), (64, 2000)])
+def test_float16_residuals_do_not_overflow(n, C):
+    """Uniform float16 logits: every residual route gives 1/(C n) off the
+    label and 1/(C n) - 1/n at it (n·C is past float16's range, so the
+    scaling must not form total·n), and each row sums to about 0."""
+    from tinygrad2 import kernels
+    z, y = D(np.zeros((n, C), np.float16)), D(np.zeros(n, np.int64))
+    T = D(np.zeros((1, n, C), np.float16))
+    for r in (kernels.softmax_residual(z, y), kernels.cross_entropy_rows(z, y, residual=True)[1],
+              kernels.softmax_residual_and_hvp(z, y, T)[0]):
+        r = host(r).astype(np.float64)
+        npt.assert_allclose(r[:, 1:], 1 / (C * n), rtol=2e-2)
+        npt.assert_allclose(r[:, 0], 1 / (C * n) - 1 / n, rtol=2e-3)
+        assert np.abs(r.sum(axis=1)).max() < 1e-2 / n
 
 
 @pytest.mark.parametrize("block_bytes", [1, 300, 10**9])
