@@ -127,8 +127,11 @@ def softmax_residual(z, labels):
 def _residual(e, total, at, short):
     """(e / total - onehot) / n in place, by examples."""
     n = total.size
-    e /= total
-    e *= 1.0 / n  # (not e / (total·n): total·n reaches C·n, past float16's range)
+    if e.dtype.itemsize >= 4:
+        e /= total * n
+    else:  # total·n reaches C·n, past float16's range
+        e /= total
+        e *= 1.0 / n
     e.reshape(-1)[at] -= 1.0 / n
     return _by_examples(e, short)
 

@@ -353,7 +353,9 @@ class Tensor:
         lead = self.ndim - len(shape)
         if lead < 0:
             raise ValueError(f"sum_to: cannot reduce shape {self.shape} to the larger {shape}")
-        if self.shape[lead:] == shape:  # only leading axes to reduce: one sum
+        if self.shape[lead:] == shape:  # only leading axes to reduce: one sum (plainly where nothing is recorded or pushed)
+            if self.tangent is None and not _grad_enabled:
+                return Tensor._make(P.reduce(B.xp.sum, self.data, _all_axes[self.ndim][:lead]), None, None)
             return P.sum(self, axis=_all_axes[self.ndim][:lead], keepdims=False)
         axes = tuple(range(lead)) + tuple(
             lead + i for i, s in enumerate(shape) if s == 1 and self.shape[lead + i] != 1

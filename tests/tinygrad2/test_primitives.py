@@ -1144,22 +1144,27 @@ def test_a_backward_pass_computes_no_cotangent_for_a_constant_operand(op, expect
 
 @pytest.mark.parametrize("create_graph", [False, True])
 @pytest.mark.parametrize("tangent", [False, True])
-def test_matmul_in_a_plain_backward_pass_transposes_without_a_primitive(create_graph, tangent):
+def test_a_plain_backward_pass_transposes_and_sums_without_primitives(create_graph, tangent):
     """A backward pass that records nothing and pushes no tangent reads its
-    operands' transposes (mT) as plain views, with no transpose primitive;
-    recorded (create_graph), both are primitives, and so is the transpose of
-    an operand that carries a tangent (w here, not x). The gradient and its
-    tangent are the closed forms either way."""
+    operands' transposes (mT) as plain views and sums a bias's broadcast
+    cotangent (sum_to) as a plain array, with no transpose or sum primitive;
+    recorded (create_graph), all are primitives, and so are the transpose of
+    an operand that carries a tangent (w here, not x) and the sum of a
+    cotangent that carries one. The gradients and the tangent are the closed
+    forms either way."""
     rng = np.random.default_rng(1)
-    A, W, V = (D(rng.standard_normal(s)) for s in ((5, 3), (3, 4), (3, 4)))
+    A, W, V, c0 = (D(rng.standard_normal(s)) for s in ((5, 3), (3, 4), (3, 4), (4,)))
     w = Tensor(W, requires_grad=True, tangent=V if tangent else None)
-    x = Tensor(A, requires_grad=True)
-    loss = ((x @ w) ** 2).sum()
+    x, c = Tensor(A, requires_grad=True), Tensor(c0, requires_grad=True)
+    loss = ((x @ w + c) ** 2).sum()
     with applied_primitives() as seen:
         loss.backward(create_graph=create_graph)
     assert seen.count("transpose") == (2 if create_graph else 1 if tangent else 0)
-    npt.assert_allclose(host(w.grad.data), 2 * host(A).T @ (host(A) @ host(W)), rtol=1e-12)
-    npt.assert_allclose(host(x.grad.data), 2 * (host(A) @ host(W)) @ host(W).T, rtol=1e-12)
+    assert seen.count("sum") == (1 if create_graph or tangent else 0)
+    r = host(A) @ host(W) + host(c0)
+    npt.assert_allclose(host(w.grad.data), 2 * host(A).T @ r, rtol=1e-12)
+    npt.assert_allclose(host(x.grad.data), 2 * r @ host(W).T, rtol=1e-12)
+    npt.assert_allclose(host(c.grad.data), 2 * r.sum(axis=0), rtol=1e-12)
     if tangent:
         npt.assert_allclose(host(w.grad.tangent)[0], 2 * host(A).T @ (host(A) @ host(V)), rtol=1e-12)
 
