@@ -240,7 +240,7 @@ def _out_of_range_labels():
             yield pytest.param(dtype, value, classes, id=f"{np.dtype(dtype).name}-{value}-of-{classes}")
 
 
-@pytest.mark.parametrize("dtype, value, classes", _out_of_range_labels())
+@pytest.mark.parametrize("dtype, value, classes", list(_out_of_range_labels()))
 def test_cross_entropy_labels_out_of_range_in_every_integer_dtype(dtype, value, classes):
     """The range check reads the labels as unsigned in their own byte order (a
     negative label is then huge) where that cannot wrap into [0, C), else
