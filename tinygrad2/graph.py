@@ -71,8 +71,8 @@ def values_skippable(nodes):
 
 def in_place_target(t):
     """Where the cotangent of ``t`` (a getitem or reshape node) is summed in
-    place, as (x, the getitem params of the place in x), or None where the
-    node's vjp runs instead.
+    place, as (x, the getitem index of the place in x, x's shape), or None
+    where the node's vjp runs instead.
 
     A slice goes into its input's gradient buffer; a step-1 slice of a 1-D
     tensor that is itself such a slice goes straight into the outer tensor's
@@ -95,20 +95,20 @@ def in_place_target(t):
     else:
         x, here = inputs[0], _step_one_slice(params)
         if here is None:
-            return x, params
+            return x, params["index"], params["old"]
     while x._node is not None and x._node[0].name == "getitem" and x._node[1] is not None:
         outer = _step_one_slice(x._node[2])
         if outer is None:
             break
         x, here = x._node[1][0], (here[0] + outer[0], here[1] + outer[0])
-    return x, {"index": (slice(*here),), "old": x.shape}
+    return x, (slice(*here),), x.shape
 
 
 def _step_one_slice(params):
     """(start, stop) of getitem ``params`` that take a step-1 slice of a 1-D
     tensor, else None."""
     index, old = params["index"], params["old"]
-    if len(index) != 1 or len(old) != 1 or not isinstance(index[0], slice):
+    if len(index) != 1 or len(old) != 1 or type(index[0]) is not slice:
         return None
     start, stop, step = index[0].indices(old[0])
     return (start, stop) if step == 1 else None

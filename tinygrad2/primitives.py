@@ -19,7 +19,7 @@ Conventions
 * ``kink(primals, tangents, out, **params) -> (K,)``: for primitives with a
   non-differentiable point, the step along each direction at which it would
   first be crossed (to first order); used for kink-safe finite differences.
-* ``accumulate(buffer, g, values, **params)``: optionally, the vjp added in place
+* ``accumulate(buffer, g, values, index, old)``: optionally, the vjp added in place
   into a gradient buffer the engine owns (its tangent too; its values only if
   ``values``: a tangents-only pass skips them), in backward passes that are not recorded
   (getitem: the slices of a flat vector, and their slices, share its buffer;
@@ -477,8 +477,7 @@ class reshape:  # old: the input's shape
     def forward(x, shape, old): return x.reshape(x.shape[: x.ndim - len(old)] + shape)
     def vjp(g, out, x, shape, old): return (g.reshape(old),)
     def accumulate(buf, g, values, index, old):  # a reshaped step-1 slice of a flat vector (graph.in_place_target)
-        tangent = None if g.tangent is None else g.tangent.reshape(g.tangent.shape[0], -1)
-        getitem.accumulate(buf, Tensor._make(g.data.reshape(-1), tangent, None), values, index, old)
+        _sum_into(buf, g.data.reshape(-1), None if g.tangent is None else g.tangent.reshape(len(g.tangent), -1), values, index)
 
 
 @primitive(linear=True, view=True)
@@ -524,24 +523,25 @@ class getitem:  # out = x[index]; old: the input's shape
             remember_live(t, live)
         return t
     def vjp(g, out, x, index, old): return (scatter_add(g, index=index, shape=old, src=g.shape),)
-    def accumulate(buf, g, values, index, old):
-        # the vjp summed in place into x's gradient buffer ``buf`` (backward passes
-        # that are not recorded): no full-size scatter per slice of a flat vector
-        advanced = any(map(_is_advanced, index))
-        if values:
-            _add_at(buf.data, index, g.data, advanced)
-        if g.tangent is not None:
-            if buf.tangent is None:  # (a flat θ's: C order; else the slice's, as a batch-last activation's, so
-                shape = (g.tangent.shape[0],) + buf.data.shape  # that no element-wise add mixes two orders)
-                buf.tangent = B.xp.zeros(shape, g.tangent.dtype) if buf.data.ndim == 1 else B.xp.zeros_like(g.tangent, shape=shape)
-            _add_at(buf.tangent, (slice(None),) + index, g.tangent, advanced)
+    def accumulate(buf, g, values, index, old): _sum_into(buf, g.data, g.tangent, values, index)
+
+
+def _sum_into(buf, data, tangent, values, index):  # getitem's vjp summed in place into x's gradient buffer
+    # (backward passes that are not recorded): no full-size scatter per slice of a flat vector
+    advanced = not (len(index) == 1 and type(index[0]) is slice) and any(map(_is_advanced, index))
+    if values:
+        _add_at(buf.data, index, data, advanced)
+    if tangent is not None:
+        if buf.tangent is None:  # (a flat θ's: C order; else the slice's, as a batch-last activation's, so
+            shape = (tangent.shape[0],) + buf.data.shape  # that no element-wise add mixes two orders)
+            buf.tangent = B.xp.zeros(shape, tangent.dtype) if buf.data.ndim == 1 else B.xp.zeros_like(tangent, shape=shape)
+        _add_at(buf.tangent, (slice(None),) + index, tangent, advanced)
 
 
 def _add_at(target, index, values, advanced):
     if advanced:  # repeated indices add up
-        B.xp.add.at(target, index, values)
-    else:
-        target[index] += values
+        return B.xp.add.at(target, index, values)
+    target[index] += values
 
 
 @primitive(linear=True)

@@ -205,9 +205,9 @@ class Tensor:
                         f"backward(); call backward(retain_graph=True) the first time"
                     )
                 if prim.accumulate is not None and not create_graph and (place := in_place_target(t)) is not None:
-                    x, where = place
+                    x, index, shape = place
                     if x.requires_grad:  # (in a tangents-only pass, the tangent alone where the values are skipped)
-                        prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, key not in skippable, **where)
+                        prim.accumulate(_own_buffer(grads, buffers, x, g.dtype), g, key not in skippable, index, shape)
                     cotangents = ()
                 elif key in skippable:
                     cotangents = _without_values(prim.vjp, g, t, *inputs, **params)
