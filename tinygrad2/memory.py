@@ -25,8 +25,8 @@ preferred_chunk = 64
 """The most directions per batched pass when assembling dense curvature. From
 ``python -m benchmarks.engine --directions`` (MLP 784-32-10, float32, one
 BLAS thread, every call timed warm; 2026-11-29): the time per direction of
-a K-direction HVP pass, over the gradient's time, falls from 1.82x / 1.53x
-at K = 1 (batch 64 / 1000) to 0.45x / 0.78x at K = 32 and stays within 5%
+a K-direction HVP pass, over the gradient's time, falls from 1.94x / 1.59x
+at K = 1 (batch 64 / 1000) to 0.48x / 0.80x at K = 32 and stays within 6%
 of that up to K = 256. Larger chunks than this only cost memory."""
 
 min_chunk = 16
