@@ -90,6 +90,10 @@ def test_engine_quick(data_dir):
     rows = [line for line in text.splitlines() if re.match(r"\| (64|1000) +\| (module|flat)", line)]
     assert len(rows) == 4
     assert "paired ratios, median [min-max]" in text and "ABORT" not in text
+    assert "HVP  K=3 NumPy R-op pass vs R-op each" in text and "HVP  K=3 tinygrad2 flat vs R-op each" in text
+    per_direction = re.findall(r"(flat|NumPy R-op) HVP per direction \(K=16 in one pass\)/flat grad (\d+\.\d\d)x", text)
+    assert sorted(who for who, _ in per_direction) == ["NumPy R-op"] * 2 + ["flat"] * 2  # batch 64 and 1000
+    assert all(float(r) > 0 for _, r in per_direction)
     assert "host memory: freed memory kept for reuse" in text or not sys.platform.startswith("linux")
 
 

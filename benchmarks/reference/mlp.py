@@ -41,12 +41,17 @@ def flatten(params):
 
 def unflatten(theta, shapes):
     """Inverse of :func:`flatten` for the given shapes (views into theta)."""
+    return tuple(theta[a:b].reshape(shape) for a, b, shape in bounds(shapes))
+
+
+def bounds(shapes):
+    """(start, stop, shape) of each parameter in the flat vector."""
     out, start = [], 0
     for shape in shapes:
         n = int(np.prod(shape))
-        out.append(theta[start:start + n].reshape(shape))
+        out.append((start, start + n, shape))
         start += n
-    return tuple(out)
+    return out
 
 
 def _log_softmax(z):
@@ -151,3 +156,52 @@ def hvp(params, X, y, V):
     # db1 = sum_n dz1                =>  R{db1} = sum_n R{dz1}
     Rdb1 = Rdz1.sum(axis=0)
     return loss, grads, (RdW1, Rdb1, RdW2, Rdb2)
+
+
+def hvp_directions(params, X, y, V):
+    """H v_k for K flat directions V (K, P) in one R-pass, (K, P) out (P the
+    parameter count, :func:`flatten`'s order): :func:`hvp`'s lines with the
+    direction axis laid out (N, K, ·), inside the rows, so that each product
+    with X is ONE GEMM over K·H columns and no tangent is transposed:
+
+        [z1 | R{z1}_1 .. R{z1}_K] = X [W1 | VW1_1 .. VW1_K]    (+ b1, Vb1_k)
+        R{dW1}_k = X^T R{dz1}_k   for all k: X^T (N, K·H)
+
+    The hand-written floor of the engine's K-direction pass (``tinygrad2.hvp``
+    with V of shape (K, P)). Only what H V needs: the primal weight gradients
+    are not formed."""
+    W1, b1, W2, b2 = params
+    (N, D), H, C, K = X.shape, W1.shape[1], W2.shape[1], V.shape[0]
+    spans = bounds([p.shape for p in params])
+    VW1, Vb1, VW2, Vb2 = (V[:, a:b].reshape((K,) + s) for a, b, s in spans)
+    packed = np.empty((D, K + 1, H), W1.dtype)
+    packed[:, 0], packed[:, 1:] = W1, VW1.transpose(1, 0, 2)
+    Z = (X @ packed.reshape(D, (K + 1) * H)).reshape(N, K + 1, H)
+    z1 = Z[:, 0] + b1
+    mask = z1 > 0
+    a1 = z1 * mask
+    Ra1 = Z[:, 1:] + Vb1[None]                                         # R{z1}, (N, K, H) contiguous
+    Ra1 *= mask[:, None]                                               # R{a1}
+    z2 = a1 @ W2 + b2
+    p = np.exp(_log_softmax(z2))
+    dz2 = p.copy()
+    dz2[np.arange(N), y] -= 1
+    dz2 /= N
+    VW2_cols = VW2.transpose(1, 0, 2).reshape(H, K * C)                # [VW2_1 .. VW2_K]
+    Rz2 = (Ra1.reshape(N * K, H) @ W2).reshape(N, K, C)
+    Rz2 += (a1 @ VW2_cols).reshape(N, K, C)
+    Rz2 += Vb2
+    Rdz2 = p[:, None] * (Rz2 - (p[:, None] * Rz2).sum(axis=2, keepdims=True))
+    Rdz2 /= N                                                          # R{p} / N
+    Rda1 = (Rdz2.reshape(N * K, C) @ W2.T).reshape(N, K, H)
+    Rda1 += (dz2 @ VW2.transpose(2, 0, 1).reshape(C, K * H)).reshape(N, K, H)  # R{da1}
+    Rda1 *= mask[:, None]                                              # R{dz1}
+    out = np.empty_like(V)
+    RW1, Rb1, RW2, Rb2 = (out[:, a:b].reshape((K,) + s) for a, b, s in spans)
+    RW1[:] = (X.T @ Rda1.reshape(N, K * H)).reshape(D, K, H).transpose(1, 0, 2)
+    Rb1[:] = Rda1.sum(axis=0)
+    RW2[:] = (Ra1.reshape(N, K * H).T @ dz2).reshape(K, H, C)
+    RW2 += (a1.T @ Rdz2.reshape(N, K * C)).reshape(H, K, C).transpose(1, 0, 2)
+    Rb2[:] = Rdz2.sum(axis=0)
+    return out
+
