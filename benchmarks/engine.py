@@ -41,8 +41,10 @@ primitive) when the engine has it, else (or with ``--composed-loss``)
 
 Before timing, the NumPy reference is validated against tinygrad2's gradient
 and HVP (both parameter styles, both loss spellings, plus the engine's
-reverse-over-reverse HVP) in float64 on a small network; the script aborts if
-they disagree by more than 1e-10 (relative to the largest entry).
+reverse-over-reverse HVP, and K = 3 directions in one pass, the engine's and
+the hand-written one, against three single HVPs) in float64 on a small
+network; the script aborts if they disagree by more than 1e-10 (relative to
+the largest entry).
 """
 from __future__ import annotations
 
@@ -296,17 +298,15 @@ def run_batch(batch, X, y, params, V, torch_kit, args, rng):
         for style, key in (("module", "mod"), ("flat", "flat"))
     })
     # K directions in one pass, flat and by hand (best layout), timed apart with warm_each: a gradient
-    # timed right after a 20 ms pass runs on evicted caches, which flattered the ratio (batch 1000: 0.74x against 0.85x)
+    # timed right after a 20 ms pass runs on evicted caches (batch 1000, one process: 0.83-0.84x shuffled
+    # among the other cells, 0.85-0.87x warm)
     passes = H.run_rounds({"flat_grad": cells["flat_grad"], "flat_hvp16": lambda: flat_hvp(theta, v16),
                            "np_hvp16": lambda: ref.hvp_directions(params, Xb, yb, v16)},
                           rng, rounds=args.rounds, target_s=args.target, min_rounds=args.min_reps,
-                          max_rounds=args.max_reps, warmup_s=args.warmup, warm_each=True)
-    timings.reps.update({k: n for k, n in passes.reps.items() if k != "flat_grad"})
+                          max_rounds=args.max_reps, warmup_s=args.warmup, warm_each=True, equal_rounds=True)
     for who, key in (("flat", "flat_hvp16"), ("NumPy R-op", "np_hvp16")):
-        per_direction = passes.ratio(key, "flat_grad")
-        paired[f"{who} HVP per direction (K={DIRECTIONS} in one pass)/flat grad"] = H.Ratio(
-            per_direction.median / DIRECTIONS, per_direction.lo / DIRECTIONS, per_direction.hi / DIRECTIONS,
-            per_direction.n)
+        paired[f"{who} HVP per direction (K={DIRECTIONS} in one pass)/flat grad"] = passes.ratio(
+            key, "flat_grad").scaled(DIRECTIONS)
     paired[f"flat K={DIRECTIONS} pass/NumPy K={DIRECTIONS} pass"] = passes.ratio("flat_hvp16", "np_hvp16")
     return timings.medians, timings.reps, worst, paired
 
@@ -532,15 +532,14 @@ def directions_sweep(X, y, params, args, rng):
         timings = H.run_rounds(cells, rng, rounds=args.rounds or (3 if args.quick else 15),
                                warmup_s=0.01 if args.quick else 0.2, warm_each=True)
         per = {k: timings.ratio(f"K{k}", "grad") for k in SWEEP_K}
-        floors[batch] = timings.ratio("floor", "grad")
-        scaled = {k: H.Ratio(r.median / k, r.lo / k, r.hi / k, r.n) for k, r in per.items()}
+        floors[batch] = timings.ratio("floor", "grad").scaled(DIRECTIONS)
+        scaled = {k: r.scaled(k) for k, r in per.items()}
         best[batch] = min(scaled, key=lambda k: scaled[k].median)
         print(f"| {batch} | " + " | ".join(f"{r.median:.2f} [{r.lo:.2f}-{r.hi:.2f}]" for r in scaled.values())
               + f" | {best[batch]} |")
     print(f"floor at K={DIRECTIONS}: the first layer's two {shapes[0][0]}-wide products per direction alone "
           f"(X W1' and X^T d1', one folded GEMM each) / gradient: "
-          + ", ".join(f"{r.median / DIRECTIONS:.2f}x [{r.lo / DIRECTIONS:.2f}-{r.hi / DIRECTIONS:.2f}] at batch {b}"
-                      for b, r in floors.items()))
+          + ", ".join(f"{r.median:.2f}x [{r.lo:.2f}-{r.hi:.2f}] at batch {b}" for b, r in floors.items()))
     print(f"planner: tinygrad2.memory.preferred_chunk = {tinygrad2.memory.preferred_chunk} "
           f"(best K here: " + ", ".join(f"{k} at batch {b}" for b, k in best.items()) + ")")
     return best

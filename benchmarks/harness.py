@@ -260,6 +260,10 @@ class Ratio:
     def __format__(self, spec):
         return f"{format(self.median, spec or '.2f')}x"
 
+    def scaled(self, k):
+        """The same ratio divided by ``k`` (a K-direction pass's cost per direction)."""
+        return Ratio(self.median / k, self.lo / k, self.hi / k, self.n)
+
     def spread(self, spec=".2f", unit="round"):
         return (f"{format(self.median, spec)}x [{format(self.lo, spec)}-{format(self.hi, spec)}x, "
                 f"{self.n} {unit}{'s' if self.n != 1 else ''}]")
@@ -293,7 +297,7 @@ class Timings:
 
 
 def run_rounds(cells, rng, *, rounds=None, target_s=0.0, min_rounds=1, max_rounds=None, warmup_s=0.0,
-               warm_each=False):
+               warm_each=False, equal_rounds=False):
     """Time the zero-argument callables in ``cells`` in interleaved rounds.
 
     Warm-up: each cell once, then again until ``warmup_s`` has passed. Rounds:
@@ -302,7 +306,8 @@ def run_rounds(cells, rng, *, rounds=None, target_s=0.0, min_rounds=1, max_round
     In every round each cell that still needs repeats runs once, in a fresh
     random order. ``warm_each``: every timed call follows an untimed call of
     the same cell, so that no cell is timed on caches another one (a much
-    larger pass) has just evicted."""
+    larger pass) has just evicted. ``equal_rounds``: every cell gets the
+    calibrated count of the slowest one (when only paired ratios are read)."""
     names = list(cells)
     for name in names:
         fn, t_end = cells[name], time.perf_counter() + warmup_s
@@ -321,6 +326,8 @@ def run_rounds(cells, rng, *, rounds=None, target_s=0.0, min_rounds=1, max_round
                 samples.append(time.perf_counter() - t0)
             # min: the cost without interference
             reps[name] = int(min(max(target_s / min(samples), min_rounds), max_rounds or float("inf")))
+        if equal_rounds:
+            reps = dict.fromkeys(names, min(reps.values()))
     times = {name: [] for name in names}
     for r in range(max(reps.values())):
         order = [n for n in names if r < reps[n]]

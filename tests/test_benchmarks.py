@@ -93,7 +93,10 @@ def test_engine_quick(data_dir):
     assert "HVP  K=3 NumPy R-op pass vs R-op each" in text and "HVP  K=3 tinygrad2 flat vs R-op each" in text
     per_direction = re.findall(r"(flat|NumPy R-op) HVP per direction \(K=16 in one pass\)/flat grad (\d+\.\d\d)x", text)
     assert sorted(who for who, _ in per_direction) == ["NumPy R-op"] * 2 + ["flat"] * 2  # batch 64 and 1000
-    assert all(float(r) > 0 for _, r in per_direction)
+    # a pass of 16 directions costs more than one gradient and less than 16 HVPs at 5x a gradient each
+    assert all(1 / 16 < float(r) < 5 for _, r in per_direction), per_direction
+    passes = re.findall(r"flat K=16 pass/NumPy K=16 pass (\d+\.\d\d)x", text)
+    assert len(passes) == 2 and all(0.2 < float(r) < 20 for r in passes), passes
     assert "host memory: freed memory kept for reuse" in text or not sys.platform.startswith("linux")
 
 

@@ -162,7 +162,8 @@ def hvp_directions(params, X, y, V):
     """H v_k for K flat directions V (K, P) in one R-pass, (K, P) out (P the
     parameter count, :func:`flatten`'s order): :func:`hvp`'s lines with the
     direction axis laid out (N, K, ·), inside the rows, so that each product
-    with X is ONE GEMM over K·H columns and no tangent is transposed:
+    with X is ONE GEMM over K·H columns and no (N, K, ·) tangent is copied
+    to be transposed (only the directions' and results' W blocks are):
 
         [z1 | R{z1}_1 .. R{z1}_K] = X [W1 | VW1_1 .. VW1_K]    (+ b1, Vb1_k)
         R{dW1}_k = X^T R{dz1}_k   for all k: X^T (N, K·H)
@@ -171,10 +172,13 @@ def hvp_directions(params, X, y, V):
     with V of shape (K, P)). Only what H V needs: the primal weight gradients
     are not formed."""
     W1, b1, W2, b2 = params
-    (N, D), H, C, K = X.shape, W1.shape[1], W2.shape[1], V.shape[0]
+    (N, D), H, C = X.shape, W1.shape[1], W2.shape[1]
     spans = bounds([p.shape for p in params])
+    if V.ndim != 2 or V.shape[1] != spans[-1][1]:
+        raise ValueError(f"hvp_directions: V must be (K, {spans[-1][1]}), got shape {V.shape}")
+    K, dtype = V.shape[0], np.result_type(W1, V)
     VW1, Vb1, VW2, Vb2 = (V[:, a:b].reshape((K,) + s) for a, b, s in spans)
-    packed = np.empty((D, K + 1, H), W1.dtype)
+    packed = np.empty((D, K + 1, H), dtype)
     packed[:, 0], packed[:, 1:] = W1, VW1.transpose(1, 0, 2)
     Z = (X @ packed.reshape(D, (K + 1) * H)).reshape(N, K + 1, H)
     z1 = Z[:, 0] + b1
@@ -196,7 +200,7 @@ def hvp_directions(params, X, y, V):
     Rda1 = (Rdz2.reshape(N * K, C) @ W2.T).reshape(N, K, H)
     Rda1 += (dz2 @ VW2.transpose(2, 0, 1).reshape(C, K * H)).reshape(N, K, H)  # R{da1}
     Rda1 *= mask[:, None]                                              # R{dz1}
-    out = np.empty_like(V)
+    out = np.empty(V.shape, dtype)
     RW1, Rb1, RW2, Rb2 = (out[:, a:b].reshape((K,) + s) for a, b, s in spans)
     RW1[:] = (X.T @ Rda1.reshape(N, K * H)).reshape(D, K, H).transpose(1, 0, 2)
     Rb1[:] = Rda1.sum(axis=0)
