@@ -208,4 +208,3 @@ def hvp_directions(params, X, y, V):
     RW2 += (a1.T @ Rdz2.reshape(N, K * C)).reshape(H, K, C).transpose(1, 0, 2)
     Rb2[:] = Rdz2.sum(axis=0)
     return out
-
