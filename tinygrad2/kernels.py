@@ -43,14 +43,15 @@ def reduce(reduction, x, axis, keepdims=False):
     accumulates in float32) take the plain route, as the array's own method
     (``x.sum``: NumPy's function adds 2-3 µs of dispatch to a (64, 32) sum of
     2 µs)."""
-    method = getattr(x, "sum" if reduction is B.xp.sum else "max" if reduction is B.xp.max else "", None)
-    if method is None:
+    name = "sum" if reduction is B.xp.sum else "max" if reduction is B.xp.max else None
+    if name is None:
         return reduction(x, axis=axis, keepdims=keepdims)
+    method = getattr(x, name)
     if x.size < 4096 or x.dtype.itemsize < 4 or axis is None:
         return method(axis=axis, keepdims=keepdims)
     if axis in (-1, (-1,)) and x.ndim >= 2 and x.shape[-1] <= 32:
         moved = B.xp.ascontiguousarray(x.transpose((x.ndim - 1,) + tuple(range(x.ndim - 1))))
-        out = moved.sum(axis=0) if reduction is B.xp.sum else moved.max(axis=0)
+        out = getattr(moved, name)(axis=0)
         return out[..., None] if keepdims else out
     given = (axis,) if isinstance(axis, int) else tuple(axis)
     in_range = given and all(-x.ndim <= a < x.ndim for a in given)  # else NumPy's own result or AxisError
