@@ -92,10 +92,7 @@ def _backprop(params, X, y, cache):
     """
     W1, b1, W2, b2 = params
     z1, mask, a1, p = cache
-    N = X.shape[0]
-    dz2 = p.copy()
-    dz2[np.arange(N), y] -= 1
-    dz2 /= N
+    dz2 = _output_grad(p, y)
     dW2 = a1.T @ dz2
     db2 = dz2.sum(axis=0)
     da1 = dz2 @ W2.T
@@ -103,6 +100,14 @@ def _backprop(params, X, y, cache):
     dW1 = X.T @ dz1
     db1 = dz1.sum(axis=0)
     return (dW1, db1, dW2, db2), (dz2, dz1)
+
+
+def _output_grad(p, y):
+    """dL/dz2 = (p - Y) / N from the softmax p (N, C) and the labels y."""
+    dz2 = p.copy()
+    dz2[np.arange(len(y)), y] -= 1
+    dz2 /= len(y)
+    return dz2
 
 
 def loss_and_grad(params, X, y):
@@ -188,9 +193,7 @@ def hvp_directions(params, X, y, V):
     Ra1 *= mask[:, None]                                               # R{a1}
     z2 = a1 @ W2 + b2
     p = np.exp(_log_softmax(z2))
-    dz2 = p.copy()
-    dz2[np.arange(N), y] -= 1
-    dz2 /= N
+    dz2 = _output_grad(p, y)
     VW2_cols = VW2.transpose(1, 0, 2).reshape(H, K * C)                # [VW2_1 .. VW2_K]
     Rz2 = (Ra1.reshape(N * K, H) @ W2).reshape(N, K, C)
     Rz2 += (a1 @ VW2_cols).reshape(N, K, C)
