@@ -24,10 +24,11 @@ budget of its own (2 GiB). Change it here for the whole session."""
 preferred_chunk = 64
 """The most directions per batched pass when assembling dense curvature. From
 ``python -m benchmarks.engine --directions`` (MLP 784-32-10, float32, one
-BLAS thread, every call timed warm; 2026-11-29): the time per direction of
-a K-direction HVP pass, over the gradient's time, falls from 1.94x / 1.59x
-at K = 1 (batch 64 / 1000) to 0.48x / 0.80x at K = 32 and stays within 6%
-of that up to K = 256. Larger chunks than this only cost memory."""
+BLAS thread, every call timed warm; two sweeps on 2026-11-29): the time per
+direction of a K-direction HVP pass, over the gradient's time, falls from
+1.91-1.92x / 1.56-1.57x at K = 1 (batch 64 / 1000) to 0.47-0.49x /
+0.73-0.81x for every K from 32 to 256, with no K best in both sweeps.
+Larger chunks than this only cost memory."""
 
 min_chunk = 16
 """The fewest directions per pass that the memory rule of
