@@ -150,12 +150,9 @@ def softmax_hessian_vp(z, T, p=None):
 
 
 def softmax_residual_and_hvp(z, labels, T):
-    """(softmax_residual(z, labels), softmax_hessian_vp(z, T)) from one softmax
-    (and no loss value, which nobody reads here)."""
-    e, axis, short, at, _ = _shifted_exp(z, labels)
-    total = e.sum(axis=axis, keepdims=True)
-    p = _by_examples(e / total, short)
-    return _residual(e, total, at, short), softmax_hessian_vp(z, T, p)
+    """(softmax_residual(z, labels), softmax_hessian_vp(z, T)) from one softmax."""
+    _, residual, p = cross_entropy_rows(z, labels, residual=True, softmax=True)
+    return residual, softmax_hessian_vp(z, T, p)
 
 
 # ---------------------------------------------------------------- products and patches

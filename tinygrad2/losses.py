@@ -35,6 +35,7 @@ from typing import Callable
 
 from . import backend as B
 from .kernels import softmax_hessian_vp, softmax_rows
+from .primitives import cross_entropy_grad
 from .tensor import Tensor
 
 
@@ -82,13 +83,11 @@ def _ce_hessian_factor(z, labels):
 
 def _ce_hessian_sample(z, labels, rng):
     # ŷ_i ~ softmax(z_i), r_i = (p_i - e_ŷ) / √B: E[r_i r_iᵀ] = (diag(p_i) - p_i p_iᵀ) / B
-    p = softmax_rows(z)  # a fresh array: r is made in it, from the one softmax
+    p = softmax_rows(z)
     batch, classes = p.shape
     u = rng.random((batch, 1)).astype(p.dtype)
     sampled = B.xp.minimum((B.xp.cumsum(p, axis=1) < u).sum(axis=1), classes - 1)
-    p[B.xp.arange(batch), sampled] -= 1
-    p *= 1.0 / batch ** 0.5
-    return p[None]
+    return cross_entropy_grad.forward(z, sampled)[None] * (batch ** 0.5)  # (p - e_ŷ) / B · √B
 
 
 def _ce_check_targets(y, batch, where):
